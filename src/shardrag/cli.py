@@ -1,0 +1,422 @@
+"""The ``shardrag`` command line (typer + rich).
+
+Every command takes ``--data-dir`` (or ``SHARDRAG_DATA_DIR``) and ``--json``. Errors print the
+stable error code and message (as ``{"error": {...}}`` with ``--json``) and exit with 2 for bad
+input, 1 for anything else; ``ingest`` exits 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shardrag.embedded import Shardrag
+from shardrag.errors import InvalidInput, InvalidParameter, ShardragError
+from shardrag.ingest import SUPPORTED_EXTENSIONS
+from shardrag.models import DocumentInput, Hit, SearchMode, WriteResult
+
+app = typer.Typer(
+    name="shardrag",
+    help="Multi-tenant retrieval-augmented generation over sharded Qdrant Edge shards.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", envvar="SHARDRAG_DATA_DIR", help="Data directory (SHARDRAG_DATA_DIR)."
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
+DEFAULT_DATA_DIR = Path("./shardrag-data")
+
+#: Documents written per batch by ``ingest``: large enough for full embedding batches.
+INGEST_BATCH_DOCS = 32
+INGEST_BATCH_BYTES = 8 * 1024 * 1024
+
+
+@contextmanager
+def _errors_reported(as_json: bool) -> Iterator[None]:
+    """Turn a ShardragError into its code and message on stderr (or JSON) and an exit code."""
+    try:
+        yield
+    except ShardragError as exc:
+        if as_json:
+            print(json.dumps({"error": exc.to_dict()}))
+        else:
+            err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}")
+        raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
+
+
+def _open(data_dir: Path) -> Shardrag:
+    return Shardrag.open(data_dir)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to ingest and the document id it gets."""
+
+    path: Path
+    doc_id: str
+
+
+def collect_files(paths: list[Path]) -> list[SourceFile]:
+    """Files named directly, and supported files under folders (doc id = relative path)."""
+    found: list[SourceFile] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                relative = file.relative_to(path)
+                hidden = any(part.startswith(".") for part in relative.parts)
+                if file.is_file() and not hidden and file.suffix.lower() in SUPPORTED_EXTENSIONS:
+                    found.append(SourceFile(file, relative.as_posix()))
+        elif path.is_file():
+            found.append(SourceFile(path, path.name))
+        else:
+            raise InvalidParameter(f"no such file or folder: {path}", path=str(path))
+    return found
+
+
+def _batches(files: list[SourceFile]) -> Iterator[list[SourceFile]]:
+    batch: list[SourceFile] = []
+    size = 0
+    for file in files:
+        file_size = file.path.stat().st_size
+        if batch and (len(batch) >= INGEST_BATCH_DOCS or size + file_size > INGEST_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(file)
+        size += file_size
+    if batch:
+        yield batch
+
+
+def _outcome(file: SourceFile, result: WriteResult | ShardragError) -> dict[str, Any]:
+    if isinstance(result, ShardragError):
+        return {
+            "doc_id": file.doc_id,
+            "path": str(file.path),
+            "outcome": "failed",
+            "error": result.to_dict(),
+        }
+    kind = "unchanged" if result.unchanged else ("added" if result.version == 1 else "updated")
+    return {"doc_id": file.doc_id, "path": str(file.path), "outcome": kind, **result.to_dict()}
+
+
+def ingest_files(
+    rag: Shardrag, tenant: str, files: list[SourceFile], progress: Progress | None
+) -> list[dict[str, Any]]:
+    """Ingest files in batches; one outcome per file, in order."""
+    outcomes: list[dict[str, Any]] = []
+    task = progress.add_task("ingesting", total=len(files)) if progress else None
+    for batch in _batches(files):
+        documents = [
+            DocumentInput(f.doc_id, f.path.read_bytes(), filename=f.path.name) for f in batch
+        ]
+        for file, result in zip(batch, rag.put_documents(tenant, documents), strict=True):
+            outcomes.append(_outcome(file, result))
+        if progress and task is not None:
+            progress.advance(task, len(batch))
+    return outcomes
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest.")],
+    tenant: TenantOpt,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest files and folders (txt, md, html, pdf); doc id = path relative to the folder."""
+    with _errors_reported(as_json):
+        files = collect_files(paths)
+        with _open(data_dir) as rag:
+            if as_json:
+                outcomes = ingest_files(rag, tenant, files, None)
+            else:
+                with _progress() as progress:
+                    outcomes = ingest_files(rag, tenant, files, progress)
+    failed = [o for o in outcomes if o["outcome"] == "failed"]
+    if as_json:
+        _print_json({"files": outcomes, "failed": len(failed)})
+    else:
+        table = Table("document", "outcome", "version", "chunks", "detail")
+        for o in outcomes:
+            style = {"failed": "red", "unchanged": "dim"}.get(o["outcome"], "green")
+            detail = (
+                f"[{o['error']['code']}] {o['error']['message']}"
+                if o["outcome"] == "failed"
+                else f"{o['embedded_chunks']} embedded, {o['reused_vectors']} reused"
+            )
+            table.add_row(
+                o["doc_id"],
+                f"[{style}]{o['outcome']}[/]",
+                str(o.get("version", "")),
+                str(o.get("chunk_count", "")),
+                detail,
+            )
+        console.print(table)
+        console.print(f"{len(outcomes) - len(failed)} ok, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+# -- query ----------------------------------------------------------------------------------
+
+
+def parse_filters(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; a repeated key means any of its values; numbers stay numbers."""
+    filters: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidParameter(f"filter {item!r} is not key=value")
+        value: Any = int(raw) if raw.lstrip("-").isdigit() else raw
+        if key in filters:
+            previous = filters[key]
+            filters[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            filters[key] = value
+    return filters
+
+
+def print_hits(hits: list[Hit]) -> None:
+    """Hits as numbered passages with their sources."""
+    if not hits:
+        console.print("[dim]no results[/]")
+    for rank, hit in enumerate(hits, 1):
+        source = f"{hit.doc_id} v{hit.version} #{hit.chunk_index}"
+        if hit.page:
+            source += f" p.{hit.page}"
+        console.print(f"[bold cyan][{rank}][/] [bold]{source}[/]  [dim]score {hit.score:.4f}[/]")
+        if hit.context:
+            console.print(f"    [italic]{hit.context}[/]")
+        text = hit.text if len(hit.text) <= 600 else hit.text[:600] + "…"
+        console.print(f"    {text}\n", highlight=False)
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="The question or keywords.")],
+    tenant: TenantOpt,
+    k: Annotated[int, typer.Option("--k", help="Number of passages.")] = 10,
+    mode: Annotated[SearchMode, typer.Option("--mode")] = SearchMode.HYBRID,
+    filters: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata key=value (repeatable).")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search a tenant's documents."""
+    with _errors_reported(as_json), _open(data_dir) as rag:
+        hits = rag.search(tenant, text, k=k, mode=mode, filters=parse_filters(filters or []))
+    if as_json:
+        _print_json({"hits": [h.to_dict() for h in hits]})
+    else:
+        print_hits(hits)
+
+
+# -- documents ------------------------------------------------------------------------------
+
+
+@app.command()
+def delete(
+    doc_id: Annotated[str, typer.Argument(help="Document id.")],
+    tenant: TenantOpt,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete a document (every chunk of it)."""
+    with _errors_reported(as_json), _open(data_dir) as rag:
+        result = rag.delete_document(tenant, doc_id)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        console.print(f"deleted {doc_id} (tombstone version {result.version})")
+
+
+@app.command()
+def docs(
+    tenant: TenantOpt,
+    state: Annotated[str | None, typer.Option(help="pending, live, failed or deleted.")] = None,
+    limit: Annotated[int, typer.Option(help="Page size.")] = 1000,
+    after: Annotated[str | None, typer.Option(help="List ids after this one.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a tenant's documents with versions and states."""
+    with _errors_reported(as_json), _open(data_dir) as rag:
+        documents = rag.list_documents(tenant, state=state, limit=limit, after=after)
+    if as_json:
+        _print_json({"documents": [d.to_dict() for d in documents]})
+        return
+    table = Table("document", "version", "state", "chunks", "latest", "error")
+    for d in documents:
+        row = d.to_dict()
+        error = f"[{row['error']['code']}] {row['error']['message']}" if row["error"] else ""
+        table.add_row(
+            d.doc_id,
+            str(d.version),
+            d.state.value,
+            str(d.chunk_count),
+            f"v{row['latest_version']} {row['latest_state']}",
+            error,
+        )
+    console.print(table)
+
+
+@app.command()
+def tenants(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
+    """List the tenants of the data dir."""
+    with _errors_reported(as_json), _open(data_dir) as rag:
+        records = rag.tenants()
+    if as_json:
+        _print_json({"tenants": [{"tenant": r.tenant, "shard": r.shard_id} for r in records]})
+        return
+    table = Table("tenant", "shard")
+    for r in records:
+        table.add_row(r.tenant, str(r.shard_id))
+    console.print(table)
+
+
+# -- eval -----------------------------------------------------------------------------------
+
+
+def _timed(step: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    value = step()
+    return value, time.perf_counter() - start
+
+
+@app.command("eval")
+def evaluate(
+    dataset_dir: Annotated[
+        Path, typer.Argument(help="BEIR dataset: corpus.jsonl, queries.jsonl, qrels/.")
+    ],
+    mode: Annotated[SearchMode, typer.Option("--mode", help="Mode reported in --json.")] = (
+        SearchMode.HYBRID
+    ),
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="SHARDRAG_DATA_DIR", help="Keep the index here."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """nDCG@10 and recall@100 of every mode on a BEIR dataset, ingested into a fresh tenant."""
+    from shardrag.evaluation.runner import run_evaluation
+
+    with _errors_reported(as_json):
+        workdir = Path(tempfile.mkdtemp(prefix="shardrag-eval-")) if data_dir is None else None
+        try:
+            with Shardrag.open(data_dir or workdir) as rag:
+                if as_json:
+                    report = run_evaluation(rag, dataset_dir, split, None)
+                else:
+                    with _progress() as progress:
+                        report = run_evaluation(rag, dataset_dir, split, progress)
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+    chosen = report.modes[mode.value]
+    if as_json:
+        _print_json(
+            {
+                "mode": mode.value,
+                "ndcg@10": chosen.ndcg_at_10,
+                "recall@100": chosen.recall_at_100,
+                "modes": {
+                    m: {"ndcg@10": s.ndcg_at_10, "recall@100": s.recall_at_100}
+                    for m, s in report.modes.items()
+                },
+                "documents": report.documents,
+                "queries": report.queries,
+                "tenant": report.tenant,
+                "ingest_seconds": report.ingest_seconds,
+            }
+        )
+        return
+    table = Table(
+        "mode", "nDCG@10", "recall@100", title=f"{dataset_dir.name}: {report.queries} queries"
+    )
+    for m, s in report.modes.items():
+        table.add_row(m, f"{s.ndcg_at_10:.4f}", f"{s.recall_at_100:.4f}")
+    console.print(table)
+    console.print(f"{report.documents} documents ingested in {report.ingest_seconds:.1f}s")
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    question: Annotated[str | None, typer.Argument(help="Question to ask.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    k: Annotated[int, typer.Option("--k")] = 3,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest the bundled sample corpus, ask a question, print the top passages and sources."""
+    from shardrag.demo import CORPUS_DIR, DEMO_QUESTION
+
+    question = question or DEMO_QUESTION
+    with _errors_reported(as_json), _open(data_dir) as rag:
+        files = collect_files([CORPUS_DIR])
+        if as_json:
+            outcomes = ingest_files(rag, "demo", files, None)
+        else:
+            with _progress() as progress:
+                outcomes = ingest_files(rag, "demo", files, progress)
+        hits = rag.search("demo", question, k=k)
+    if as_json:
+        _print_json(
+            {"ingested": outcomes, "question": question, "hits": [h.to_dict() for h in hits]}
+        )
+        return
+    console.print(f"\n[bold]Q:[/] {question}\n")
+    print_hits(hits)
+    console.print("[bold]Sources:[/] " + ", ".join(dict.fromkeys(h.doc_id for h in hits)))
+
+
+def main() -> None:
+    """Entry point of the ``shardrag`` script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="shardrag")
+    sys.exit(0)

@@ -1,0 +1,114 @@
+"""Settings: one ``SHARDRAG_`` environment namespace and an optional ``shardrag.toml``.
+
+Precedence, highest first: arguments given in code, ``SHARDRAG_*`` variables, the TOML file
+(``$SHARDRAG_CONFIG``, else ``./shardrag.toml``), the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from shardrag.errors import InvalidParameter
+from shardrag.models import Fusion
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of an embedded shardrag; see docs/configuration.md."""
+
+    data_dir: Path = Path("./shardrag-data")
+    #: Shards in the data dir; a tenant is placed on one when it is created.
+    shards: int = 1
+    #: Largest document accepted, in bytes (413 document_too_large above).
+    max_document_bytes: int = 25 * 1024 * 1024
+    #: Target chunk size and overlap, in the embedding model's tokens.
+    chunk_tokens: int = 200
+    chunk_overlap_tokens: int = 32
+    #: "bundled" (all-MiniLM-L6-v2 on the CPU) or "http" (an OpenAI-compatible endpoint).
+    embedder: str = "bundled"
+    embed_batch_size: int = 64
+    embed_url: str | None = None
+    embed_model: str | None = None
+    embed_api_key: str | None = None
+    embed_dimension: int | None = None
+    embed_timeout_seconds: float = 30.0
+    #: Vectors kept in the embedding cache (per data dir, all tenants).
+    embedding_cache_entries: int = 200_000
+    #: New points in a shard after which its indexes are rebuilt (see engine.optimize).
+    optimize_threshold: int = 20_000
+    #: Fusion of dense and keyword ranks in hybrid mode (docs/retrieval.md).
+    fusion: Fusion = Fusion.DBSF
+    max_k: int = 1000
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Defaults, then the TOML file, then the environment, then ``overrides``."""
+        values: dict[str, Any] = {}
+        toml_path = Path(os.environ.get("SHARDRAG_CONFIG", "shardrag.toml"))
+        if toml_path.is_file():
+            with toml_path.open("rb") as f:
+                values.update(tomllib.load(f))
+        for field in fields(cls):
+            env = os.environ.get(f"SHARDRAG_{field.name.upper()}")
+            if env is not None:
+                values[field.name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Settings:
+        """Build settings from strings or typed values, rejecting unknown names."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise InvalidParameter(f"unknown settings: {sorted(unknown)}", unknown=sorted(unknown))
+        defaults = cls()
+        typed = {
+            name: _coerce(name, value, getattr(defaults, name)) for name, value in values.items()
+        }
+        settings = dataclasses.replace(defaults, **typed)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values outside their ranges with a message naming the setting."""
+        checks = {
+            "shards": self.shards >= 1,
+            "max_document_bytes": self.max_document_bytes >= 1,
+            "chunk_tokens": self.chunk_tokens >= 16,
+            "chunk_overlap_tokens": 0 <= self.chunk_overlap_tokens < self.chunk_tokens,
+            "embedder": self.embedder in ("bundled", "http"),
+            "embed_batch_size": self.embed_batch_size >= 1,
+            "max_k": self.max_k >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise InvalidParameter(f"setting {name}={getattr(self, name)!r} is out of range")
+        if self.embedder == "http" and not self.embed_url:
+            raise InvalidParameter("embedder 'http' needs SHARDRAG_EMBED_URL")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str):
+        return Path(value) if isinstance(default, Path) else value
+    try:
+        if isinstance(default, bool):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, Fusion):
+            return Fusion(value.lower())
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, Path):
+            return Path(value)
+    except ValueError as exc:
+        raise InvalidParameter(f"setting {name}={value!r}: {exc}", setting=name) from exc
+    if name == "embed_dimension":
+        return int(value)
+    return value

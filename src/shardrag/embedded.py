@@ -1,0 +1,294 @@
+"""``Shardrag``: the embedded mode, every service in one process over one data dir.
+
+The wiring of the embedded mode lives here and nowhere else: registry, blobs, shards,
+embedder, writer and searcher are built from ``Settings`` and handed to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from shardrag import validation
+from shardrag.blobs import open_blob_store
+from shardrag.config import Settings
+from shardrag.datadir import DataDirLock
+from shardrag.embed import EmbeddingCache, open_embedder
+from shardrag.engine import EngineSettings, ShardEngine, ShardSet
+from shardrag.errors import (
+    DocumentNotFound,
+    InvalidParameter,
+    ShardragError,
+    TenantNotFound,
+    Unavailable,
+)
+from shardrag.ingest import Chunker
+from shardrag.models import (
+    DocumentInfo,
+    DocumentInput,
+    Fusion,
+    Hit,
+    Metadata,
+    SearchMode,
+    SearchRequest,
+    VersionState,
+    WriteResult,
+)
+from shardrag.pipeline import ChunkVectorizer, DocumentWriter
+from shardrag.registry import TenantRecord, open_registry
+from shardrag.retrieval import Searcher
+
+log = logging.getLogger(__name__)
+_LAYOUT_FILE = "shardrag.json"
+
+
+class Shardrag:
+    """A shardrag data dir opened in this process (exclusively).
+
+    Thread-safe: one object serves many writer and searcher threads at once.
+
+    >>> rag = Shardrag.open("./shardrag-data")                      # doctest: +SKIP
+    >>> rag.put_document("acme", "handbook", b"...", filename="handbook.md")  # doctest: +SKIP
+    >>> rag.search("acme", "how are shards replicated?", k=5)       # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir
+        self._lock = DataDirLock(self.data_dir)
+        self._closed = False
+        try:
+            self._open_parts()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open_parts(self) -> None:
+        settings = self.settings
+        self.embedder = open_embedder(settings)
+        self._layout = self._check_layout()
+        self.registry = open_registry(self.data_dir)
+        self.blobs = open_blob_store(self.data_dir)
+        self.embedding_cache = EmbeddingCache(
+            self.data_dir / "embeddings.sqlite3", settings.embedding_cache_entries
+        )
+        self.shards = ShardSet(
+            self.data_dir / "shards",
+            EngineSettings(dimension=int(self._layout["dimension"])),
+            settings.optimize_threshold,
+        )
+        self.writer = DocumentWriter(
+            registry=self.registry,
+            blobs=self.blobs,
+            shard_of=self._shard_creating_tenant,
+            chunker=Chunker(
+                self.embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens
+            ),
+            vectorizer=ChunkVectorizer(self.embedder, self.embedding_cache),
+            max_document_bytes=settings.max_document_bytes,
+        )
+        self.searcher = Searcher(self.embedder, self._shard_of_existing_tenant)
+        self._tenant_lock = threading.Lock()
+        recovered = self.writer.recover()
+        for tenant, doc_id, version, state in recovered:
+            log.warning("recovered %s/%s v%s as %s", tenant, doc_id, version, state.value)
+
+    def _check_layout(self) -> dict[str, Any]:
+        """Pin the data dir to its embedding model and shard count on first open."""
+        path = self.data_dir / _LAYOUT_FILE
+        wanted = {"model": self.embedder.model_id, "shards": self.settings.shards}
+        if path.exists():
+            layout: dict[str, Any] = json.loads(path.read_text())
+            if layout["model"] != wanted["model"]:
+                raise InvalidParameter(
+                    f"data dir {self.data_dir} holds vectors of {layout['model']}, not "
+                    f"{wanted['model']}; use another data dir for another model",
+                    stored=layout["model"],
+                )
+            return layout
+        layout = {**wanted, "dimension": self.embedder.dimension}
+        path.write_text(json.dumps(layout))
+        return layout
+
+    @classmethod
+    def open(cls, data_dir: str | Path | None = None, **settings: Any) -> Shardrag:
+        """Open (creating if needed) a data dir; other settings come from the environment."""
+        return cls(Settings.load(data_dir=Path(data_dir) if data_dir else None, **settings))
+
+    # -- tenants ------------------------------------------------------------------------------
+
+    def _place(self, tenant: str) -> int:
+        # Stable placement by hash; the registry records it so a later rebalance can move it.
+        return zlib.crc32(tenant.encode()) % int(self._layout["shards"])
+
+    def create_tenant(self, tenant: str) -> TenantRecord:
+        """Create a tenant (idempotent) and return its record."""
+        validation.tenant_id(tenant)
+        with self._tenant_lock:
+            return self.registry.ensure_tenant(tenant, self._place(tenant))
+
+    def tenants(self) -> list[TenantRecord]:
+        """Every tenant of the data dir."""
+        return self.registry.list_tenants()
+
+    def tenant(self, tenant: str) -> TenantRecord:
+        """The tenant's record; TenantNotFound if it does not exist."""
+        validation.tenant_id(tenant)
+        record = self.registry.get_tenant(tenant)
+        if record is None:
+            raise TenantNotFound(f"no tenant {tenant!r}", tenant=tenant)
+        return record
+
+    def drop_tenant(self, tenant: str) -> None:
+        """Delete a tenant with every document and chunk it has."""
+        record = self.tenant(tenant)
+        self.shards.shard(record.shard_id).drop_tenant(tenant)
+        self.registry.delete_tenant(tenant)
+
+    def _shard_creating_tenant(self, tenant: str) -> ShardEngine:
+        return self.shards.shard(self.create_tenant(tenant).shard_id)
+
+    def _shard_of_existing_tenant(self, tenant: str) -> ShardEngine:
+        return self.shards.shard(self.tenant(tenant).shard_id)
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def put_document(
+        self,
+        tenant: str,
+        doc_id: str,
+        data: bytes,
+        filename: str | None = None,
+        metadata: Metadata | None = None,
+        content_type: str | None = None,
+        title: str | None = None,
+        wait: bool = True,
+    ) -> WriteResult:
+        """Store a new version of a document and return once it is live.
+
+        Creates the tenant on first use. Re-putting identical bytes, filename and metadata is a
+        no-op (``unchanged=True``). Raises the reason (a ``ShardragError``) when the version
+        fails; the previous version then stays live. ``wait=False`` is accepted for the
+        asynchronous write path; the embedded write path is synchronous, so the result is
+        live either way.
+        """
+        document = DocumentInput(doc_id, bytes(data), filename, metadata or {}, content_type, title)
+        return self.writer.put(validation.tenant_id(tenant), self._checked(document))
+
+    def put_documents(
+        self, tenant: str, documents: Iterable[DocumentInput]
+    ) -> list[WriteResult | ShardragError]:
+        """Write many documents of one tenant, embedding their chunks in shared batches.
+
+        Returns one outcome per document, in order: its ``WriteResult`` or the error that
+        failed it (the others are unaffected). Invalid ids or metadata raise before anything
+        is written.
+        """
+        checked = [self._checked(d) for d in documents]
+        return self.writer.put_many(validation.tenant_id(tenant), checked)
+
+    def _checked(self, document: DocumentInput) -> DocumentInput:
+        self._check_open()
+        validation.doc_id(document.doc_id)
+        validation.metadata(document.metadata)
+        return document
+
+    def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
+        """Remove every chunk of a document (its history stays in the registry)."""
+        self._check_open()
+        self.tenant(tenant)
+        return self.writer.delete(tenant, validation.doc_id(doc_id))
+
+    def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
+        """Version, state, chunk count, metadata and last error of a document."""
+        self.tenant(tenant)
+        info = self.registry.document(tenant, validation.doc_id(doc_id))
+        if info is None:
+            raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
+        return info
+
+    def list_documents(
+        self,
+        tenant: str,
+        state: VersionState | str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[DocumentInfo]:
+        """A page of the tenant's documents by id (deleted ones only with state='deleted')."""
+        self.tenant(tenant)
+        try:
+            wanted = VersionState(state) if state is not None else None
+        except ValueError:
+            raise InvalidParameter(
+                f"state must be one of {[s.value for s in VersionState]}, not {state!r}"
+            ) from None
+        if not 1 <= limit <= 1000:
+            raise InvalidParameter("limit must be from 1 to 1000")
+        return self.registry.documents(tenant, wanted, limit, after)
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        k: int = 10,
+        mode: SearchMode | str = SearchMode.HYBRID,
+        filters: Metadata | None = None,
+        fusion: Fusion | str | None = None,
+    ) -> list[Hit]:
+        """The top-k passages of the tenant's live documents for ``query``.
+
+        ``mode``: hybrid (dense + BM25 fused), dense, or keyword. ``filters``: metadata
+        equality, ``{"team": "ops"}``, or any-of, ``{"team": ["ops", "dev"]}``.
+        """
+        self._check_open()
+        request = SearchRequest(
+            tenant=validation.tenant_id(tenant),
+            query=validation.query_text(query),
+            k=validation.top_k(k, self.settings.max_k),
+            mode=validation.search_mode(mode),
+            filters=validation.metadata(filters),
+            fusion=validation.fusion(fusion or self.settings.fusion),
+        )
+        return self.searcher.run(request)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def optimize(self) -> None:
+        """Build the indexes of every open shard now (pauses the process while it runs)."""
+        for engine in self.shards.open_shards().values():
+            engine.optimize()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("this Shardrag is closed")
+
+    def close(self) -> None:
+        """Flush and release the data dir. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.shards.close()
+            self.embedding_cache.close()
+            self.registry.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Shardrag:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,433 @@
+"""One shard on local disk: Qdrant Edge with a dense and a BM25 vector per chunk.
+
+This module (with the rest of ``engine/``) is the only code that imports ``qdrant_edge``; the
+binding is young and its API moves, so it is pinned and kept behind this class.
+
+Consistency protocol (ARCHITECTURE.md §2, write path):
+
+* ``upsert`` writes the points of version v in state ``pending``; queries filter on
+  ``state == live`` so they never see them.
+* ``commit(doc, v)`` makes v ``live`` and deletes every point of older versions. The two engine
+  updates run under the exclusive side of a readers-writer lock, so no search observes the state
+  between them. A commit for a document deletes nothing of newer versions, so replaying an old
+  commit is harmless. Delete is a commit of a version that has no points (a tombstone).
+* ``abort(doc, v)`` deletes the points of v (the compensating action of a failed version).
+* Searches keep, per document, only the highest version among their hits: if the process died
+  between the two updates of a commit, both versions are briefly live on disk, and readers still
+  see exactly one until recovery re-applies the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from shardrag.engine.ids import point_id
+from shardrag.engine.rwlock import ReadWriteLock
+from shardrag.errors import InternalError, InvalidParameter
+from shardrag.models import EmbeddedChunk, Fusion, Hit, Metadata, SearchMode
+
+DENSE = "dense"
+BM25 = "bm25"
+_PENDING = "pending"
+_LIVE = "live"
+_SETTINGS_FILE = "shardrag-engine.json"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What fixes the shape of a shard's points; persisted with the shard and checked on load.
+
+    ``bm25_avg_len`` is BM25's expected passage length in BM25 tokens (after stop words and
+    stemming). Qdrant's default of 256 suits whole documents; our chunks are at most ~200 model
+    tokens, about 60-100 BM25 tokens, so length normalisation is calibrated to that.
+    """
+
+    dimension: int
+    bm25_k: float = 1.2
+    bm25_b: float = 0.75
+    bm25_avg_len: float = 80.0
+    bm25_language: str = "english"
+
+
+@dataclass(frozen=True)
+class PointCount:
+    """Points of a document or tenant by state."""
+
+    pending: int
+    live: int
+
+
+class ShardEngine:
+    """A Qdrant Edge shard holding the chunks of many tenants' documents.
+
+    Safe to use from many threads: searches share a readers-writer lock, commits and
+    optimisation take it exclusively.
+    """
+
+    def __init__(self, path: Path, settings: EngineSettings, optimize_threshold: int = 20_000):
+        self.path = path
+        self.settings = settings
+        self.optimize_threshold = optimize_threshold
+        self._lock = ReadWriteLock()
+        self._pending_lock = threading.Lock()
+        self._unoptimized = 0
+        self._bm25 = qe.Bm25(
+            qe.Bm25Config(
+                k=settings.bm25_k,
+                b=settings.bm25_b,
+                avg_len=settings.bm25_avg_len,
+                language=settings.bm25_language,
+            )
+        )
+        self._shard = self._open(path, settings)
+
+    @staticmethod
+    def _config(settings: EngineSettings) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors={
+                DENSE: qe.EdgeVectorParams(size=settings.dimension, distance=qe.Distance.Cosine)
+            },
+            sparse_vectors={BM25: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        )
+
+    def _open(self, path: Path, settings: EngineSettings) -> qe.EdgeShard:
+        settings_file = path / _SETTINGS_FILE
+        if settings_file.exists():
+            stored = EngineSettings(**json.loads(settings_file.read_text()))
+            if stored != settings:
+                raise InvalidParameter(
+                    f"shard {path.name} was built with {stored}, not {settings}; "
+                    "re-index into a new data dir to change the model or BM25 settings",
+                    stored=asdict(stored),
+                    requested=asdict(settings),
+                )
+            return qe.EdgeShard.load(str(path))
+        path.mkdir(parents=True, exist_ok=True)
+        shard = qe.EdgeShard.create(str(path), self._config(settings))
+        for field, schema in (
+            ("tenant", qe.KeywordIndexParams(is_tenant=True)),
+            ("doc_id", qe.PayloadSchemaType.Keyword),
+            ("state", qe.PayloadSchemaType.Keyword),
+            ("version", qe.PayloadSchemaType.Integer),
+        ):
+            shard.update(qe.UpdateOperation.create_field_index(field, schema))
+        # Written last: a shard without this file is one whose creation did not finish.
+        tmp = settings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(settings)))
+        tmp.replace(settings_file)
+        return shard
+
+    # -- write path ---------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        tenant: str,
+        doc_id: str,
+        version: int,
+        chunks: Sequence[EmbeddedChunk],
+        metadata: Metadata,
+        filename: str | None,
+    ) -> None:
+        """Write the points of one version, invisible to searches until ``commit``."""
+        if not chunks:
+            return
+        points = [
+            qe.Point(
+                point_id(tenant, doc_id, version, ec.chunk.index),
+                {
+                    DENSE: ec.vector,
+                    BM25: self._bm25.embed_document(ec.chunk.indexed_text),
+                },
+                {
+                    "tenant": tenant,
+                    "doc_id": doc_id,
+                    "version": version,
+                    "chunk_index": ec.chunk.index,
+                    "state": _PENDING,
+                    "text": ec.chunk.text,
+                    "context": ec.chunk.context,
+                    "page": ec.chunk.page,
+                    "content_hash": ec.chunk.content_hash,
+                    "filename": filename,
+                    "meta": metadata,
+                    "meta_bool": _bool_shadow(metadata),
+                },
+            )
+            for ec in chunks
+        ]
+        with self._lock.shared():
+            self._shard.update(qe.UpdateOperation.upsert_points(points))
+        with self._pending_lock:
+            self._unoptimized += len(points)
+
+    def commit(self, tenant: str, doc_id: str, version: int) -> None:
+        """Make ``version`` the live one and delete every older version's points. Idempotent."""
+        doc = _doc_filter(tenant, doc_id)
+        with self._lock.exclusive():
+            self._shard.update(
+                qe.UpdateOperation.set_payload_by_filter(
+                    qe.Filter(must=[*doc, _eq("version", version)]), {"state": _LIVE}
+                )
+            )
+            self._shard.update(
+                qe.UpdateOperation.delete_points_by_filter(
+                    qe.Filter(
+                        must=[*doc, qe.FieldCondition("version", range=qe.RangeFloat(lt=version))]
+                    )
+                )
+            )
+        self._optimize_if_due()
+
+    def abort(self, tenant: str, doc_id: str, version: int) -> None:
+        """Delete the pending points of a version that will never commit. Idempotent.
+
+        Only pending points go: an abort that arrives after the version's commit (a redelivery,
+        a confused caller) can never remove what searches are showing.
+        """
+        with self._lock.shared():
+            self._shard.update(
+                qe.UpdateOperation.delete_points_by_filter(
+                    qe.Filter(
+                        must=[
+                            *_doc_filter(tenant, doc_id),
+                            _eq("version", version),
+                            _eq("state", _PENDING),
+                        ]
+                    )
+                )
+            )
+
+    def drop_tenant(self, tenant: str) -> None:
+        """Delete every point of a tenant."""
+        with self._lock.exclusive():
+            self._shard.update(
+                qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[_eq("tenant", tenant)]))
+            )
+
+    def vectors(
+        self, tenant: str, doc_id: str, version: int, chunk_indexes: Sequence[int]
+    ) -> dict[int, list[float]]:
+        """Dense vectors of chunks of a stored version, by chunk index (for reuse on update)."""
+        ids = {point_id(tenant, doc_id, version, i): i for i in chunk_indexes}
+        if not ids:
+            return {}
+        with self._lock.shared():
+            records = self._shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
+        found: dict[int, list[float]] = {}
+        for record in records:
+            named = record.vector
+            dense = named.get(DENSE) if isinstance(named, dict) else None
+            if isinstance(dense, list):
+                found[ids[str(record.id)]] = [float(x) for x in dense if isinstance(x, float)]
+        return found
+
+    # -- read path ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        tenant: str,
+        mode: SearchMode,
+        k: int,
+        dense: list[float] | None = None,
+        text: str = "",
+        filters: Metadata | None = None,
+        fusion: Fusion = Fusion.DBSF,
+    ) -> list[Hit]:
+        """Top-k live chunks of one tenant, in one engine call (hybrid: prefetch + fusion)."""
+        live = qe.Filter(
+            must=[_eq("tenant", tenant), _eq("state", _LIVE), *_metadata_conditions(filters or {})]
+        )
+        request = self._request(tenant, mode, k, dense, text, live, fusion)
+        with self._lock.shared():
+            points = self._shard.query(request)
+        return _one_version_per_document([_hit(p) for p in points])[:k]
+
+    def _request(
+        self,
+        tenant: str,
+        mode: SearchMode,
+        k: int,
+        dense: list[float] | None,
+        text: str,
+        live: qe.Filter,
+        fusion: Fusion,
+    ) -> qe.QueryRequest:
+        # Over-fetch a little: the per-document version check may drop hits in a crash window.
+        limit = k + 8
+        if mode is not SearchMode.KEYWORD and dense is None:
+            raise InvalidParameter(f"{mode.value} search needs a query vector")
+        query_vector: list[float] = dense or []
+        # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
+        keyword_params = qe.SearchParams(idf=qe.IdfParams(corpus=live))
+        if mode is SearchMode.DENSE:
+            return qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(query_vector, using=DENSE),
+                filter=live,
+                with_payload=True,
+            )
+        sparse = self._bm25.embed_query(text)
+        if mode is SearchMode.KEYWORD:
+            return qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(sparse, using=BM25),
+                filter=live,
+                params=keyword_params,
+                with_payload=True,
+            )
+        depth = max(100, 4 * limit)
+        fuse: Any = qe.Fusion.Dbsf() if fusion is Fusion.DBSF else qe.Fusion.Rrf(k=60)
+        return qe.QueryRequest(
+            limit=limit,
+            prefetches=[
+                qe.Prefetch(
+                    limit=depth, query=qe.Query.Nearest(query_vector, using=DENSE), filter=live
+                ),
+                qe.Prefetch(
+                    limit=depth,
+                    query=qe.Query.Nearest(sparse, using=BM25),
+                    filter=live,
+                    params=keyword_params,
+                ),
+            ],
+            query=fuse,
+            filter=live,
+            with_payload=True,
+        )
+
+    def count(
+        self, tenant: str, doc_id: str | None = None, version: int | None = None
+    ) -> PointCount:
+        """Pending and live points of a tenant, optionally of one document or version."""
+        must = [_eq("tenant", tenant)]
+        if doc_id is not None:
+            must.append(_eq("doc_id", doc_id))
+        if version is not None:
+            must.append(_eq("version", version))
+        with self._lock.shared():
+            pending = self._shard.count(
+                qe.CountRequest(exact=True, filter=qe.Filter(must=[*must, _eq("state", _PENDING)]))
+            )
+            live = self._shard.count(
+                qe.CountRequest(exact=True, filter=qe.Filter(must=[*must, _eq("state", _LIVE)]))
+            )
+        return PointCount(pending=pending, live=live)
+
+    def points_count(self) -> int:
+        """Every point in the shard, of every tenant and state."""
+        with self._lock.shared():
+            return int(self._shard.info().points_count)
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def optimize(self) -> bool:
+        """Build the HNSW and sparse indexes of new segments now.
+
+        The binding holds the GIL while it optimises, so this pauses the whole process; it
+        runs at controlled points (after a commit that crosses ``optimize_threshold`` points,
+        or on request) rather than in a background thread that would stall searches unseen.
+        """
+        with self._lock.exclusive():
+            changed = bool(self._shard.optimize())
+        with self._pending_lock:
+            self._unoptimized = 0
+        return changed
+
+    def _optimize_if_due(self) -> None:
+        with self._pending_lock:
+            due = self._unoptimized >= self.optimize_threshold
+        if due:
+            self.optimize()
+
+    def flush(self) -> None:
+        """Flush segments to disk (the WAL already makes every update durable)."""
+        with self._lock.exclusive():
+            self._shard.flush()
+
+    def close(self) -> None:
+        """Flush and release the shard's files."""
+        with self._lock.exclusive():
+            try:
+                self._shard.flush()
+            finally:
+                self._shard.close()
+
+
+def _eq(key: str, value: str | int) -> qe.FieldCondition:
+    return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+
+def _doc_filter(tenant: str, doc_id: str) -> list[qe.FieldCondition]:
+    return [_eq("tenant", tenant), _eq("doc_id", doc_id)]
+
+
+def _bool_shadow(metadata: Metadata) -> dict[str, str]:
+    # qdrant-edge-py 0.9.0 never matches MatchValue(True) against a boolean payload value (the
+    # binding passes it on as an integer), so boolean metadata is also stored as a string.
+    return {key: str(value).lower() for key, value in metadata.items() if isinstance(value, bool)}
+
+
+def _metadata_conditions(filters: Metadata) -> list[qe.FieldCondition]:
+    """Translate ``{key: value | [values]}`` into engine conditions on the metadata payload."""
+    conditions = []
+    for key, value in filters.items():
+        if isinstance(value, bool):
+            conditions.append(_eq(f"meta_bool.{key}", str(value).lower()))
+        elif isinstance(value, (str, int)):
+            conditions.append(_eq(f"meta.{key}", value))
+        elif isinstance(value, float):
+            conditions.append(
+                qe.FieldCondition(f"meta.{key}", range=qe.RangeFloat(gte=value, lte=value))
+            )
+        elif isinstance(value, list) and _homogeneous_keywords(value):
+            conditions.append(qe.FieldCondition(f"meta.{key}", match=qe.MatchAny(value)))
+        else:
+            raise InvalidParameter(
+                f"filter {key!r}: a value must be a string, number, boolean or a non-empty list "
+                "of strings or of integers",
+                key=key,
+            )
+    return conditions
+
+
+def _homogeneous_keywords(values: list[Any]) -> bool:
+    """A non-empty list of only strings or only (non-boolean) integers, as MatchAny takes."""
+    if not values:
+        return False
+    if all(isinstance(v, str) for v in values):
+        return True
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _hit(point: Any) -> Hit:
+    payload = point.payload or {}
+    try:
+        return Hit(
+            doc_id=payload["doc_id"],
+            version=int(payload["version"]),
+            chunk_index=int(payload["chunk_index"]),
+            text=payload["text"],
+            score=float(point.score),
+            metadata=payload.get("meta") or {},
+            context=payload.get("context") or "",
+            filename=payload.get("filename"),
+            page=payload.get("page"),
+        )
+    except KeyError as exc:
+        raise InternalError(
+            f"point {point.id} lacks payload field {exc}", point=str(point.id)
+        ) from exc
+
+
+def _one_version_per_document(hits: list[Hit]) -> list[Hit]:
+    newest: dict[str, int] = {}
+    for hit in hits:
+        newest[hit.doc_id] = max(hit.version, newest.get(hit.doc_id, hit.version))
+    return [hit for hit in hits if hit.version == newest[hit.doc_id]]

@@ -1,0 +1,168 @@
+"""The one exception tree of shardrag.
+
+Every error a caller can see is a ``ShardragError`` with a stable, machine-readable ``code``
+and an HTTP-style ``status`` used by the API layer (the only place that maps errors to HTTP).
+
+    ShardragError                      code             status
+    ├── InvalidInput                   invalid_input      422
+    │   ├── EmptyDocument              empty_document     422
+    │   ├── BinaryContent              binary_content     422
+    │   ├── UnsupportedFormat          unsupported_format 415
+    │   ├── UnparseableDocument        unparseable_document 422
+    │   ├── DocumentTooLarge           document_too_large 413
+    │   ├── InvalidDocumentId          invalid_document_id 422
+    │   ├── InvalidTenantId            invalid_tenant_id  422
+    │   ├── EmptyQuery                 empty_query        422
+    │   └── InvalidParameter           invalid_parameter  422
+    ├── NotFound                       not_found          404
+    │   ├── TenantNotFound             tenant_not_found   404
+    │   └── DocumentNotFound           document_not_found 404
+    ├── Unauthorized                   unauthorized       401
+    ├── Conflict                       conflict           409
+    │   └── DataDirLocked              data_dir_locked    409
+    ├── Unavailable                    unavailable        503
+    │   └── EmbedderUnavailable        embedder_unavailable 503
+    └── InternalError                  internal_error     500
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ShardragError(Exception):
+    """Base of every shardrag error: a stable ``code``, a human ``message`` and ``details``."""
+
+    code: ClassVar[str] = "shardrag_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the JSON body every interface (CLI --json, API) returns."""
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidInput(ShardragError):
+    """The caller sent something shardrag will not accept; nothing stored was changed."""
+
+    code = "invalid_input"
+    status = 422
+
+
+class EmptyDocument(InvalidInput):
+    """The document has no bytes, or no text once parsed."""
+
+    code = "empty_document"
+
+
+class BinaryContent(InvalidInput):
+    """The bytes are not text although the document claims a text format."""
+
+    code = "binary_content"
+
+
+class UnsupportedFormat(InvalidInput):
+    """No parser handles this file type."""
+
+    code = "unsupported_format"
+    status = 415
+
+
+class UnparseableDocument(InvalidInput):
+    """The parser for the format rejected the bytes (a broken PDF, say)."""
+
+    code = "unparseable_document"
+
+
+class DocumentTooLarge(InvalidInput):
+    """The document is larger than the configured limit."""
+
+    code = "document_too_large"
+    status = 413
+
+
+class InvalidDocumentId(InvalidInput):
+    """A document id that is empty, too long, or has `..` segments or control characters."""
+
+    code = "invalid_document_id"
+
+
+class InvalidTenantId(InvalidInput):
+    """A tenant id outside ``[a-z0-9][a-z0-9_-]{0,62}``."""
+
+    code = "invalid_tenant_id"
+
+
+class EmptyQuery(InvalidInput):
+    """A search with no query text."""
+
+    code = "empty_query"
+
+
+class InvalidParameter(InvalidInput):
+    """A parameter outside its documented range (k, mode, filters ...)."""
+
+    code = "invalid_parameter"
+
+
+class NotFound(ShardragError):
+    """The named thing does not exist (for this tenant)."""
+
+    code = "not_found"
+    status = 404
+
+
+class TenantNotFound(NotFound):
+    """No tenant of that id."""
+
+    code = "tenant_not_found"
+
+
+class DocumentNotFound(NotFound):
+    """No document of that id in the tenant."""
+
+    code = "document_not_found"
+
+
+class Unauthorized(ShardragError):
+    """Missing or invalid credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Conflict(ShardragError):
+    """The request conflicts with the current state."""
+
+    code = "conflict"
+    status = 409
+
+
+class DataDirLocked(Conflict):
+    """Another process holds the data directory."""
+
+    code = "data_dir_locked"
+
+
+class Unavailable(ShardragError):
+    """A component needed for the request is not available right now."""
+
+    code = "unavailable"
+    status = 503
+
+
+class EmbedderUnavailable(Unavailable):
+    """The embedding model or endpoint cannot embed right now."""
+
+    code = "embedder_unavailable"
+
+
+class InternalError(ShardragError):
+    """A fault inside shardrag; the message names what failed."""
+
+    code = "internal_error"
+    status = 500

@@ -1,0 +1,244 @@
+"""Domain types shared by every layer: parsed documents, chunks, versions, hits."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+Metadata = dict[str, Any]
+
+
+class VersionState(enum.StrEnum):
+    """Lifecycle of one version of a document (ARCHITECTURE.md §2, write path)."""
+
+    PENDING = "pending"
+    LIVE = "live"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    DELETED = "deleted"
+
+
+class SearchMode(enum.StrEnum):
+    """Which retrieval signal ranks the hits."""
+
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    KEYWORD = "keyword"
+
+
+class Fusion(enum.StrEnum):
+    """How hybrid search fuses the dense and keyword rankings (docs/retrieval.md)."""
+
+    DBSF = "dbsf"
+    RRF = "rrf"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One structural unit of parsed text: a paragraph, list item, table row or code block.
+
+    ``headings`` is the path of section headings the block sits under, outermost first.
+    """
+
+    text: str
+    headings: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    """What a parser returns: the document's text as blocks, with structure hints."""
+
+    blocks: list[Block]
+    title: str | None = None
+    content_type: str = "text/plain"
+    encoding: str | None = None
+
+    @property
+    def text(self) -> str:
+        """All block text joined, for callers that need the plain text."""
+        return "\n\n".join(b.text for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage of a document as it is embedded and indexed.
+
+    ``text`` is the passage shown to users; ``context`` is its heading path, prepended to the
+    text for embedding and keyword indexing (``indexed_text``) so a chunk keeps its section's
+    meaning. ``content_hash`` covers ``indexed_text``: equal hashes mean equal vectors.
+    """
+
+    index: int
+    text: str
+    context: str
+    content_hash: str
+    token_count: int
+    page: int | None = None
+
+    @property
+    def indexed_text(self) -> str:
+        """The text the embedder and the BM25 index see."""
+        return f"{self.context}\n{self.text}" if self.context else self.text
+
+
+@dataclass(frozen=True)
+class DocumentInput:
+    """One document as a caller hands it in: bytes plus what the bytes do not say.
+
+    ``title`` overrides the title the parser finds; it becomes the heading context of every
+    chunk that has no heading of its own.
+    """
+
+    doc_id: str
+    data: bytes
+    filename: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+    content_type: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """A chunk with its dense vector, ready for the shard engine."""
+
+    chunk: Chunk
+    vector: list[float]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a passage of the live version of a document."""
+
+    doc_id: str
+    version: int
+    chunk_index: int
+    text: str
+    score: float
+    metadata: Metadata
+    context: str = ""
+    filename: str | None = None
+    page: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (CLI --json, API)."""
+        return {
+            "doc_id": self.doc_id,
+            "version": self.version,
+            "chunk_index": self.chunk_index,
+            "text": self.text,
+            "score": self.score,
+            "metadata": self.metadata,
+            "context": self.context,
+            "filename": self.filename,
+            "page": self.page,
+        }
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a document as the registry records it."""
+
+    version: int
+    state: VersionState
+    content_hash: str | None
+    filename: str | None
+    size: int
+    chunk_count: int
+    metadata: Metadata
+    error_code: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """A document's state: the live version (what search returns) and the latest attempt."""
+
+    tenant: str
+    doc_id: str
+    live: VersionInfo | None
+    latest: VersionInfo
+
+    @property
+    def version(self) -> int:
+        """The live version, or the latest one when none is live."""
+        return self.live.version if self.live else self.latest.version
+
+    @property
+    def state(self) -> VersionState:
+        """``live`` while a version is searchable; else the latest version's state."""
+        if self.latest.state is VersionState.DELETED:
+            return VersionState.DELETED
+        return VersionState.LIVE if self.live else self.latest.state
+
+    @property
+    def chunk_count(self) -> int:
+        """Chunks of the live version (0 when nothing is live)."""
+        return self.live.chunk_count if self.live else 0
+
+    @property
+    def metadata(self) -> Metadata:
+        """Metadata of the live version, else of the latest."""
+        return (self.live or self.latest).metadata
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (CLI --json, API)."""
+        latest = self.latest
+        return {
+            "tenant": self.tenant,
+            "doc_id": self.doc_id,
+            "version": self.version,
+            "state": self.state.value,
+            "chunk_count": self.chunk_count,
+            "metadata": self.metadata,
+            "filename": (self.live or latest).filename,
+            "latest_version": latest.version,
+            "latest_state": latest.state.value,
+            "error": (
+                {"code": latest.error_code, "message": latest.error} if latest.error_code else None
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What ``put_document`` returns: the version and whether anything changed."""
+
+    tenant: str
+    doc_id: str
+    version: int
+    state: VersionState
+    chunk_count: int
+    unchanged: bool = False
+    reused_vectors: int = 0
+    embedded_chunks: int = 0
+    write_token: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (CLI --json, API)."""
+        return {
+            "tenant": self.tenant,
+            "doc_id": self.doc_id,
+            "version": self.version,
+            "state": self.state.value,
+            "chunk_count": self.chunk_count,
+            "unchanged": self.unchanged,
+            "reused_vectors": self.reused_vectors,
+            "embedded_chunks": self.embedded_chunks,
+            "write_token": self.write_token,
+        }
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A validated search: what retrieval plans and the engine executes."""
+
+    tenant: str
+    query: str
+    k: int = 10
+    mode: SearchMode = SearchMode.HYBRID
+    filters: Metadata = field(default_factory=dict)
+    fusion: Fusion = Fusion.DBSF

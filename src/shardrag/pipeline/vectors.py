@@ -1,0 +1,92 @@
+"""Vectors for chunks: reused from the previous version, cached, or embedded — in one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shardrag.embed import Embedder, EmbeddingCache
+from shardrag.models import Chunk, EmbeddedChunk
+
+# Given chunk indexes of the previous version, its stored vectors by index.
+PreviousVectors = Callable[[list[int]], dict[int, list[float]]]
+
+
+@dataclass
+class VectorJob:
+    """The chunks of one document version and what its previous version offers for reuse.
+
+    ``previous_manifest`` maps a content hash to the chunk index it had in the previous
+    version. ``run`` fills ``result`` and the reuse counters.
+    """
+
+    tenant: str
+    chunks: list[Chunk]
+    previous_manifest: dict[str, int] = field(default_factory=dict)
+    previous_vectors: PreviousVectors | None = None
+    result: list[EmbeddedChunk] = field(default_factory=list)
+    reused: int = 0
+    embedded: int = 0
+
+
+class ChunkVectorizer:
+    """Gives every chunk a vector, embedding only content never seen before.
+
+    Sources in order: the previous live version (equal content hash, found through its
+    manifest), the tenant's embedding cache, then the model — called once for all jobs, so the
+    model sees full batches even when each document is small.
+    """
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+        self.embedder = embedder
+        self.cache = cache
+
+    def run(self, jobs: list[VectorJob]) -> None:
+        """Fill ``job.result`` for every job (raises if the embedder fails)."""
+        model = self.embedder.model_id
+        known: list[dict[str, list[float]]] = []
+        pending: dict[tuple[str, str], Chunk] = {}
+        for job in jobs:
+            vectors = self._from_previous(job)
+            job.reused = len(vectors)
+            missing = [c.content_hash for c in job.chunks if c.content_hash not in vectors]
+            cached = self.cache.get_many(job.tenant, model, missing) if missing else {}
+            job.reused += len(cached)
+            vectors.update(cached)
+            for chunk in job.chunks:
+                if chunk.content_hash not in vectors:
+                    pending.setdefault((job.tenant, chunk.content_hash), chunk)
+            known.append(vectors)
+
+        keys = list(pending)
+        fresh = dict(
+            zip(
+                keys,
+                self.embedder.embed_documents([pending[k].indexed_text for k in keys]),
+                strict=True,
+            )
+        )
+        by_tenant: dict[str, dict[str, list[float]]] = {}
+        for (tenant, digest), vector in fresh.items():
+            by_tenant.setdefault(tenant, {})[digest] = vector
+        for tenant, vectors in by_tenant.items():
+            self.cache.put_many(tenant, model, vectors)
+
+        for job, vectors in zip(jobs, known, strict=True):
+            job.embedded = len({c.content_hash for c in job.chunks} - set(vectors))
+            job.result = [
+                EmbeddedChunk(c, vectors.get(c.content_hash) or fresh[(job.tenant, c.content_hash)])
+                for c in job.chunks
+            ]
+
+    @staticmethod
+    def _from_previous(job: VectorJob) -> dict[str, list[float]]:
+        reusable = {
+            c.content_hash: job.previous_manifest[c.content_hash]
+            for c in job.chunks
+            if c.content_hash in job.previous_manifest
+        }
+        if not reusable or job.previous_vectors is None:
+            return {}
+        stored = job.previous_vectors(sorted(set(reusable.values())))
+        return {h: stored[i] for h, i in reusable.items() if i in stored}

@@ -1,0 +1,350 @@
+"""The registry in one SQLite file (WAL mode, fully synchronous commits)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from shardrag.errors import DocumentNotFound, InternalError
+from shardrag.models import DocumentInfo, VersionInfo, VersionState
+from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant      TEXT PRIMARY KEY,
+    shard_id    INTEGER NOT NULL,
+    generation  INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    tenant          TEXT NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
+    doc_id          TEXT NOT NULL,
+    live_version    INTEGER,
+    latest_version  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, doc_id)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    tenant        TEXT NOT NULL,
+    doc_id        TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    content_hash  TEXT,
+    filename      TEXT,
+    size          INTEGER NOT NULL DEFAULT 0,
+    metadata      TEXT NOT NULL DEFAULT '{}',
+    chunk_count   INTEGER NOT NULL DEFAULT 0,
+    error_code    TEXT,
+    error         TEXT,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    PRIMARY KEY (tenant, doc_id, version),
+    FOREIGN KEY (tenant, doc_id) REFERENCES documents(tenant, doc_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS versions_pending ON versions(state) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS chunks (
+    tenant        TEXT NOT NULL,
+    doc_id        TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    chunk_index   INTEGER NOT NULL,
+    content_hash  TEXT NOT NULL,
+    token_count   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, doc_id, version, chunk_index),
+    FOREIGN KEY (tenant, doc_id, version) REFERENCES versions(tenant, doc_id, version)
+        ON DELETE CASCADE
+);
+"""
+
+# The state a document shows in listings: live while a version is, else its latest version's.
+_DOCUMENT_STATE = """
+CASE WHEN latest.state = 'deleted' THEN 'deleted'
+     WHEN d.live_version IS NOT NULL THEN 'live'
+     ELSE latest.state END
+"""
+
+
+class SqliteRegistry:
+    """Registry over SQLite; one connection shared by all threads behind a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a document reported live survives power loss, not only a process kill.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- tenants ------------------------------------------------------------------------------
+
+    def ensure_tenant(self, tenant: str, shard_id: int) -> TenantRecord:
+        """The tenant's record, creating it on ``shard_id`` if needed."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO tenants(tenant, shard_id, created_at) VALUES (?, ?, ?)",
+                (tenant, shard_id, time.time()),
+            )
+            row = db.execute("SELECT * FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
+        return _tenant(row)
+
+    def get_tenant(self, tenant: str) -> TenantRecord | None:
+        """The tenant's record, or None."""
+        rows = self._query("SELECT * FROM tenants WHERE tenant = ?", tenant)
+        return _tenant(rows[0]) if rows else None
+
+    def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant, by id."""
+        return [_tenant(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
+
+    def delete_tenant(self, tenant: str) -> None:
+        """Forget the tenant and all its documents."""
+        with self._tx() as db:
+            db.execute("DELETE FROM tenants WHERE tenant = ?", (tenant,))
+
+    # -- versions -----------------------------------------------------------------------------
+
+    def begin_version(self, tenant: str, doc_id: str, new: NewVersion) -> int:
+        """Record version latest+1 as pending and return its number."""
+        return self._begin(tenant, doc_id, new)
+
+    def begin_tombstone(self, tenant: str, doc_id: str) -> int:
+        """Record a pending delete as a new version of the document."""
+        return self._begin(tenant, doc_id, None)
+
+    def _begin(self, tenant: str, doc_id: str, new: NewVersion | None) -> int:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT latest_version FROM documents WHERE tenant = ? AND doc_id = ?",
+                (tenant, doc_id),
+            ).fetchone()
+            if row is None and new is None:
+                raise DocumentNotFound(
+                    f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id
+                )
+            version = 1 if row is None else int(row["latest_version"]) + 1
+            db.execute(
+                "INSERT INTO documents(tenant, doc_id, latest_version) VALUES (?, ?, ?) "
+                "ON CONFLICT(tenant, doc_id) DO UPDATE "
+                "SET latest_version = excluded.latest_version",
+                (tenant, doc_id, version),
+            )
+            db.execute(
+                "INSERT INTO versions(tenant, doc_id, version, state, content_hash, filename, size,"
+                " metadata, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (
+                    tenant,
+                    doc_id,
+                    version,
+                    new.content_hash if new else None,
+                    new.filename if new else None,
+                    new.size if new else 0,
+                    json.dumps(new.metadata if new else {}),
+                    now,
+                    now,
+                ),
+            )
+        return version
+
+    def record_manifest(
+        self, tenant: str, doc_id: str, version: int, entries: list[ManifestEntry]
+    ) -> None:
+        """Store the chunk manifest of a version."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (tenant, doc_id, version, e.chunk_index, e.content_hash, e.token_count)
+                    for e in entries
+                ],
+            )
+            db.execute(
+                "UPDATE versions SET chunk_count = ?, updated_at = ? "
+                "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                (len(entries), time.time(), tenant, doc_id, version),
+            )
+
+    def manifest(self, tenant: str, doc_id: str, version: int) -> list[ManifestEntry]:
+        """The chunk manifest of a version, by chunk index."""
+        rows = self._query(
+            "SELECT chunk_index, content_hash, token_count FROM chunks "
+            "WHERE tenant = ? AND doc_id = ? AND version = ? ORDER BY chunk_index",
+            tenant,
+            doc_id,
+            version,
+        )
+        return [ManifestEntry(r["chunk_index"], r["content_hash"], r["token_count"]) for r in rows]
+
+    def mark_live(self, tenant: str, doc_id: str, version: int) -> None:
+        """Make ``version`` live, supersede the previous live version, bump the generation."""
+        self._finish(tenant, doc_id, version, VersionState.LIVE)
+
+    def mark_deleted(self, tenant: str, doc_id: str, version: int) -> None:
+        """Apply a tombstone version: nothing of the document stays live."""
+        self._finish(tenant, doc_id, version, VersionState.DELETED)
+
+    def _finish(self, tenant: str, doc_id: str, version: int, state: VersionState) -> None:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT live_version FROM documents WHERE tenant = ? AND doc_id = ?",
+                (tenant, doc_id),
+            ).fetchone()
+            if row is None:
+                raise InternalError(f"no registry row for {tenant}/{doc_id}", doc_id=doc_id)
+            previous = row["live_version"]
+            if previous is not None and previous > version:
+                # A newer version is already live: this one was overtaken, never shown.
+                db.execute(
+                    "UPDATE versions SET state = 'superseded', updated_at = ? "
+                    "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                    (now, tenant, doc_id, version),
+                )
+                return
+            if previous is not None and previous != version:
+                db.execute(
+                    "UPDATE versions SET state = 'superseded', updated_at = ? "
+                    "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                    (now, tenant, doc_id, previous),
+                )
+            db.execute(
+                "UPDATE versions SET state = ?, updated_at = ? "
+                "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                (state.value, now, tenant, doc_id, version),
+            )
+            db.execute(
+                "UPDATE documents SET live_version = ? WHERE tenant = ? AND doc_id = ?",
+                (version if state is VersionState.LIVE else None, tenant, doc_id),
+            )
+            db.execute("UPDATE tenants SET generation = generation + 1 WHERE tenant = ?", (tenant,))
+
+    def mark_failed(
+        self, tenant: str, doc_id: str, version: int, error_code: str, error: str
+    ) -> None:
+        """Record why a version failed; the live version stays live."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET state = 'failed', error_code = ?, error = ?, updated_at = ? "
+                "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                (error_code, error, time.time(), tenant, doc_id, version),
+            )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def document(self, tenant: str, doc_id: str) -> DocumentInfo | None:
+        """The document's live and latest versions, or None."""
+        rows = self._query(
+            "SELECT live_version, latest_version FROM documents WHERE tenant = ? AND doc_id = ?",
+            tenant,
+            doc_id,
+        )
+        if not rows:
+            return None
+        return self._info(tenant, doc_id, rows[0]["live_version"], rows[0]["latest_version"])
+
+    def _info(
+        self, tenant: str, doc_id: str, live_version: int | None, latest_version: int
+    ) -> DocumentInfo:
+        wanted = {latest_version} | ({live_version} if live_version is not None else set())
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(
+            f"SELECT * FROM versions WHERE tenant = ? AND doc_id = ? AND version IN ({marks})",
+            tenant,
+            doc_id,
+            *wanted,
+        )
+        versions = {int(r["version"]): _version(r) for r in rows}
+        return DocumentInfo(
+            tenant=tenant,
+            doc_id=doc_id,
+            live=versions.get(live_version) if live_version is not None else None,
+            latest=versions[latest_version],
+        )
+
+    def documents(
+        self,
+        tenant: str,
+        state: VersionState | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[DocumentInfo]:
+        """A page of the tenant's documents by id; deleted ones only when asked for."""
+        sql = (
+            f"SELECT d.doc_id, d.live_version, d.latest_version, {_DOCUMENT_STATE} AS doc_state "
+            "FROM documents d JOIN versions latest ON latest.tenant = d.tenant "
+            "AND latest.doc_id = d.doc_id AND latest.version = d.latest_version "
+            "WHERE d.tenant = ? AND d.doc_id > ? "
+        )
+        args: list[Any] = [tenant, after or ""]
+        if state is None:
+            sql += f"AND {_DOCUMENT_STATE} != 'deleted' "
+        else:
+            sql += f"AND {_DOCUMENT_STATE} = ? "
+            args.append(state.value)
+        sql += "ORDER BY d.doc_id LIMIT ?"
+        args.append(limit)
+        rows = self._query(sql, *args)
+        return [
+            self._info(tenant, r["doc_id"], r["live_version"], r["latest_version"]) for r in rows
+        ]
+
+    def pending_versions(self) -> list[PendingVersion]:
+        """Every version still pending, oldest first."""
+        rows = self._query(
+            "SELECT tenant, doc_id, version, content_hash FROM versions WHERE state = 'pending' "
+            "ORDER BY created_at"
+        )
+        return [
+            PendingVersion(r["tenant"], r["doc_id"], int(r["version"]), r["content_hash"] is None)
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+
+def _tenant(row: sqlite3.Row) -> TenantRecord:
+    return TenantRecord(
+        row["tenant"], int(row["shard_id"]), int(row["generation"]), row["created_at"]
+    )
+
+
+def _version(row: sqlite3.Row) -> VersionInfo:
+    return VersionInfo(
+        version=int(row["version"]),
+        state=VersionState(row["state"]),
+        content_hash=row["content_hash"],
+        filename=row["filename"],
+        size=int(row["size"]),
+        chunk_count=int(row["chunk_count"]),
+        metadata=json.loads(row["metadata"]),
+        error_code=row["error_code"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )

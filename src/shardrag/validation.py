@@ -1,0 +1,91 @@
+"""Checks on names and parameters that arrive from outside (CLI, API, Python callers)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from shardrag.errors import EmptyQuery, InvalidDocumentId, InvalidParameter, InvalidTenantId
+from shardrag.models import Fusion, SearchMode
+
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_DOC_ID_LENGTH = 512
+MAX_QUERY_CHARS = 4096
+
+
+def tenant_id(value: str) -> str:
+    """A tenant id: 1-63 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
+    if not isinstance(value, str) or not _TENANT.match(value):
+        raise InvalidTenantId(
+            f"tenant id {value!r} must be 1-63 characters of a-z, 0-9, '_' or '-', "
+            "starting with a letter or digit",
+            tenant=str(value)[:100],
+        )
+    return value
+
+
+def doc_id(value: str) -> str:
+    """A document id: may contain ``/`` (folder paths) but no ``..``, ``.`` or empty segments,
+    no leading ``/``, no backslash and no control characters; at most 512 characters."""
+    if not isinstance(value, str) or not value or len(value) > MAX_DOC_ID_LENGTH:
+        raise InvalidDocumentId(
+            f"document id must be 1-{MAX_DOC_ID_LENGTH} characters", doc_id=str(value)[:100]
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise InvalidDocumentId("document id contains control characters", doc_id=value[:100])
+    if "\\" in value or any(seg in ("", ".", "..") for seg in value.split("/")):
+        raise InvalidDocumentId(
+            f"document id {value!r} has an empty, '.' or '..' path segment, a leading or "
+            "trailing '/', or a backslash",
+            doc_id=value[:100],
+        )
+    return value
+
+
+def query_text(value: str) -> str:
+    """A non-blank query of at most 4096 characters, whitespace-trimmed."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        raise EmptyQuery("the query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidParameter(f"the query is longer than {MAX_QUERY_CHARS} characters")
+    return text
+
+
+def top_k(value: int, max_k: int) -> int:
+    """k between 1 and ``max_k``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_k:
+        raise InvalidParameter(f"k must be an integer from 1 to {max_k}, not {value!r}", k=value)
+    return value
+
+
+def search_mode(value: str | SearchMode) -> SearchMode:
+    """hybrid, dense or keyword."""
+    try:
+        return SearchMode(value)
+    except ValueError:
+        raise InvalidParameter(
+            f"mode must be one of {[m.value for m in SearchMode]}, not {value!r}"
+        ) from None
+
+
+def fusion(value: str | Fusion) -> Fusion:
+    """dbsf or rrf."""
+    try:
+        return Fusion(value)
+    except ValueError:
+        raise InvalidParameter(
+            f"fusion must be one of {[f.value for f in Fusion]}, not {value!r}"
+        ) from None
+
+
+def metadata(value: Any) -> dict[str, Any]:
+    """A JSON object with string keys (values: any JSON)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise InvalidParameter("metadata must be a JSON object with non-empty string keys")
+    if any("." in k for k in value):
+        raise InvalidParameter("metadata keys cannot contain '.' (it separates filter paths)")
+    return value
