@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -63,7 +64,7 @@ def _errors_reported(as_json: bool) -> Iterator[None]:
         if as_json:
             print(json.dumps({"error": exc.to_dict()}))
         else:
-            err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}")
+            err_console.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
         raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
 
 
@@ -181,7 +182,7 @@ def ingest(
         for o in outcomes:
             style = {"failed": "red", "unchanged": "dim"}.get(o["outcome"], "green")
             detail = (
-                f"[{o['error']['code']}] {o['error']['message']}"
+                escape(f"[{o['error']['code']}] {o['error']['message']}")
                 if o["outcome"] == "failed"
                 else f"{o['embedded_chunks']} embedded, {o['reused_vectors']} reused"
             )
@@ -290,7 +291,7 @@ def docs(
     table = Table("document", "version", "state", "chunks", "latest", "error")
     for d in documents:
         row = d.to_dict()
-        error = f"[{row['error']['code']}] {row['error']['message']}" if row["error"] else ""
+        error = escape(f"[{row['error']['code']}] {row['error']['message']}") if row["error"] else ""
         table.add_row(
             d.doc_id,
             str(d.version),

@@ -61,7 +61,7 @@ def test_unsupported_extension_names_it_and_the_supported_ones() -> None:
 
 
 def test_unsupported_extension_with_uninformative_content_type_is_unsupported() -> None:
-    with pytest.raises(UnsupportedFormat, match="'.xlsx'"):
+    with pytest.raises(UnsupportedFormat, match=r"'\.xlsx'"):
         parse(b"data", "sheet.xlsx", "application/octet-stream")
 
 

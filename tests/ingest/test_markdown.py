@@ -48,7 +48,7 @@ def test_title_is_the_first_level_one_heading() -> None:
 
 def test_inline_markup_is_reduced_to_its_text() -> None:
     doc = md(
-        "Some **bold**, _em_, `code`, [a link](http://example.com \"t\"), "
+        'Some **bold**, _em_, `code`, [a link](http://example.com "t"), '
         "![an image](i.png), <span>raw</span> &amp; <https://x.org>\\\nnext line"
     )
 

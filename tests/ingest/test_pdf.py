@@ -8,7 +8,7 @@ import random
 
 import pytest
 from pypdf import PdfReader, PdfWriter
-from reportlab.pdfgen import canvas
+from reportlab.pdfgen import canvas  # type: ignore[import-untyped]
 
 from shardrag.errors import EmptyDocument, UnparseableDocument
 from shardrag.ingest import parse

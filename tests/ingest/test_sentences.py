@@ -21,7 +21,10 @@ def test_sentences_end_at_terminal_punctuation_before_a_capital_or_digit() -> No
 
 
 def test_lowercase_continuations_decimals_and_abbreviations_do_not_end_sentences() -> None:
-    text = "See Fig. 3 and Dr. Smith, e.g. Here, vs. There. Pi is 3.14 approx. ok. J. R. R. Tolkien wrote."
+    text = (
+        "See Fig. 3 and Dr. Smith, e.g. Here, vs. There. "
+        "Pi is 3.14 approx. ok. J. R. R. Tolkien wrote."
+    )
 
     assert sentences(text) == [
         "See Fig. 3 and Dr. Smith, e.g. Here, vs. There.",
@@ -37,7 +40,11 @@ def test_line_breaks_end_pieces_and_keep_indentation() -> None:
 
 
 def test_cjk_full_stops_end_sentences_without_spaces() -> None:
-    assert split_sentences("第一句。第二句！第三") == [("第一句。", ""), ("第二句！", ""), ("第三", "")]
+    assert split_sentences("第一句。第二句！第三") == [
+        ("第一句。", ""),
+        ("第二句！", ""),
+        ("第三", ""),
+    ]
 
 
 def test_separators_rebuild_the_text() -> None:

@@ -35,6 +35,11 @@ def _load_sentence_transformer(path: Path) -> Any:
     with _models_lock:
         if key not in _models:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            # The weight-loading progress bar would interleave with our own output.
+            transformers_logging.disable_progress_bar()
+            transformers_logging.set_verbosity_error()
 
             _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
         return _models[key]

@@ -51,8 +51,8 @@ class ModelTokenizer:
             offsets = self._tokenizer.encode(text, add_special_tokens=False).offsets
         pieces: list[str] = []
         for start in range(0, len(offsets), max_tokens):
-            window = offsets[start : start + max_tokens]
-            begin = window[0][0]
+            # The first piece starts at 0 so nothing before the first token is dropped.
+            begin = offsets[start][0] if start else 0
             end = offsets[start + max_tokens][0] if start + max_tokens < len(offsets) else len(text)
             piece = text[begin:end].strip()
             if piece:

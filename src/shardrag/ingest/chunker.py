@@ -28,6 +28,16 @@ class _Piece:
     block: int  # the block's index within its section
 
 
+@dataclass(frozen=True)
+class _Section:
+    """Consecutive blocks under one heading path: the scope of every chunk boundary decision."""
+
+    blocks: list[Block]
+    pieces: list[list[_Piece]]  # each block's sentences
+    context: str
+    limit: int  # most text tokens per chunk: chunk_tokens, less if the context needs room
+
+
 class Chunker:
     """Cuts a ``ParsedDocument`` into ``Chunk``s sized in the embedding model's tokens.
 
@@ -65,45 +75,19 @@ class Chunker:
 
     def chunk(self, doc: ParsedDocument) -> list[Chunk]:
         """The document's chunks, ``index`` 0..n-1 in reading order; deterministic."""
-        sections = [
-            list(blocks)
-            for _, blocks in groupby(
-                (block for block in doc.blocks if block.text.strip()), key=lambda b: b.headings
-            )
-        ]
-        if not sections:
-            raise EmptyDocument("the document has no text to chunk")
-        contexts = self._contexts(doc.title, [blocks[0].headings for blocks in sections])
-        pieces = self._segment(sections)
-        budget = self.tokenizer.content_budget
-        limits = [min(self.chunk_tokens, budget - tokens) for _, tokens in contexts]
-        drafts = [
-            self._pack(section_pieces, blocks, context, limit)
-            for section_pieces, blocks, (context, _), limit in zip(
-                pieces, sections, contexts, limits, strict=True
-            )
-        ]
+        sections = self._sections(doc)
+        drafts = [self._pack(section, section.limit) for section in sections]
         # One batch for the whole document; it is also the check of the budget invariant.
         counts = self.tokenizer.count_batch(
-            [draft.indexed_text for section in drafts for draft in section]
+            [draft.indexed_text for section_drafts in drafts for draft in section_drafts]
         )
         chunks: list[Chunk] = []
         offset = 0
-        for section_pieces, blocks, (context, _), limit, section in zip(
-            pieces, sections, contexts, limits, drafts, strict=True
-        ):
-            section_counts = counts[offset : offset + len(section)]
-            offset += len(section)
-            # Sums of piece counts are exact for the bundled (BERT) tokenizer; a tokenizer that
-            # also counts the joins gets the section re-packed tighter until every chunk fits.
-            while max(section_counts) > budget:
-                limit -= max(section_counts) - budget
-                if limit < 1:
-                    raise InternalError(f"no chunk fits a budget of {budget} tokens")
-                section = self._pack(section_pieces, blocks, context, limit)
-                section_counts = self.tokenizer.count_batch(
-                    [draft.indexed_text for draft in section]
-                )
+        for section, section_drafts in zip(sections, drafts, strict=True):
+            section_counts = counts[offset : offset + len(section_drafts)]
+            offset += len(section_drafts)
+            fitted = self._within_budget(section, section_drafts, section_counts)
+            # extend() appends as the generator runs, so len(chunks) is read once, before.
             first_index = len(chunks)
             chunks.extend(
                 replace(
@@ -112,11 +96,46 @@ class Chunker:
                     content_hash=hashlib.sha256(draft.indexed_text.encode("utf-8")).hexdigest(),
                     token_count=tokens,
                 )
-                for position, (draft, tokens) in enumerate(
-                    zip(section, section_counts, strict=True)
-                )
+                for position, (draft, tokens) in enumerate(fitted)
             )
         return chunks
+
+    def _sections(self, doc: ParsedDocument) -> list[_Section]:
+        """Runs of consecutive blocks with one heading path, segmented into counted sentences."""
+        runs = [
+            list(blocks)
+            for _, blocks in groupby(
+                (block for block in doc.blocks if block.text.strip()), key=lambda b: b.headings
+            )
+        ]
+        if not runs:
+            raise EmptyDocument("the document has no text to chunk")
+        contexts = self._contexts(doc.title, [blocks[0].headings for blocks in runs])
+        budget = self.tokenizer.content_budget
+        return [
+            _Section(blocks, pieces, context, min(self.chunk_tokens, budget - context_tokens))
+            for blocks, pieces, (context, context_tokens) in zip(
+                runs, self._segment(runs), contexts, strict=True
+            )
+        ]
+
+    def _within_budget(
+        self, section: _Section, drafts: list[Chunk], counts: list[int]
+    ) -> list[tuple[Chunk, int]]:
+        """The section's drafts with their token counts, re-packed until every one fits.
+
+        Sums of sentence counts are exact for the bundled (BERT) tokenizer, so this is one
+        check; a tokenizer that also counts the joins gets the section packed tighter.
+        """
+        budget = self.tokenizer.content_budget
+        limit = section.limit
+        while max(counts) > budget:
+            limit -= max(counts) - budget
+            if limit < 1:
+                raise InternalError(f"no chunk fits a budget of {budget} tokens")
+            drafts = self._pack(section, limit)
+            counts = self.tokenizer.count_batch([draft.indexed_text for draft in drafts])
+        return list(zip(drafts, counts, strict=True))
 
     def _contexts(self, title: str | None, paths: list[tuple[str, ...]]) -> list[tuple[str, int]]:
         """Each section's context and its token count, truncated to a quarter of the budget."""
@@ -136,9 +155,9 @@ class Chunker:
             contexts.append((text, tokens))
         return contexts
 
-    def _segment(self, sections: list[list[Block]]) -> list[list[list[_Piece]]]:
+    def _segment(self, runs: list[list[Block]]) -> list[list[list[_Piece]]]:
         """Every block's sentences with their token counts, counted in one batch."""
-        split = [[split_sentences(block.text) for block in blocks] for blocks in sections]
+        split = [[split_sentences(block.text) for block in blocks] for blocks in runs]
         counts = iter(
             self.tokenizer.count_batch(
                 [sentence for blocks in split for block in blocks for sentence, _ in block]
@@ -152,20 +171,18 @@ class Chunker:
             for blocks in split
         ]
 
-    def _pack(
-        self, pieces: list[list[_Piece]], blocks: list[Block], context: str, limit: int
-    ) -> list[Chunk]:
-        """Draft chunks of one section: index, hash and token count are set by ``chunk``."""
+    def _pack(self, section: _Section, limit: int) -> list[Chunk]:
+        """Draft chunks of a section: ``chunk`` sets their index, hash and token count."""
         return [
             Chunk(
                 index=-1,
                 text=_join(content),
-                context=context,
+                context=section.context,
                 content_hash="",
                 token_count=-1,
-                page=blocks[first.block].page,
+                page=section.blocks[first.block].page,
             )
-            for content, first in self._group(self._units(pieces, limit), limit)
+            for content, first in self._group(self._units(section.pieces, limit), limit)
         ]
 
     def _units(self, pieces: list[list[_Piece]], limit: int) -> list[list[_Piece]]:

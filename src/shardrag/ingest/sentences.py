@@ -25,9 +25,9 @@ def split_sentences(text: str) -> list[tuple[str, str]]:
     """``text`` as ``(sentence, separator)`` pairs, in order, blank sentences left out.
 
     A sentence keeps no trailing whitespace; ``separator`` is the whitespace that followed it,
-    reduced to one space, the line breaks, or nothing. Leading indentation is
-    kept, so code survives being cut and rejoined. A full stop after an abbreviation or an
-    initial ("e.g.", "J. Smith") or before a lowercase word does not end a sentence.
+    reduced to one space, the line breaks, or nothing. Leading indentation is kept, so code
+    survives being cut and rejoined. A full stop after an abbreviation or an initial ("e.g.",
+    "J. Smith") or before a lowercase word does not end a sentence.
     """
     pairs: list[tuple[str, str]] = []
     start = 0

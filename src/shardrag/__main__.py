@@ -1,0 +1,5 @@
+"""``python -m shardrag``: the command line."""
+
+from shardrag.cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""The command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from shardrag import Shardrag
+from shardrag.cli import app
+
+runner = CliRunner()
+
+
+def cli(*args: str | Path) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def cli_json(*args: str | Path) -> dict:  # type: ignore[type-arg]
+    code, out, err = cli(*args, "--json")
+    assert code == 0, err or out
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    (root / "guides").mkdir(parents=True)
+    (root / "guides" / "replication.md").write_text(
+        "# Replication\n\nEvery shard has three replicas applying one ordered log.\n"
+    )
+    (root / "failover.txt").write_text("When a node fails, queries move to another replica.\n")
+    (root / "page.html").write_text(
+        "<html><nav>Home | About</nav><main><h1>Backups</h1><p>Snapshots go to object "
+        "storage every night.</p></main><script>track()</script></html>"
+    )
+    (root / ".hidden.md").write_text("secret notes")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n")
+    return root
+
+
+def test_ingest_a_folder_uses_relative_paths_as_ids(tmp_path: Path, folder: Path) -> None:
+    data = tmp_path / "data"
+    report = cli_json("ingest", folder, "--tenant", "acme", "--data-dir", data)
+    outcomes = {f["doc_id"]: f["outcome"] for f in report["files"]}
+    assert outcomes == {
+        "failover.txt": "added",
+        "guides/replication.md": "added",
+        "page.html": "added",
+    }
+    again = cli_json("ingest", folder, "--tenant", "acme", "--data-dir", data)
+    assert {f["outcome"] for f in again["files"]} == {"unchanged"}
+    (folder / "failover.txt").write_text("When a node fails, the router retries elsewhere.\n")
+    third = cli_json("ingest", folder, "--tenant", "acme", "--data-dir", data)
+    assert {f["doc_id"]: f["outcome"] for f in third["files"]}["failover.txt"] == "updated"
+
+
+def test_ingest_reports_each_failed_file_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "ok.txt").write_text("Replicas apply the log in order.")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    code, out, _ = cli("ingest", tmp_path / "ok.txt", tmp_path / "broken.pdf", "--tenant", "acme",
+                       "--data-dir", tmp_path / "data", "--json")
+    assert code == 1
+    files = {f["doc_id"]: f for f in json.loads(out)["files"]}
+    assert files["ok.txt"]["outcome"] == "added"
+    assert files["broken.pdf"]["error"]["code"] == "unparseable_document"
+
+
+def test_query_docs_delete(tmp_path: Path, folder: Path) -> None:
+    data = tmp_path / "data"
+    cli_json("ingest", folder, "--tenant", "acme", "--data-dir", data)
+    hits = cli_json("query", "how many replicas does a shard have?", "--tenant", "acme",
+                    "--data-dir", data, "--k", "2")["hits"]
+    assert hits[0]["doc_id"] == "guides/replication.md"
+    assert set(hits[0]) >= {"doc_id", "version", "chunk_index", "text", "score", "metadata"}
+    keyword = cli_json("query", "snapshots", "--tenant", "acme", "--data-dir", data,
+                       "--mode", "keyword")["hits"]
+    assert [h["doc_id"] for h in keyword] == ["page.html"]
+    assert "track()" not in keyword[0]["text"] and "Home" not in keyword[0]["text"]
+
+    listed = cli_json("docs", "--tenant", "acme", "--data-dir", data)["documents"]
+    assert [(d["doc_id"], d["version"], d["state"]) for d in listed] == [
+        ("failover.txt", 1, "live"), ("guides/replication.md", 1, "live"), ("page.html", 1, "live"),
+    ]
+    cli_json("delete", "page.html", "--tenant", "acme", "--data-dir", data)
+    assert cli_json("query", "snapshots", "--tenant", "acme", "--data-dir", data,
+                    "--mode", "keyword")["hits"] == []
+    code, out, _ = cli("delete", "page.html", "--tenant", "acme", "--data-dir", data, "--json")
+    assert code == 1 and json.loads(out)["error"]["code"] == "document_not_found"
+
+
+def test_query_filters(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Shardrag.open(data) as rag:
+        rag.put_document("acme", "ops", b"Replica runbook.", metadata={"team": "ops", "tier": 1})
+        rag.put_document("acme", "dev", b"Replica design.", metadata={"team": "dev", "tier": 2})
+    def ids(*filters: str) -> set[str]:
+        args = [a for f in filters for a in ("--filter", f)]
+        out = cli_json("query", "replica", "--tenant", "acme", "--data-dir", data, *args)
+        return {h["doc_id"] for h in out["hits"]}
+    assert ids("team=ops") == {"ops"}
+    assert ids("tier=2") == {"dev"}
+    assert ids("team=ops", "team=dev") == {"ops", "dev"}
+    code, out, _ = cli("query", "replica", "--tenant", "acme", "--data-dir", data,
+                       "--filter", "nonsense", "--json")
+    assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
+
+
+def test_bad_input_gives_codes_and_exit_2(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Shardrag.open(data) as rag:
+        rag.put_document("acme", "doc", b"Replicas.")
+    code, out, _ = cli("query", "  ", "--tenant", "acme", "--data-dir", data, "--json")
+    assert code == 2 and json.loads(out)["error"]["code"] == "empty_query"
+    code, _, err = cli("query", "x", "--tenant", "Bad Tenant", "--data-dir", data)
+    assert code == 2 and "invalid_tenant_id" in err
+    code, out, _ = cli("query", "x", "--tenant", "nobody", "--data-dir", data, "--json")
+    assert code == 1 and json.loads(out)["error"]["code"] == "tenant_not_found"
+    code, out, _ = cli("ingest", tmp_path / "missing", "--tenant", "acme", "--data-dir", data,
+                       "--json")
+    assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
+
+
+def test_demo_answers_from_the_bundled_corpus(tmp_path: Path) -> None:
+    out = cli_json("demo", "--data-dir", tmp_path / "data")
+    assert len(out["ingested"]) >= 6
+    assert all(f["outcome"] == "added" for f in out["ingested"])
+    assert out["hits"][0]["doc_id"] == "shard-replication.md"
+
+
+def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Shardrag.open(data) as rag:
+        rag.put_document("acme", "doc", b"Replicas apply the log.")
+        env = {**os.environ, "SHARDRAG_DATA_DIR": str(data)}
+        busy = subprocess.run(
+            [sys.executable, "-m", "shardrag", "query", "replica", "--tenant", "acme", "--json"],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )
+    assert busy.returncode == 1
+    error = json.loads(busy.stdout)["error"]
+    assert error["code"] == "data_dir_locked" and str(os.getpid()) in error["message"]
+    free = subprocess.run(
+        [sys.executable, "-m", "shardrag", "query", "replica", "--tenant", "acme", "--json"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert free.returncode == 0, free.stderr
+    assert json.loads(free.stdout)["hits"][0]["doc_id"] == "doc"
