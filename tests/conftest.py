@@ -11,20 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from shardrag import Shardrag  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-CISI_DIR = SHARED / "datasets" / "cisi"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip locally when a prerequisite is missing; fail under CI=true, where it must exist."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
+from shardrag import Shardrag
 
 
 @pytest.fixture

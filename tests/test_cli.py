@@ -64,8 +64,16 @@ def test_ingest_a_folder_uses_relative_paths_as_ids(tmp_path: Path, folder: Path
 def test_ingest_reports_each_failed_file_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "ok.txt").write_text("Replicas apply the log in order.")
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
-    code, out, _ = cli("ingest", tmp_path / "ok.txt", tmp_path / "broken.pdf", "--tenant", "acme",
-                       "--data-dir", tmp_path / "data", "--json")
+    code, out, _ = cli(
+        "ingest",
+        tmp_path / "ok.txt",
+        tmp_path / "broken.pdf",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        tmp_path / "data",
+        "--json",
+    )
     assert code == 1
     files = {f["doc_id"]: f for f in json.loads(out)["files"]}
     assert files["ok.txt"]["outcome"] == "added"
@@ -75,22 +83,37 @@ def test_ingest_reports_each_failed_file_and_exits_1(tmp_path: Path) -> None:
 def test_query_docs_delete(tmp_path: Path, folder: Path) -> None:
     data = tmp_path / "data"
     cli_json("ingest", folder, "--tenant", "acme", "--data-dir", data)
-    hits = cli_json("query", "how many replicas does a shard have?", "--tenant", "acme",
-                    "--data-dir", data, "--k", "2")["hits"]
+    hits = cli_json(
+        "query",
+        "how many replicas does a shard have?",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        data,
+        "--k",
+        "2",
+    )["hits"]
     assert hits[0]["doc_id"] == "guides/replication.md"
     assert set(hits[0]) >= {"doc_id", "version", "chunk_index", "text", "score", "metadata"}
-    keyword = cli_json("query", "snapshots", "--tenant", "acme", "--data-dir", data,
-                       "--mode", "keyword")["hits"]
+    keyword = cli_json(
+        "query", "snapshots", "--tenant", "acme", "--data-dir", data, "--mode", "keyword"
+    )["hits"]
     assert [h["doc_id"] for h in keyword] == ["page.html"]
     assert "track()" not in keyword[0]["text"] and "Home" not in keyword[0]["text"]
 
     listed = cli_json("docs", "--tenant", "acme", "--data-dir", data)["documents"]
     assert [(d["doc_id"], d["version"], d["state"]) for d in listed] == [
-        ("failover.txt", 1, "live"), ("guides/replication.md", 1, "live"), ("page.html", 1, "live"),
+        ("failover.txt", 1, "live"),
+        ("guides/replication.md", 1, "live"),
+        ("page.html", 1, "live"),
     ]
     cli_json("delete", "page.html", "--tenant", "acme", "--data-dir", data)
-    assert cli_json("query", "snapshots", "--tenant", "acme", "--data-dir", data,
-                    "--mode", "keyword")["hits"] == []
+    assert (
+        cli_json("query", "snapshots", "--tenant", "acme", "--data-dir", data, "--mode", "keyword")[
+            "hits"
+        ]
+        == []
+    )
     code, out, _ = cli("delete", "page.html", "--tenant", "acme", "--data-dir", data, "--json")
     assert code == 1 and json.loads(out)["error"]["code"] == "document_not_found"
 
@@ -100,15 +123,18 @@ def test_query_filters(tmp_path: Path) -> None:
     with Shardrag.open(data) as rag:
         rag.put_document("acme", "ops", b"Replica runbook.", metadata={"team": "ops", "tier": 1})
         rag.put_document("acme", "dev", b"Replica design.", metadata={"team": "dev", "tier": 2})
+
     def ids(*filters: str) -> set[str]:
         args = [a for f in filters for a in ("--filter", f)]
         out = cli_json("query", "replica", "--tenant", "acme", "--data-dir", data, *args)
         return {h["doc_id"] for h in out["hits"]}
+
     assert ids("team=ops") == {"ops"}
     assert ids("tier=2") == {"dev"}
     assert ids("team=ops", "team=dev") == {"ops", "dev"}
-    code, out, _ = cli("query", "replica", "--tenant", "acme", "--data-dir", data,
-                       "--filter", "nonsense", "--json")
+    code, out, _ = cli(
+        "query", "replica", "--tenant", "acme", "--data-dir", data, "--filter", "nonsense", "--json"
+    )
     assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
 
 
@@ -122,8 +148,9 @@ def test_bad_input_gives_codes_and_exit_2(tmp_path: Path) -> None:
     assert code == 2 and "invalid_tenant_id" in err
     code, out, _ = cli("query", "x", "--tenant", "nobody", "--data-dir", data, "--json")
     assert code == 1 and json.loads(out)["error"]["code"] == "tenant_not_found"
-    code, out, _ = cli("ingest", tmp_path / "missing", "--tenant", "acme", "--data-dir", data,
-                       "--json")
+    code, out, _ = cli(
+        "ingest", tmp_path / "missing", "--tenant", "acme", "--data-dir", data, "--json"
+    )
     assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
 
 
@@ -141,14 +168,22 @@ def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
         env = {**os.environ, "SHARDRAG_DATA_DIR": str(data)}
         busy = subprocess.run(
             [sys.executable, "-m", "shardrag", "query", "replica", "--tenant", "acme", "--json"],
-            capture_output=True, text=True, env=env, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
         )
     assert busy.returncode == 1
     error = json.loads(busy.stdout)["error"]
     assert error["code"] == "data_dir_locked" and str(os.getpid()) in error["message"]
     free = subprocess.run(
         [sys.executable, "-m", "shardrag", "query", "replica", "--tenant", "acme", "--json"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert free.returncode == 0, free.stderr
     assert json.loads(free.stdout)["hits"][0]["doc_id"] == "doc"

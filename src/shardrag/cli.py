@@ -29,6 +29,7 @@ from shardrag.embedded import Shardrag
 from shardrag.errors import InvalidInput, InvalidParameter, ShardragError
 from shardrag.ingest import SUPPORTED_EXTENSIONS
 from shardrag.models import DocumentInput, Hit, SearchMode, WriteResult
+from shardrag.pipeline import DOCUMENTS_PER_BATCH
 
 app = typer.Typer(
     name="shardrag",
@@ -50,9 +51,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
 DEFAULT_DATA_DIR = Path("./shardrag-data")
 
-#: Documents written per batch by ``ingest``: large enough for full embedding batches.
-INGEST_BATCH_DOCS = 32
-INGEST_BATCH_BYTES = 8 * 1024 * 1024
+#: Bytes read into one ``ingest`` batch at most (a batch also stops at DOCUMENTS_PER_BATCH).
+INGEST_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @contextmanager
@@ -120,7 +120,7 @@ def _batches(files: list[SourceFile]) -> Iterator[list[SourceFile]]:
     size = 0
     for file in files:
         file_size = file.path.stat().st_size
-        if batch and (len(batch) >= INGEST_BATCH_DOCS or size + file_size > INGEST_BATCH_BYTES):
+        if batch and (len(batch) >= DOCUMENTS_PER_BATCH or size + file_size > INGEST_BATCH_BYTES):
             yield batch
             batch, size = [], 0
         batch.append(file)
@@ -291,7 +291,9 @@ def docs(
     table = Table("document", "version", "state", "chunks", "latest", "error")
     for d in documents:
         row = d.to_dict()
-        error = escape(f"[{row['error']['code']}] {row['error']['message']}") if row["error"] else ""
+        error = (
+            escape(f"[{row['error']['code']}] {row['error']['message']}") if row["error"] else ""
+        )
         table.add_row(
             d.doc_id,
             str(d.version),

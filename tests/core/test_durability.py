@@ -92,7 +92,7 @@ def test_a_second_process_is_told_who_holds_the_data_dir(tmp_path: Path) -> None
             """,
             tmp_path / "d",
         )
-        out, err = child.communicate(timeout=120)
+        out, _ = child.communicate(timeout=120)
     error = json.loads(out)
     assert error["code"] == "data_dir_locked"
     assert error["details"]["holder"]["pid"] == os.getpid()

@@ -99,8 +99,19 @@ def test_a_50_mb_file_is_refused_with_the_limit(rag: Shardrag) -> None:
 
 
 @pytest.mark.parametrize(
-    "doc_id", ["../etc/passwd", "a/../b", "/abs", "a//b", "tab\there", "nul\x00", "", "x" * 513,
-               "a\\b", "trailing/"],
+    "doc_id",
+    [
+        "../etc/passwd",
+        "a/../b",
+        "/abs",
+        "a//b",
+        "tab\there",
+        "nul\x00",
+        "",
+        "x" * 513,
+        "a\\b",
+        "trailing/",
+    ],
 )
 def test_path_tricks_in_document_ids_are_refused(rag: Shardrag, doc_id: str) -> None:
     with pytest.raises(InvalidDocumentId):

@@ -24,8 +24,9 @@ When a node stops answering, the router sends the query to another replica.
 
 
 def test_put_returns_once_live_and_search_finds_it(rag: Shardrag) -> None:
-    result = rag.put_document("acme", "handbook", HANDBOOK_V1, filename="handbook.md",
-                              metadata={"team": "ops"})
+    result = rag.put_document(
+        "acme", "handbook", HANDBOOK_V1, filename="handbook.md", metadata={"team": "ops"}
+    )
     assert (result.version, result.state) == (1, VersionState.LIVE)
     info = rag.get_document("acme", "handbook")
     assert (info.version, info.state, info.chunk_count) == (1, VersionState.LIVE, 2)
@@ -39,8 +40,13 @@ def test_put_returns_once_live_and_search_finds_it(rag: Shardrag) -> None:
 
 def test_every_mode_and_filter_works(rag: Shardrag) -> None:
     rag.put_document("acme", "ops", HANDBOOK_V1, filename="ops.md", metadata={"team": "ops"})
-    rag.put_document("acme", "dev", b"Design notes: the router caches replies.",
-                     filename="dev.txt", metadata={"team": "dev"})
+    rag.put_document(
+        "acme",
+        "dev",
+        b"Design notes: the router caches replies.",
+        filename="dev.txt",
+        metadata={"team": "dev"},
+    )
     for mode in ("hybrid", "dense", "keyword"):
         hits = rag.search("acme", "router replica", k=5, mode=mode)
         assert {h.doc_id for h in hits} == {"ops", "dev"}, mode
@@ -52,8 +58,9 @@ def test_reputting_the_same_bytes_is_a_no_op(rag: Shardrag) -> None:
     first = rag.put_document("acme", "handbook", HANDBOOK_V1, filename="handbook.md")
     again = rag.put_document("acme", "handbook", HANDBOOK_V1, filename="handbook.md")
     assert again.unchanged and again.version == first.version
-    changed_meta = rag.put_document("acme", "handbook", HANDBOOK_V1, filename="handbook.md",
-                                    metadata={"team": "ops"})
+    changed_meta = rag.put_document(
+        "acme", "handbook", HANDBOOK_V1, filename="handbook.md", metadata={"team": "ops"}
+    )
     assert not changed_meta.unchanged and changed_meta.version == 2
 
 
@@ -81,7 +88,9 @@ def test_a_failed_version_leaves_the_previous_one_live(rag: Shardrag) -> None:
 
 
 def test_delete_removes_every_chunk(rag: Shardrag) -> None:
-    long_doc = "\n\n".join(f"Paragraph {i} about shard replication and logs." * 8 for i in range(30))
+    long_doc = "\n\n".join(
+        f"Paragraph {i} about shard replication and logs." * 8 for i in range(30)
+    )
     result = rag.put_document("acme", "long", long_doc.encode(), filename="long.txt")
     assert result.chunk_count > 5
     rag.delete_document("acme", "long")
@@ -122,8 +131,10 @@ def test_batch_outcomes_are_per_document(rag: Shardrag) -> None:
 def test_updates_under_concurrent_search_never_hide_or_double_a_document(rag: Shardrag) -> None:
     # Each version has a different number of chunks and names itself in every chunk.
     def body(version: int) -> bytes:
-        parts = [f"Section {i}. The zebra protocol, revision {version}, part {i}." * 12
-                 for i in range(1 + version % 3)]
+        parts = [
+            f"Section {i}. The zebra protocol, revision {version}, part {i}." * 12
+            for i in range(1 + version % 3)
+        ]
         return "\n\n".join(parts).encode()
 
     rag.put_document("acme", "zebra", body(1), filename="zebra.txt")
@@ -136,8 +147,11 @@ def test_updates_under_concurrent_search_never_hide_or_double_a_document(rag: Sh
         nonlocal searches
         while not stop.is_set():
             for mode in ("hybrid", "keyword", "dense"):
-                hits = [h for h in rag.search("acme", "zebra protocol", k=20, mode=mode)
-                        if h.doc_id == "zebra"]
+                hits = [
+                    h
+                    for h in rag.search("acme", "zebra protocol", k=20, mode=mode)
+                    if h.doc_id == "zebra"
+                ]
                 versions = {h.version for h in hits}
                 if len(versions) != 1:
                     problems.append(f"{mode}: versions {versions}")

@@ -40,7 +40,9 @@ def engine(tmp_path: Path) -> ShardEngine:
     e.close()
 
 
-def put(engine: ShardEngine, tenant: str, doc: str, version: int, texts: list[str], **meta: object) -> None:
+def put(
+    engine: ShardEngine, tenant: str, doc: str, version: int, texts: list[str], **meta: object
+) -> None:
     engine.upsert(tenant, doc, version, chunks(texts), dict(meta), f"{doc}.txt")
     engine.commit(tenant, doc, version)
 
@@ -76,7 +78,9 @@ def test_abort_removes_only_the_failed_version(engine: ShardEngine) -> None:
     engine.upsert("acme", "doc", 2, chunks(["replication broken"]), {}, None)
     engine.abort("acme", "doc", 2)
     assert engine.count("acme", "doc", 2).pending == 0
-    assert [h.version for h in engine.search("acme", SearchMode.KEYWORD, 5, text="replication")] == [1]
+    assert [
+        h.version for h in engine.search("acme", SearchMode.KEYWORD, 5, text="replication")
+    ] == [1]
 
 
 def test_tombstone_commit_deletes_every_chunk(engine: ShardEngine) -> None:
@@ -123,7 +127,10 @@ def test_a_tenant_never_sees_another_tenants_points(engine: ShardEngine) -> None
     for tenant in ("a", "b"):
         for mode in SearchMode:
             hits = engine.search(
-                tenant, mode, 10, dense=vector("identical text about replication"),
+                tenant,
+                mode,
+                10,
+                dense=vector("identical text about replication"),
                 text="replication",
             )
             assert hits and {h.metadata["owner"] for h in hits} == {tenant}
@@ -173,4 +180,6 @@ def test_an_abort_after_the_commit_removes_nothing_live(engine: ShardEngine) -> 
     put(engine, "acme", "doc", 1, ["replication one"])
     put(engine, "acme", "doc", 2, ["replication two"])
     engine.abort("acme", "doc", 2)  # late or redelivered abort of a committed version
-    assert [h.version for h in engine.search("acme", SearchMode.KEYWORD, 5, text="replication")] == [2]
+    assert [
+        h.version for h in engine.search("acme", SearchMode.KEYWORD, 5, text="replication")
+    ] == [2]

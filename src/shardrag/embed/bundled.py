@@ -38,8 +38,8 @@ def _load_sentence_transformer(path: Path) -> Any:
             from transformers.utils import logging as transformers_logging
 
             # The weight-loading progress bar would interleave with our own output.
-            transformers_logging.disable_progress_bar()
-            transformers_logging.set_verbosity_error()
+            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
             _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
         return _models[key]
@@ -55,7 +55,7 @@ class BundledEmbedder:
     model_id = BUNDLED_MODEL_ID
     dimension = BUNDLED_DIMENSION
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 16) -> None:
         self.batch_size = batch_size
         self.tokenizer: ModelTokenizer = bundled_tokenizer()
         self._lock = threading.Lock()

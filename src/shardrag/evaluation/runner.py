@@ -13,10 +13,10 @@ from shardrag.errors import ShardragError
 from shardrag.evaluation.beir import load_beir
 from shardrag.evaluation.metrics import RetrievalScores, evaluate_run
 from shardrag.models import DocumentInput, SearchMode
+from shardrag.pipeline import DOCUMENTS_PER_BATCH
 
 #: Passages fetched per query: enough distinct documents for recall@100 when docs have chunks.
 HITS_PER_QUERY = 300
-BATCH_DOCS = 64
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ def run_evaluation(
     task = progress.add_task("ingesting corpus", total=len(documents)) if progress else None
     started = time.perf_counter()
     failures: list[ShardragError] = []
-    for start in range(0, len(documents), BATCH_DOCS):
-        batch = documents[start : start + BATCH_DOCS]
+    for start in range(0, len(documents), DOCUMENTS_PER_BATCH):
+        batch = documents[start : start + DOCUMENTS_PER_BATCH]
         failures += [r for r in rag.put_documents(tenant, batch) if isinstance(r, ShardragError)]
         if progress and task is not None:
             progress.advance(task, len(batch))

@@ -36,6 +36,11 @@ from shardrag.registry import ManifestEntry, NewVersion, Registry
 
 log = logging.getLogger(__name__)
 
+#: Documents a client should hand to ``put_many`` at once. The model sorts the texts of one
+#: call by length before batching them, so more texts per call means less padding: calls of
+#: ~80 chunks cost 12 % more than one call over a whole corpus, calls of ~300 about 2 %.
+DOCUMENTS_PER_BATCH = 256
+
 # Given a tenant, the engine of its shard (creating the tenant if needed).
 ShardOf = Callable[[str], ShardEngine]
 
