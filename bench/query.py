@@ -214,22 +214,27 @@ def engine_search_ranking(
 
 
 def same_ranking(first: Ranking, second: Ranking) -> bool:
-    """Equal scores rank by rank, and the same points above the last score.
+    """The same scores rank by rank, held by the same points above the k-th score.
 
     Points of equal score come back in no fixed order (copies of a chunk tie on BM25, and
     fusion can tie too), so the order within a tie, and which members of a tie at the k-th
     place make the cut, may differ from one call to the next.
     """
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= 1e-5 * max(1.0, abs(a))
+
     if len(first) != len(second):
         return False
-    if any(
-        abs(a - b) > 1e-5 * max(1.0, abs(a)) for (_, a), (_, b) in zip(first, second, strict=True)
-    ):
+    if not all(close(a, b) for (_, a), (_, b) in zip(first, second, strict=True)):
         return False
     if not first:
         return True
-    cut = first[-1][1] + 1e-5 * max(1.0, abs(first[-1][1]))
-    return {p for p, s in first if s > cut} == {p for p, s in second if s > cut}
+    last = first[-1][1]
+    above = [{p: s for p, s in ranking if not close(s, last)} for ranking in (first, second)]
+    return above[0].keys() == above[1].keys() and all(
+        close(score, above[1][p]) for p, score in above[0].items()
+    )
 
 
 @dataclass(frozen=True)
