@@ -161,23 +161,8 @@ def test_demo_answers_from_the_bundled_corpus(tmp_path: Path) -> None:
     assert out["hits"][0]["doc_id"] == "shard-replication.md"
 
 
-def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    with Shardrag.open(data) as rag:
-        rag.put_document("acme", "doc", b"Replicas apply the log.")
-        env = {**os.environ, "SHARDRAG_DATA_DIR": str(data)}
-        busy = subprocess.run(
-            [sys.executable, "-m", "shardrag", "query", "replica", "--tenant", "acme", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
-    assert busy.returncode == 1
-    error = json.loads(busy.stdout)["error"]
-    assert error["code"] == "data_dir_locked" and str(os.getpid()) in error["message"]
-    free = subprocess.run(
+def query_in_another_process(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "shardrag", "query", "replica", "--tenant", "acme", "--json"],
         capture_output=True,
         text=True,
@@ -185,5 +170,17 @@ def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
+
+
+def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Shardrag.open(data) as rag:
+        rag.put_document("acme", "doc", b"Replicas apply the log.")
+        env = {**os.environ, "SHARDRAG_DATA_DIR": str(data)}
+        busy = query_in_another_process(env)
+    assert busy.returncode == 1
+    error = json.loads(busy.stdout)["error"]
+    assert error["code"] == "data_dir_locked" and str(os.getpid()) in error["message"]
+    free = query_in_another_process(env)
     assert free.returncode == 0, free.stderr
     assert json.loads(free.stdout)["hits"][0]["doc_id"] == "doc"

@@ -12,12 +12,11 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,7 +38,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-T = TypeVar("T")
 
 DataDir = Annotated[
     Path,
@@ -320,12 +318,6 @@ def tenants(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> 
 
 
 # -- eval -----------------------------------------------------------------------------------
-
-
-def _timed(step: Callable[[], T]) -> tuple[T, float]:
-    start = time.perf_counter()
-    value = step()
-    return value, time.perf_counter() - start
 
 
 @app.command("eval")

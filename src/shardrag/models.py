@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Metadata = dict[str, Any]
@@ -123,17 +123,7 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (CLI --json, API)."""
-        return {
-            "doc_id": self.doc_id,
-            "version": self.version,
-            "chunk_index": self.chunk_index,
-            "text": self.text,
-            "score": self.score,
-            "metadata": self.metadata,
-            "context": self.context,
-            "filename": self.filename,
-            "page": self.page,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -218,18 +208,8 @@ class WriteResult:
     write_token: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (CLI --json, API)."""
-        return {
-            "tenant": self.tenant,
-            "doc_id": self.doc_id,
-            "version": self.version,
-            "state": self.state.value,
-            "chunk_count": self.chunk_count,
-            "unchanged": self.unchanged,
-            "reused_vectors": self.reused_vectors,
-            "embedded_chunks": self.embedded_chunks,
-            "write_token": self.write_token,
-        }
+        """JSON-ready form (CLI --json, API); the state is its string value."""
+        return {**asdict(self), "state": self.state.value}
 
 
 @dataclass(frozen=True)

@@ -263,43 +263,34 @@ class ShardEngine:
         limit = k + 8
         if mode is not SearchMode.KEYWORD and dense is None:
             raise InvalidParameter(f"{mode.value} search needs a query vector")
-        query_vector: list[float] = dense or []
-        # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
-        keyword_params = qe.SearchParams(idf=qe.IdfParams(corpus=live))
-        if mode is SearchMode.DENSE:
+        if mode is not SearchMode.HYBRID:
+            query, params = self._signal(mode, dense, text, live)
             return qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(query_vector, using=DENSE),
-                filter=live,
-                with_payload=True,
-            )
-        sparse = self._bm25.embed_query(text)
-        if mode is SearchMode.KEYWORD:
-            return qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(sparse, using=BM25),
-                filter=live,
-                params=keyword_params,
-                with_payload=True,
+                limit=limit, query=query, filter=live, params=params, with_payload=True
             )
         depth = max(100, 4 * limit)
+        prefetches = [
+            qe.Prefetch(limit=depth, query=query, filter=live, params=params)
+            for query, params in (
+                self._signal(SearchMode.DENSE, dense, text, live),
+                self._signal(SearchMode.KEYWORD, dense, text, live),
+            )
+        ]
         fuse: Any = qe.Fusion.Dbsf() if fusion is Fusion.DBSF else qe.Fusion.Rrf(k=60)
         return qe.QueryRequest(
-            limit=limit,
-            prefetches=[
-                qe.Prefetch(
-                    limit=depth, query=qe.Query.Nearest(query_vector, using=DENSE), filter=live
-                ),
-                qe.Prefetch(
-                    limit=depth,
-                    query=qe.Query.Nearest(sparse, using=BM25),
-                    filter=live,
-                    params=keyword_params,
-                ),
-            ],
-            query=fuse,
-            filter=live,
-            with_payload=True,
+            limit=limit, prefetches=prefetches, query=fuse, filter=live, with_payload=True
+        )
+
+    def _signal(
+        self, mode: SearchMode, dense: list[float] | None, text: str, live: qe.Filter
+    ) -> tuple[qe.Query, qe.SearchParams | None]:
+        """The scoring query of one signal (dense or keyword) and its search parameters."""
+        if mode is SearchMode.DENSE:
+            return qe.Query.Nearest(dense or [], using=DENSE), None
+        # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
+        return (
+            qe.Query.Nearest(self._bm25.embed_query(text), using=BM25),
+            qe.SearchParams(idf=qe.IdfParams(corpus=live)),
         )
 
     def count(
