@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from typing import Any
@@ -12,6 +13,7 @@ from shardrag.models import Fusion, SearchMode
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DOC_ID_LENGTH = 512
 MAX_QUERY_CHARS = 4096
+MAX_METADATA_BYTES = 64 * 1024
 
 
 def tenant_id(value: str) -> str:
@@ -81,11 +83,19 @@ def fusion(value: str | Fusion) -> Fusion:
 
 
 def metadata(value: Any) -> dict[str, Any]:
-    """A JSON object with string keys (values: any JSON)."""
+    """A JSON object of at most 64 KiB with non-empty string keys without '.'."""
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
         raise InvalidParameter("metadata must be a JSON object with non-empty string keys")
     if any("." in k for k in value):
         raise InvalidParameter("metadata keys cannot contain '.' (it separates filter paths)")
+    try:
+        size = len(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter(f"metadata must be JSON: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidParameter(
+            f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+        )
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,22 @@ def test_folder_paths_are_valid_document_ids(rag: Shardrag) -> None:
 def test_invalid_tenant_ids_are_refused(rag: Shardrag, tenant: str) -> None:
     with pytest.raises(InvalidTenantId):
         rag.put_document(tenant, "doc", DOC)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"when": datetime(2026, 1, 1)},
+        {"": 1},
+        {"a.b": 1},
+        {"big": "x" * 70_000},
+    ],
+)
+def test_bad_metadata_is_refused_before_anything_is_written(rag: Shardrag, metadata: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InvalidParameter):
+        rag.put_document("acme", "doc", DOC, metadata=metadata)
+    with pytest.raises(TenantNotFound):
+        rag.get_document("acme", "doc")
 
 
 def test_bad_search_parameters(rag: Shardrag) -> None:

@@ -182,3 +182,17 @@ def test_updates_under_concurrent_search_never_hide_or_double_a_document(rag: Sh
     assert info.version == info.latest.version == 13  # 1 + 2 writers x 6 updates
     final = {h.version for h in rag.search("acme", "zebra protocol", k=20) if h.doc_id == "zebra"}
     assert final == {13}
+
+
+def test_content_shared_by_documents_of_one_batch_is_embedded_once(rag: Shardrag) -> None:
+    outcomes = rag.put_documents(
+        "acme",
+        [
+            DocumentInput("a.txt", b"Identical text about replicas.", filename="a.txt"),
+            DocumentInput("b.txt", b"Identical text about replicas.", filename="b.txt"),
+        ],
+    )
+    embedded = [getattr(o, "embedded_chunks", None) for o in outcomes]
+    reused = [getattr(o, "reused_vectors", None) for o in outcomes]
+    assert embedded == [1, 0] and reused == [0, 0]
+    assert {h.doc_id for h in rag.search("acme", "replicas", k=5)} == {"a.txt", "b.txt"}

@@ -54,8 +54,11 @@ class ChunkVectorizer:
             job.reused += len(cached)
             vectors.update(cached)
             for chunk in job.chunks:
-                if chunk.content_hash not in vectors:
-                    pending.setdefault((job.tenant, chunk.content_hash), chunk)
+                key = (job.tenant, chunk.content_hash)
+                if chunk.content_hash not in vectors and key not in pending:
+                    # Counted for the first document that needs it: the model embeds it once.
+                    pending[key] = chunk
+                    job.embedded += 1
             known.append(vectors)
 
         keys = list(pending)
@@ -73,7 +76,6 @@ class ChunkVectorizer:
             self.cache.put_many(tenant, model, vectors)
 
         for job, vectors in zip(jobs, known, strict=True):
-            job.embedded = len({c.content_hash for c in job.chunks} - set(vectors))
             job.result = [
                 EmbeddedChunk(c, vectors.get(c.content_hash) or fresh[(job.tenant, c.content_hash)])
                 for c in job.chunks
