@@ -1,0 +1,84 @@
+"""Extractive answers: the sentences that answer, each citing its source, or a plain no."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardrag.context import NO_ANSWER, Context, ContextAssembler, ExtractiveAnswerer
+from shardrag.embed.tokenizer import bundled_tokenizer
+from shardrag.errors import InvalidParameter
+from shardrag.models import Hit
+
+ASSEMBLER = ContextAssembler(bundled_tokenizer())
+CAFETERIA = "The cafeteria opens at noon. Lunch is served until two. Coffee is free."
+REPLICATION = (
+    "Shards are placed on index nodes by tenant. Each shard has three replicas on different "
+    "nodes. The cafeteria menu changes weekly."
+)
+
+
+def context(question: str, *texts: str) -> Context:
+    """A context of one passage per text, numbered in the order given."""
+    hits = [Hit(f"doc{i}", 1, 0, text, score=1.0, metadata={}) for i, text in enumerate(texts)]
+    return ASSEMBLER.run(question, hits, 1_000)
+
+
+def test_the_answer_is_the_sentence_that_answers_citing_its_source() -> None:
+    ctx = context("How many replicas does a shard have?", CAFETERIA, REPLICATION)
+    answer = ExtractiveAnswerer().run(ctx)
+    assert answer.text == "Each shard has three replicas on different nodes. [2]"
+    assert answer.citations == [ctx.passages[1]]
+    assert answer.generated is False
+
+
+def test_without_support_in_the_passages_the_answer_says_so() -> None:
+    ctx = context("What is the capital of France?", CAFETERIA, REPLICATION)
+    answer = ExtractiveAnswerer().run(ctx)
+    assert answer.text == NO_ANSWER
+    assert answer.citations == []
+
+
+@pytest.mark.parametrize("question", ["What is it?", "How does this work?"])
+def test_a_question_of_only_stop_words_has_no_answer(question: str) -> None:
+    assert ExtractiveAnswerer().run(context(question, CAFETERIA)).text == NO_ANSWER
+
+
+def test_no_passages_no_answer() -> None:
+    assert ExtractiveAnswerer().run(context("How many replicas?")).text == NO_ANSWER
+
+
+def test_sentences_come_in_source_order_each_with_its_own_citation() -> None:
+    ctx = context(
+        "When does the cafeteria open for lunch?",
+        "Lunch is served in the cafeteria.",
+        REPLICATION,
+        "The cafeteria opens for lunch at noon.",
+    )
+    answer = ExtractiveAnswerer().run(ctx)
+    assert answer.text == (
+        "Lunch is served in the cafeteria. [1] The cafeteria opens for lunch at noon. [3]"
+    )
+    assert answer.citations == [ctx.passages[0], ctx.passages[2]]
+
+    best = ExtractiveAnswerer(max_sentences=1).run(ctx)
+    assert best.text == "The cafeteria opens for lunch at noon. [3]"
+    assert best.citations == [ctx.passages[2]]
+
+
+def test_question_words_match_the_compounds_they_start() -> None:
+    failover = "When a node dies, failover promotes another replica of each of its shards."
+    answer = ExtractiveAnswerer().run(context("How do shards fail over?", CAFETERIA, failover))
+    assert answer.text == f"{failover} [2]"
+
+
+def test_a_sentence_repeated_in_two_passages_is_said_once() -> None:
+    ctx = context("How many replicas per shard?", REPLICATION, REPLICATION)
+    answer = ExtractiveAnswerer().run(ctx)
+    assert answer.text.count("three replicas") == 1
+
+
+def test_bad_parameters_are_rejected() -> None:
+    with pytest.raises(InvalidParameter):
+        ExtractiveAnswerer(max_sentences=0)
+    with pytest.raises(InvalidParameter):
+        ExtractiveAnswerer(min_score=0)
