@@ -2,6 +2,9 @@
 
     python bench/ingest.py [--docs 1460] [--out bench/results/ingest.json]
 
+It also measures what ingestion does to searches served by the same process: hybrid search
+p50/p99 while another thread ingests the corpus, beside the same searches on an idle process.
+
 The corpus is CISI (real abstracts). The baseline encodes exactly the chunks the pipeline
 embeds (same chunker, unique content only) with the same model object and batch size, so the
 difference is what parsing, chunking, BM25, the shard engine, the registry, the blob store and
@@ -17,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -83,6 +87,47 @@ def pipeline(data_dir: Path, documents: list[DocumentInput]) -> tuple[float, int
         return time.perf_counter() - start, embedded
 
 
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50 and p99 of latencies in seconds, as milliseconds."""
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+        "count": len(ordered),
+    }
+
+
+def search_latency_during_ingest(
+    data_dir: Path, documents: list[DocumentInput], queries: list[str]
+) -> dict[str, dict[str, float]]:
+    """Hybrid search latency on an idle data dir, then while another thread ingests."""
+    with Shardrag.open(data_dir) as rag:
+        rag.put_documents("searched", documents[:200])
+
+        def timed_searches(stop: threading.Event | None, rounds: int) -> list[float]:
+            samples: list[float] = []
+            while len(samples) < rounds or (stop is not None and not stop.is_set()):
+                query = queries[len(samples) % len(queries)]
+                start = time.perf_counter()
+                rag.search("searched", query, k=10)
+                samples.append(time.perf_counter() - start)
+            return samples
+
+        idle = timed_searches(None, 200)
+        stop = threading.Event()
+
+        def ingest() -> None:
+            for i in range(0, len(documents), DOCUMENTS_PER_BATCH):
+                rag.put_documents("ingesting", documents[i : i + DOCUMENTS_PER_BATCH])
+            stop.set()
+
+        writer = threading.Thread(target=ingest)
+        writer.start()
+        busy = timed_searches(stop, 1)
+        writer.join()
+    return {"idle": percentiles(idle), "during_ingest": percentiles(busy)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -100,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bare_before = bare_encode(texts, batch_size)
         pipeline_seconds, embedded = pipeline(workdir / "data", documents)
         bare_after = bare_encode(texts, batch_size)
+        queries = [d.title or d.doc_id for d in documents]
+        latency = search_latency_during_ingest(workdir / "mixed", documents, queries)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -118,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": batch_size,
         "batch_documents": DOCUMENTS_PER_BATCH,
         "cores": os.cpu_count(),
+        "search_latency": latency,
     }
     table = Table(title=f"ingest: {len(documents)} CISI documents, {len(texts)} chunks")
     table.add_column("measure")
@@ -129,6 +177,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     table.add_row("overhead", f"{report['overhead_percent']} %", "0 %")
     console.print(table)
+    mixed = Table(title="hybrid search latency, same process, same run")
+    for column in ("while", "p50 ms", "p99 ms", "searches"):
+        mixed.add_column(column, justify="right")
+    for label, key in (("ingest runs (measured)", "during_ingest"), ("idle (baseline)", "idle")):
+        row = latency[key]
+        mixed.add_row(label, str(row["p50_ms"]), str(row["p99_ms"]), str(row["count"]))
+    console.print(mixed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     console.print(f"written to {args.out}")

@@ -31,8 +31,9 @@ class Settings:
     chunk_overlap_tokens: int = 32
     #: "bundled" (all-MiniLM-L6-v2 on the CPU) or "http" (an OpenAI-compatible endpoint).
     embedder: str = "bundled"
-    #: 16 beats 64 by ~18% for MiniLM on a 2-core CPU (less padding); see docs/benchmarks.md.
-    embed_batch_size: int = 16
+    #: Texts per model forward pass. 8 is as fast as any size on a 2-core CPU (64 is 18 % slower)
+    #: and bounds how long a query waits behind ingestion (~180 ms); docs/benchmarks.md.
+    embed_batch_size: int = 8
     embed_url: str | None = None
     embed_model: str | None = None
     embed_api_key: str | None = None
