@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
+from tests.support import http_server
 
 from shardrag.context import Context, ContextAssembler, OpenAIChatGenerator, render_prompt
 from shardrag.embed.tokenizer import bundled_tokenizer
@@ -76,16 +76,9 @@ class FakeChat(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChat)
-    # A short poll interval keeps shutdown() from waiting half a second per test.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
     FakeChat.requests, FakeChat.mode = [], "ok"
-    yield f"http://127.0.0.1:{server.server_port}/v1/"
-    server.shutdown()
-    server.server_close()
+    with http_server(FakeChat) as url:
+        yield f"{url}/v1/"
 
 
 @pytest.fixture

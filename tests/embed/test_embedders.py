@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from tests.support import http_server
 
 from shardrag import Shardrag
 from shardrag.embed.bundled import BundledEmbedder
@@ -84,12 +84,9 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     FakeOpenAI.calls, FakeOpenAI.fail = [], False
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with http_server(FakeOpenAI) as url:
+        yield f"{url}/v1"
 
 
 def test_http_embedder_batches_orders_and_normalises(endpoint: str) -> None:
