@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench-ingest bench-query eval-cisi clean
+.PHONY: install demo test lint typecheck unit bench-ingest bench-query bench-cache eval-cisi clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-ingest: install
 
 bench-query: install
 	$(BIN)/python bench/query.py
+
+bench-cache: install
+	$(BIN)/python bench/cache.py
 
 eval-cisi: install
 	$(BIN)/python bench/cisi_to_beir.py bench/data/cisi

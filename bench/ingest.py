@@ -91,8 +91,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     """p50 and p99 of latencies in seconds, as milliseconds."""
     ordered = sorted(samples)
     return {
-        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
         "count": len(ordered),
     }
 

@@ -41,6 +41,9 @@ class Settings:
     embed_timeout_seconds: float = 30.0
     #: Vectors kept in the embedding cache (per data dir, all tenants).
     embedding_cache_entries: int = 200_000
+    #: Hot tier: cached search results and query vectors (0 entries turns it off).
+    result_cache_entries: int = 10_000
+    result_cache_ttl_seconds: float = 300.0
     #: New points in a shard after which its indexes are rebuilt (see engine.optimize).
     optimize_threshold: int = 20_000
     #: Fusion of dense and keyword ranks in hybrid mode (docs/retrieval.md).
@@ -87,6 +90,8 @@ class Settings:
             "embedder": self.embedder in ("bundled", "http"),
             "embed_batch_size": self.embed_batch_size >= 1,
             "max_k": self.max_k >= 1,
+            "result_cache_entries": self.result_cache_entries >= 0,
+            "result_cache_ttl_seconds": self.result_cache_ttl_seconds > 0,
         }
         for name, ok in checks.items():
             if not ok:

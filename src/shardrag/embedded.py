@@ -17,6 +17,7 @@ from typing import Any
 
 from shardrag import validation
 from shardrag.blobs import open_blob_store
+from shardrag.cache import open_result_cache
 from shardrag.config import Settings
 from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
@@ -93,7 +94,12 @@ class Shardrag:
             vectorizer=ChunkVectorizer(self.embedder, self.embedding_cache),
             max_document_bytes=settings.max_document_bytes,
         )
-        self.searcher = Searcher(self.embedder, self._shard_of_existing_tenant)
+        self.result_cache = (
+            open_result_cache(settings.result_cache_entries, settings.result_cache_ttl_seconds)
+            if settings.result_cache_entries > 0
+            else None
+        )
+        self.searcher = Searcher(self.embedder, self._route, self.result_cache)
         self._tenant_lock = threading.Lock()
         recovered = self.writer.recover()
         for tenant, doc_id, version, state in recovered:
@@ -150,12 +156,15 @@ class Shardrag:
         record = self.tenant(tenant)
         self.shards.shard(record.shard_id).drop_tenant(tenant)
         self.registry.delete_tenant(tenant)
+        # A tenant created again under this name starts at generation 0 again.
+        self.searcher.forget()
 
     def _shard_creating_tenant(self, tenant: str) -> ShardEngine:
         return self.shards.shard(self.create_tenant(tenant).shard_id)
 
-    def _shard_of_existing_tenant(self, tenant: str) -> ShardEngine:
-        return self.shards.shard(self.tenant(tenant).shard_id)
+    def _route(self, tenant: str) -> tuple[ShardEngine, int]:
+        record = self.tenant(tenant)
+        return self.shards.shard(record.shard_id), record.generation
 
     # -- documents ----------------------------------------------------------------------------
 
