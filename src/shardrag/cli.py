@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shardrag.context import AnswerResult
 from shardrag.embedded import Shardrag
 from shardrag.errors import InvalidInput, InvalidParameter, ShardragError
 from shardrag.ingest import SUPPORTED_EXTENSIONS
@@ -252,6 +253,36 @@ def query(
         print_hits(hits)
 
 
+def print_answer(result: AnswerResult) -> None:
+    """The answer, then its numbered sources."""
+    console.print(f"[bold]A:[/] {escape(result.answer.text)}\n", highlight=False)
+    for citation in result.answer.citations:
+        where = f", p. {citation.page}" if citation.page else ""
+        console.print(
+            f"  [bold cyan]{citation.marker}[/] {citation.doc_id} v{citation.version}{where}"
+        )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    tenant: TenantOpt,
+    k: Annotated[int, typer.Option("--k", help="Passages searched.")] = 8,
+    max_context_tokens: Annotated[
+        int | None, typer.Option(help="Token budget of the passages in the prompt.")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Answer a question from a tenant's documents, with numbered citations."""
+    with _errors_reported(as_json), _open(data_dir) as rag:
+        result = rag.answer(tenant, question, k=k, max_context_tokens=max_context_tokens)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        print_answer(result)
+
+
 # -- documents ------------------------------------------------------------------------------
 
 
@@ -399,12 +430,20 @@ def demo(
             with _progress() as progress:
                 outcomes = ingest_files(rag, "demo", files, progress)
         hits = rag.search("demo", question, k=k)
+        answer = rag.answer("demo", question)
     if as_json:
         _print_json(
-            {"ingested": outcomes, "question": question, "hits": [h.to_dict() for h in hits]}
+            {
+                "ingested": outcomes,
+                "question": question,
+                "answer": answer.to_dict(),
+                "hits": [h.to_dict() for h in hits],
+            }
         )
         return
     console.print(f"\n[bold]Q:[/] {question}\n")
+    print_answer(answer)
+    console.print("\n[bold]Top passages[/]\n")
     print_hits(hits)
     console.print("[bold]Sources:[/] " + ", ".join(dict.fromkeys(h.doc_id for h in hits)))
 

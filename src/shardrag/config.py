@@ -46,6 +46,13 @@ class Settings:
     result_cache_ttl_seconds: float = 300.0
     #: New points in a shard after which its indexes are rebuilt (see engine.optimize).
     optimize_threshold: int = 20_000
+    #: Answers: an OpenAI-compatible chat endpoint if set, else extractive answers.
+    llm_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str | None = None
+    llm_timeout_seconds: float = 60.0
+    #: Tokens of passage text an answer's prompt may hold.
+    answer_context_tokens: int = 1500
     #: Fusion of dense and keyword ranks in hybrid mode (docs/retrieval.md).
     fusion: Fusion = Fusion.DBSF
     max_k: int = 1000
@@ -91,6 +98,7 @@ class Settings:
             "embed_batch_size": self.embed_batch_size >= 1,
             "max_k": self.max_k >= 1,
             "result_cache_entries": self.result_cache_entries >= 0,
+            "answer_context_tokens": self.answer_context_tokens >= 1,
             "result_cache_ttl_seconds": self.result_cache_ttl_seconds > 0,
         }
         for name, ok in checks.items():

@@ -19,6 +19,13 @@ from shardrag import validation
 from shardrag.blobs import open_blob_store
 from shardrag.cache import open_result_cache
 from shardrag.config import Settings
+from shardrag.context import (
+    Answerer,
+    AnswerResult,
+    ContextAssembler,
+    ExtractiveAnswerer,
+    OpenAIChatGenerator,
+)
 from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
 from shardrag.engine import EngineSettings, ShardEngine, ShardSet
@@ -100,6 +107,17 @@ class Shardrag:
             else None
         )
         self.searcher = Searcher(self.embedder, self._route, self.result_cache)
+        self.assembler = ContextAssembler(self.embedder.tokenizer)
+        self.answerer: Answerer = (
+            OpenAIChatGenerator(
+                settings.llm_url,
+                settings.llm_model,
+                settings.llm_api_key,
+                settings.llm_timeout_seconds,
+            )
+            if settings.llm_url
+            else ExtractiveAnswerer()
+        )
         self._tenant_lock = threading.Lock()
         recovered = self.writer.recover()
         for tenant, doc_id, version, state in recovered:
@@ -267,6 +285,25 @@ class Shardrag:
             fusion=validation.fusion(fusion or self.settings.fusion),
         )
         return self.searcher.run(request)
+
+    def answer(
+        self,
+        tenant: str,
+        question: str,
+        k: int = 8,
+        max_context_tokens: int | None = None,
+        filters: Metadata | None = None,
+    ) -> AnswerResult:
+        """Answer ``question`` from the tenant's documents, citing the passages used.
+
+        Searches (hybrid), assembles the best passages within ``max_context_tokens`` with
+        numbered citations, then asks the configured language model (``SHARDRAG_LLM_URL``) or,
+        without one, answers with the best-supported sentences of the passages.
+        """
+        hits = self.search(tenant, question, k=k, filters=filters)
+        budget = max_context_tokens or self.settings.answer_context_tokens
+        context = self.assembler.run(question, hits, budget)
+        return AnswerResult(self.answerer.run(context), hits)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from shardrag.context.assembly import (
     NO_ANSWER,
     Answer,
     Answerer,
+    AnswerResult,
     Citation,
     Context,
     ContextAssembler,
@@ -16,6 +17,7 @@ from shardrag.context.generation import OpenAIChatGenerator
 __all__ = [
     "NO_ANSWER",
     "Answer",
+    "AnswerResult",
     "Answerer",
     "Citation",
     "Context",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol
 
 from shardrag.embed.tokenizer import ModelTokenizer
 from shardrag.errors import EmptyQuery, InvalidParameter
@@ -67,6 +67,23 @@ class Answer:
     text: str
     citations: list[Citation]
     generated: bool
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """What a caller of ``answer`` gets: the answer, the sources it cites, the hits searched."""
+
+    answer: Answer
+    hits: list[Hit]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (CLI --json, API): answer text, citations, hits."""
+        return {
+            "answer": self.answer.text,
+            "generated": self.answer.generated,
+            "citations": [asdict(c) for c in self.answer.citations],
+            "hits": [h.to_dict() for h in self.hits],
+        }
 
 
 class Answerer(Protocol):
