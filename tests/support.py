@@ -38,3 +38,18 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler for fake endpoints: one call to reply, no access log on stderr."""
+
+    def reply(self, content_type: str, payload: bytes) -> None:
+        """Answer 200 with ``payload``."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass

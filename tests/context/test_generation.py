@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
-from tests.support import http_server
+from tests.support import QuietHandler, http_server
 
 from shardrag.context import Context, ContextAssembler, OpenAIChatGenerator, render_prompt
 from shardrag.embed.tokenizer import bundled_tokenizer
@@ -23,7 +22,7 @@ def delta(content: str | None = None, finish: str | None = None) -> dict[str, An
     return {"choices": [{"index": 0, "delta": piece, "finish_reason": finish}]}
 
 
-class FakeChat(BaseHTTPRequestHandler):
+class FakeChat(QuietHandler):
     """An OpenAI-compatible /chat/completions endpoint that answers ``ANSWER_PIECES``.
 
     ``mode``: "ok", "fail" (HTTP 500), "garbage" (not JSON), "cut" (a stream that stops
@@ -39,14 +38,14 @@ class FakeChat(BaseHTTPRequestHandler):
         if self.mode == "fail" or self.path != "/v1/chat/completions":
             self.send_error(500, "model crashed")
         elif self.mode == "garbage":
-            self._send("application/json", b"<html>proxy error</html>")
+            self.reply("application/json", b"<html>proxy error</html>")
         elif body.get("stream"):
-            self._send("text/event-stream", self._events())
+            self.reply("text/event-stream", self._events())
         else:
             answer = {
                 "choices": [{"message": {"role": "assistant", "content": "".join(ANSWER_PIECES)}}]
             }
-            self._send("application/json", json.dumps(answer).encode())
+            self.reply("application/json", json.dumps(answer).encode())
 
     def _events(self) -> bytes:
         events: list[dict[str, Any] | str] = [
@@ -63,15 +62,6 @@ class FakeChat(BaseHTTPRequestHandler):
         lines = [": keep-alive\n\n", "event: message\n"]
         lines += [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
         return "".join(lines).encode()
-
-    def _send(self, content_type: str, payload: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture

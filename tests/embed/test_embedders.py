@@ -6,12 +6,11 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from tests.support import http_server
+from tests.support import QuietHandler, http_server
 
 from shardrag import Shardrag
 from shardrag.embed.bundled import BundledEmbedder
@@ -54,7 +53,7 @@ def test_cache_is_scoped_by_tenant_and_model_and_bounded(tmp_path: Path) -> None
     assert cache.get_many("a", "m1", ["k199"]) == {"k199": [199.0]}
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
+class FakeOpenAI(QuietHandler):
     """An OpenAI-compatible /embeddings endpoint with deterministic vectors."""
 
     calls: ClassVar[list[list[str]]] = []
@@ -72,14 +71,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             for i, t in enumerate(body["input"])
         ]
         payload = json.dumps({"data": list(reversed(data)), "model": body["model"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply("application/json", payload)
 
 
 @pytest.fixture
