@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shardrag.client import ShardragClient
 from shardrag.context import AnswerResult
 from shardrag.embedded import Shardrag
 from shardrag.errors import InvalidInput, InvalidParameter, ShardragError
@@ -48,6 +49,18 @@ DataDir = Annotated[
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="SHARDRAG_URL", help="Use a running server (SHARDRAG_URL) instead."
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="SHARDRAG_API_KEY", help="API key for --url."),
+]
+# What a command works against: the data dir in this process, or a server.
+Backend = Shardrag | ShardragClient
 DEFAULT_DATA_DIR = Path("./shardrag-data")
 
 #: Bytes read into one ``ingest`` batch at most (a batch also stops at DOCUMENTS_PER_BATCH).
@@ -69,6 +82,19 @@ def _errors_reported(as_json: bool) -> Iterator[None]:
 
 def _open(data_dir: Path) -> Shardrag:
     return Shardrag.open(data_dir)
+
+
+@contextmanager
+def _backend(data_dir: Path, url: str | None, api_key: str | None) -> Iterator[Backend]:
+    """The server at ``url`` when given (with ``api_key``), else the data dir."""
+    if url is None:
+        with _open(data_dir) as rag:
+            yield rag
+        return
+    if not api_key:
+        raise InvalidParameter("--url needs --api-key (or SHARDRAG_API_KEY)")
+    with ShardragClient(url, api_key) as client:
+        yield client
 
 
 def _print_json(value: Any) -> None:
@@ -141,7 +167,7 @@ def _outcome(file: SourceFile, result: WriteResult | ShardragError) -> dict[str,
 
 
 def ingest_files(
-    rag: Shardrag, tenant: str, files: list[SourceFile], progress: Progress | None
+    rag: Backend, tenant: str, files: list[SourceFile], progress: Progress | None
 ) -> list[dict[str, Any]]:
     """Ingest files in batches; one outcome per file, in order."""
     outcomes: list[dict[str, Any]] = []
@@ -162,12 +188,14 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest.")],
     tenant: TenantOpt,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Ingest files and folders (txt, md, html, pdf); doc id = path relative to the folder."""
     with _errors_reported(as_json):
         files = collect_files(paths)
-        with _open(data_dir) as rag:
+        with _backend(data_dir, url, api_key) as rag:
             if as_json:
                 outcomes = ingest_files(rag, tenant, files, None)
             else:
@@ -242,10 +270,12 @@ def query(
         list[str] | None, typer.Option("--filter", help="Metadata key=value (repeatable).")
     ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Search a tenant's documents."""
-    with _errors_reported(as_json), _open(data_dir) as rag:
+    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         hits = rag.search(tenant, text, k=k, mode=mode, filters=parse_filters(filters or []))
     if as_json:
         _print_json({"hits": [h.to_dict() for h in hits]})
@@ -272,10 +302,12 @@ def ask(
         int | None, typer.Option(help="Token budget of the passages in the prompt.")
     ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Answer a question from a tenant's documents, with numbered citations."""
-    with _errors_reported(as_json), _open(data_dir) as rag:
+    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         result = rag.answer(tenant, question, k=k, max_context_tokens=max_context_tokens)
     if as_json:
         _print_json(result.to_dict())
@@ -291,10 +323,12 @@ def delete(
     doc_id: Annotated[str, typer.Argument(help="Document id.")],
     tenant: TenantOpt,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Delete a document (every chunk of it)."""
-    with _errors_reported(as_json), _open(data_dir) as rag:
+    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         result = rag.delete_document(tenant, doc_id)
     if as_json:
         _print_json(result.to_dict())
@@ -309,25 +343,29 @@ def docs(
     limit: Annotated[int, typer.Option(help="Page size.")] = 1000,
     after: Annotated[str | None, typer.Option(help="List ids after this one.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List a tenant's documents with versions and states."""
-    with _errors_reported(as_json), _open(data_dir) as rag:
-        documents = rag.list_documents(tenant, state=state, limit=limit, after=after)
+    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+        rows = [
+            d if isinstance(d, dict) else d.to_dict()
+            for d in rag.list_documents(tenant, state=state, limit=limit, after=after)
+        ]
     if as_json:
-        _print_json({"documents": [d.to_dict() for d in documents]})
+        _print_json({"documents": rows})
         return
     table = Table("document", "version", "state", "chunks", "latest", "error")
-    for d in documents:
-        row = d.to_dict()
+    for row in rows:
         error = (
             escape(f"[{row['error']['code']}] {row['error']['message']}") if row["error"] else ""
         )
         table.add_row(
-            d.doc_id,
-            str(d.version),
-            d.state.value,
-            str(d.chunk_count),
+            row["doc_id"],
+            str(row["version"]),
+            row["state"],
+            str(row["chunk_count"]),
             f"v{row['latest_version']} {row['latest_state']}",
             error,
         )
@@ -346,6 +384,41 @@ def tenants(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> 
     for r in records:
         table.add_row(r.tenant, str(r.shard_id))
     console.print(table)
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(envvar="SHARDRAG_HOST", help="Address to listen on.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(envvar="SHARDRAG_PORT", help="Port.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="SHARDRAG_DATA_DIR", help="Data directory."),
+    ] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) and the web console (/) over a data dir."""
+    from shardrag.api import create_app
+    from shardrag.api.server import serve as serve_app
+    from shardrag.config import Settings
+
+    with _errors_reported(False):
+        settings = Settings.load(data_dir=data_dir, host=host, port=port)
+        with Shardrag(settings) as rag:
+            api = create_app(rag)
+            if api.state.bootstrap_key:
+                err_console.print(
+                    "[bold yellow]root key[/] (shown once; keep it, or set SHARDRAG_ADMIN_KEY):"
+                    f"\n{api.state.bootstrap_key}"
+                )
+            err_console.print(
+                f"shardrag serving {settings.data_dir} on http://{settings.host}:{settings.port}"
+                " (console at /, API docs at /docs)"
+            )
+            serve_app(api, settings.host, settings.port)
 
 
 # -- eval -----------------------------------------------------------------------------------

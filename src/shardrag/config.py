@@ -56,6 +56,18 @@ class Settings:
     #: Fusion of dense and keyword ranks in hybrid mode (docs/retrieval.md).
     fusion: Fusion = Fusion.DBSF
     max_k: int = 1000
+    #: Service (``shardrag serve``): where it listens.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: The operator's root key; if unset, one is generated and printed on first start.
+    admin_key: str | None = None
+    #: Largest HTTP request body (413 request_too_large above); leaves room for multipart.
+    max_request_bytes: int = 26 * 1024 * 1024
+    #: Requests per second per API key, sustained and in a burst (0 turns the limit off).
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 100
+    #: How long a session or strong read may wait for its writes to be applied.
+    read_concern_timeout_seconds: float = 30.0
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -100,10 +112,17 @@ class Settings:
             "result_cache_entries": self.result_cache_entries >= 0,
             "answer_context_tokens": self.answer_context_tokens >= 1,
             "result_cache_ttl_seconds": self.result_cache_ttl_seconds > 0,
+            "port": 0 <= self.port <= 65535,
+            "admin_key": self.admin_key is None or len(self.admin_key) >= 16,
+            "max_request_bytes": self.max_request_bytes >= 1024,
+            "rate_limit_per_second": self.rate_limit_per_second >= 0,
+            "rate_limit_burst": self.rate_limit_burst >= 1,
+            "read_concern_timeout_seconds": self.read_concern_timeout_seconds > 0,
         }
         for name, ok in checks.items():
             if not ok:
-                raise InvalidParameter(f"setting {name}={getattr(self, name)!r} is out of range")
+                shown = "<hidden>" if name == "admin_key" else repr(getattr(self, name))
+                raise InvalidParameter(f"setting {name}={shown} is out of range")
         if self.embedder == "http" and not self.embed_url:
             raise InvalidParameter("embedder 'http' needs SHARDRAG_EMBED_URL")
 

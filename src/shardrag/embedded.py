@@ -6,22 +6,24 @@ embedder, writer and searcher are built from ``Settings`` and handed to each oth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from shardrag import validation
 from shardrag.blobs import open_blob_store
-from shardrag.cache import open_result_cache
+from shardrag.cache import CacheKey, CacheKind, open_result_cache
 from shardrag.config import Settings
 from shardrag.context import (
     Answerer,
     AnswerResult,
+    Context,
     ContextAssembler,
     ExtractiveAnswerer,
     OpenAIChatGenerator,
@@ -43,12 +45,14 @@ from shardrag.models import (
     Fusion,
     Hit,
     Metadata,
+    ReadConcern,
     SearchMode,
     SearchRequest,
     VersionState,
     WriteResult,
+    WriteToken,
 )
-from shardrag.pipeline import ChunkVectorizer, DocumentWriter
+from shardrag.pipeline import ChunkVectorizer, DocumentWriter, IndexBacklog, VersionBuild
 from shardrag.registry import TenantRecord, open_registry
 from shardrag.retrieval import Searcher
 
@@ -122,6 +126,7 @@ class Shardrag:
         recovered = self.writer.recover()
         for tenant, doc_id, version, state in recovered:
             log.warning("recovered %s/%s v%s as %s", tenant, doc_id, version, state.value)
+        self.backlog = IndexBacklog(self.writer)
 
     def _check_layout(self) -> dict[str, Any]:
         """Pin the data dir to its embedding model and shard count on first open."""
@@ -151,11 +156,19 @@ class Shardrag:
         # Stable placement by hash; the registry records it so a later rebalance can move it.
         return zlib.crc32(tenant.encode()) % int(self._layout["shards"])
 
-    def create_tenant(self, tenant: str) -> TenantRecord:
-        """Create a tenant (idempotent) and return its record."""
+    def create_tenant(
+        self, tenant: str, name: str | None = None, exist_ok: bool = True
+    ) -> TenantRecord:
+        """Create a tenant and return its record.
+
+        With ``exist_ok`` (the default) an existing tenant is returned as it is; without,
+        an existing id raises ``TenantExists``.
+        """
         validation.tenant_id(tenant)
         with self._tenant_lock:
-            return self.registry.ensure_tenant(tenant, self._place(tenant))
+            if exist_ok:
+                return self.registry.ensure_tenant(tenant, self._place(tenant), name)
+            return self.registry.create_tenant(tenant, self._place(tenant), name or tenant)
 
     def tenants(self) -> list[TenantRecord]:
         """Every tenant of the data dir."""
@@ -197,16 +210,26 @@ class Shardrag:
         title: str | None = None,
         wait: bool = True,
     ) -> WriteResult:
-        """Store a new version of a document and return once it is live.
+        """Store a new version of a document; by default, return once it is live.
 
         Creates the tenant on first use. Re-putting identical bytes, filename and metadata is a
         no-op (``unchanged=True``). Raises the reason (a ``ShardragError``) when the version
-        fails; the previous version then stays live. ``wait=False`` is accepted for the
-        asynchronous write path; the embedded write path is synchronous, so the result is
-        live either way.
+        fails; the previous version then stays live. With ``wait=False`` the document is
+        checked, parsed and chunked now (bad input still raises) and the result is the
+        ``pending`` version, embedded and committed in the background; its ``write_token``
+        makes a later ``search(read_concern="session")`` see it.
         """
         document = DocumentInput(doc_id, bytes(data), filename, metadata or {}, content_type, title)
-        return self.writer.put(validation.tenant_id(tenant), self._checked(document))
+        tenant = validation.tenant_id(tenant)
+        checked = self._checked(document)
+        if wait:
+            return _with_token(self.writer.put(tenant, checked))
+        build: VersionBuild | WriteResult = self.writer.begin(tenant, checked)
+        if isinstance(build, WriteResult):
+            return _with_token(build)
+        accepted = build.accepted()
+        self.backlog.submit(build)
+        return _with_token(accepted)
 
     def put_documents(
         self, tenant: str, documents: Iterable[DocumentInput]
@@ -218,7 +241,8 @@ class Shardrag:
         is written.
         """
         checked = [self._checked(d) for d in documents]
-        return self.writer.put_many(validation.tenant_id(tenant), checked)
+        outcomes = self.writer.put_many(validation.tenant_id(tenant), checked)
+        return [o if isinstance(o, ShardragError) else _with_token(o) for o in outcomes]
 
     def _checked(self, document: DocumentInput) -> DocumentInput:
         self._check_open()
@@ -230,7 +254,7 @@ class Shardrag:
         """Remove every chunk of a document (its history stays in the registry)."""
         self._check_open()
         self.tenant(tenant)
-        return self.writer.delete(tenant, validation.doc_id(doc_id))
+        return _with_token(self.writer.delete(tenant, validation.doc_id(doc_id)))
 
     def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
         """Version, state, chunk count, metadata and last error of a document."""
@@ -269,13 +293,19 @@ class Shardrag:
         mode: SearchMode | str = SearchMode.HYBRID,
         filters: Metadata | None = None,
         fusion: Fusion | str | None = None,
+        read_concern: ReadConcern | str = ReadConcern.EVENTUAL,
+        write_token: str | None = None,
     ) -> list[Hit]:
         """The top-k passages of the tenant's live documents for ``query``.
 
         ``mode``: hybrid (dense + BM25 fused), dense, or keyword. ``filters``: metadata
         equality, ``{"team": "ops"}``, or any-of, ``{"team": ["ops", "dev"]}``.
+        ``read_concern``: ``eventual`` (what is live now), ``session`` with the
+        ``write_token`` of a write (waits until that write is live or failed), or ``strong``
+        (waits for every write of the tenant accepted so far).
         """
         self._check_open()
+        self._await_concern(tenant, read_concern, write_token)
         request = SearchRequest(
             tenant=validation.tenant_id(tenant),
             query=validation.query_text(query),
@@ -300,10 +330,76 @@ class Shardrag:
         numbered citations, then asks the configured language model (``SHARDRAG_LLM_URL``) or,
         without one, answers with the best-supported sentences of the passages.
         """
-        hits = self.search(tenant, question, k=k, filters=filters)
         budget = max_context_tokens or self.settings.answer_context_tokens
+        if budget < 1:
+            raise InvalidParameter("max_context_tokens must be at least 1")
+        _, generation = self._route(validation.tenant_id(tenant))
+        key = CacheKey.for_search(
+            tenant,
+            generation,
+            CacheKind.ANSWER,
+            validation.query_text(question),
+            {"k": k, "budget": budget, "filters": filters or {}, "answerer": self.answerer.name},
+        )
+        cached = self.result_cache.get(key) if self.result_cache else None
+        if isinstance(cached, AnswerResult):
+            return cached
+        hits = self.search(tenant, question, k=k, filters=filters)
         context = self.assembler.run(question, hits, budget)
-        return AnswerResult(self.answerer.run(context), hits)
+        result = AnswerResult(self.answerer.run(context), hits)
+        if self.result_cache is not None:
+            self.result_cache.put(key, result)
+        return result
+
+    def answer_stream(
+        self,
+        tenant: str,
+        question: str,
+        k: int = 8,
+        max_context_tokens: int | None = None,
+        filters: Metadata | None = None,
+    ) -> tuple[list[Hit], Context, Iterator[str]]:
+        """Like ``answer``, with the text as it is generated: (hits, context, text pieces).
+
+        The language model's pieces arrive as it writes them (an ``Unavailable`` may be
+        raised between pieces); the extractive answer comes as one piece. The citations of
+        the joined text are ``citations_in(text, context)``.
+        """
+        budget = max_context_tokens or self.settings.answer_context_tokens
+        if budget < 1:
+            raise InvalidParameter("max_context_tokens must be at least 1")
+        hits = self.search(tenant, question, k=k, filters=filters)
+        context = self.assembler.run(question, hits, budget)
+        if isinstance(self.answerer, OpenAIChatGenerator):
+            return hits, context, self.answerer.stream(context)
+        return hits, context, iter([self.answerer.run(context).text])
+
+    def _await_concern(
+        self, tenant: str, read_concern: ReadConcern | str, write_token: str | None
+    ) -> None:
+        concern = validation.read_concern(read_concern)
+        timeout = self.settings.read_concern_timeout_seconds
+        if concern is ReadConcern.STRONG:
+            self.backlog.wait_for_tenant(tenant, timeout)
+        elif concern is ReadConcern.SESSION:
+            if not write_token:
+                raise InvalidParameter("read_concern 'session' needs the write_token of a write")
+            token = WriteToken.decode(write_token)
+            if token.tenant != tenant:
+                raise InvalidParameter("write_token belongs to another tenant")
+            self.backlog.wait_until(lambda: self._decided(token), timeout)
+
+    def _decided(self, token: WriteToken) -> bool:
+        # Versions of a document are decided in order, so a later one means this one is done.
+        info = self.registry.document(token.tenant, token.doc_id)
+        if info is None:
+            return True
+        latest = info.latest
+        return latest.version > token.version or latest.state is not VersionState.PENDING
+
+    def document_counts(self) -> dict[VersionState, int]:
+        """Documents of every tenant by state (for metrics)."""
+        return self.registry.document_counts()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -311,6 +407,11 @@ class Shardrag:
         """Build the indexes of every open shard now (pauses the process while it runs)."""
         for engine in self.shards.open_shards().values():
             engine.optimize()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._closed
 
     def _check_open(self) -> None:
         if self._closed:
@@ -322,6 +423,7 @@ class Shardrag:
             return
         self._closed = True
         try:
+            self.backlog.close()
             self.shards.close()
             self.embedding_cache.close()
             self.registry.close()
@@ -338,3 +440,8 @@ class Shardrag:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _with_token(result: WriteResult) -> WriteResult:
+    token = WriteToken(result.tenant, result.doc_id, result.version).encode()
+    return dataclasses.replace(result, write_token=token)

@@ -13,15 +13,25 @@ and an HTTP-style ``status`` used by the API layer (the only place that maps err
     │   ├── InvalidDocumentId          invalid_document_id 422
     │   ├── InvalidTenantId            invalid_tenant_id  422
     │   ├── EmptyQuery                 empty_query        422
-    │   └── InvalidParameter           invalid_parameter  422
+    │   ├── InvalidParameter           invalid_parameter  422
+    │   ├── InvalidRequest             invalid_request    422
+    │   ├── MalformedJson              malformed_json     400
+    │   └── RequestTooLarge            request_too_large  413
     ├── NotFound                       not_found          404
     │   ├── TenantNotFound             tenant_not_found   404
-    │   └── DocumentNotFound           document_not_found 404
+    │   ├── DocumentNotFound           document_not_found 404
+    │   └── RouteNotFound              route_not_found    404
     ├── Unauthorized                   unauthorized       401
+    ├── Forbidden                      forbidden          403
+    ├── MethodNotAllowed               method_not_allowed 405
     ├── Conflict                       conflict           409
-    │   └── DataDirLocked              data_dir_locked    409
+    │   ├── DataDirLocked              data_dir_locked    409
+    │   ├── TenantExists               tenant_exists      409
+    │   └── IdempotencyConflict        idempotency_conflict 409
+    ├── RateLimited                    rate_limited       429
     ├── Unavailable                    unavailable        503
-    │   └── EmbedderUnavailable        embedder_unavailable 503
+    │   ├── EmbedderUnavailable        embedder_unavailable 503
+    │   └── ReadConcernTimeout         read_concern_timeout 503
     └── InternalError                  internal_error     500
 """
 
@@ -109,6 +119,26 @@ class InvalidParameter(InvalidInput):
     code = "invalid_parameter"
 
 
+class InvalidRequest(InvalidInput):
+    """The request's body or parameters do not match the API schema (names, types, ranges)."""
+
+    code = "invalid_request"
+
+
+class MalformedJson(InvalidInput):
+    """The body is not valid JSON."""
+
+    code = "malformed_json"
+    status = 400
+
+
+class RequestTooLarge(InvalidInput):
+    """The request body is larger than the server accepts (setting max_request_bytes)."""
+
+    code = "request_too_large"
+    status = 413
+
+
 class NotFound(ShardragError):
     """The named thing does not exist (for this tenant)."""
 
@@ -128,11 +158,31 @@ class DocumentNotFound(NotFound):
     code = "document_not_found"
 
 
+class RouteNotFound(NotFound):
+    """No API route at that path."""
+
+    code = "route_not_found"
+
+
 class Unauthorized(ShardragError):
     """Missing or invalid credentials."""
 
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(ShardragError):
+    """The key is valid but its role may not do this."""
+
+    code = "forbidden"
+    status = 403
+
+
+class MethodNotAllowed(ShardragError):
+    """The route exists but not with this HTTP method."""
+
+    code = "method_not_allowed"
+    status = 405
 
 
 class Conflict(ShardragError):
@@ -148,6 +198,25 @@ class DataDirLocked(Conflict):
     code = "data_dir_locked"
 
 
+class TenantExists(Conflict):
+    """A tenant of that id exists already."""
+
+    code = "tenant_exists"
+
+
+class IdempotencyConflict(Conflict):
+    """An ``Idempotency-Key`` was reused for a different request."""
+
+    code = "idempotency_conflict"
+
+
+class RateLimited(ShardragError):
+    """The key sent more requests than its rate limit allows; retry after ``retry_after``."""
+
+    code = "rate_limited"
+    status = 429
+
+
 class Unavailable(ShardragError):
     """A component needed for the request is not available right now."""
 
@@ -159,6 +228,12 @@ class EmbedderUnavailable(Unavailable):
     """The embedding model or endpoint cannot embed right now."""
 
     code = "embedder_unavailable"
+
+
+class ReadConcernTimeout(Unavailable):
+    """A session or strong read waited longer than allowed for its writes to be applied."""
+
+    code = "read_concern_timeout"
 
 
 class InternalError(ShardragError):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from shardrag.errors import InvalidParameter
 
 Metadata = dict[str, Any]
 
@@ -25,6 +30,17 @@ class SearchMode(enum.StrEnum):
     HYBRID = "hybrid"
     DENSE = "dense"
     KEYWORD = "keyword"
+
+
+class ReadConcern(enum.StrEnum):
+    """How fresh a search must be (ARCHITECTURE.md §2, read path)."""
+
+    #: Whatever is live now.
+    EVENTUAL = "eventual"
+    #: At least as fresh as the write the ``write_token`` names (read-your-writes).
+    SESSION = "session"
+    #: After every write of the tenant accepted before the search.
+    STRONG = "strong"
 
 
 class Fusion(enum.StrEnum):
@@ -222,3 +238,36 @@ class SearchRequest:
     mode: SearchMode = SearchMode.HYBRID
     filters: Metadata = field(default_factory=dict)
     fusion: Fusion = Fusion.DBSF
+
+
+@dataclass(frozen=True)
+class WriteToken:
+    """Names one accepted write; a session read with it sees that write or a later one.
+
+    Opaque to callers: ``wt1.`` and URL-safe base64 of JSON. It carries only what its holder
+    already knows (tenant, document id, version), and a search checks the tenant it names.
+    """
+
+    tenant: str
+    doc_id: str
+    version: int
+
+    _PREFIX = "wt1."
+
+    def encode(self) -> str:
+        """The token as a string for the caller."""
+        raw = json.dumps({"t": self.tenant, "d": self.doc_id, "v": self.version}).encode()
+        return self._PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> WriteToken:
+        """Parse a token; ``InvalidParameter`` if it is not one of ours."""
+        if not token.startswith(cls._PREFIX) or len(token) > 2048:
+            raise InvalidParameter("write_token is not a shardrag write token")
+        body = token[len(cls._PREFIX) :]
+        try:
+            fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            parsed = cls(str(fields["t"]), str(fields["d"]), int(fields["v"]))
+        except (binascii.Error, ValueError, KeyError, TypeError):
+            raise InvalidParameter("write_token is not a shardrag write token") from None
+        return parsed

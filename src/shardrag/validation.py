@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import unicodedata
-from typing import Any
+from typing import Any, TypeVar
 
 from shardrag.errors import EmptyQuery, InvalidDocumentId, InvalidParameter, InvalidTenantId
-from shardrag.models import Fusion, SearchMode
+from shardrag.models import Fusion, ReadConcern, SearchMode
+
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
 
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DOC_ID_LENGTH = 512
@@ -62,24 +65,28 @@ def top_k(value: int, max_k: int) -> int:
     return value
 
 
-def search_mode(value: str | SearchMode) -> SearchMode:
-    """hybrid, dense or keyword."""
+def _choice(kind: type[_Choice], value: str, name: str) -> _Choice:
     try:
-        return SearchMode(value)
+        return kind(value)
     except ValueError:
         raise InvalidParameter(
-            f"mode must be one of {[m.value for m in SearchMode]}, not {value!r}"
+            f"{name} must be one of {[c.value for c in kind]}, not {value!r}"
         ) from None
+
+
+def search_mode(value: str | SearchMode) -> SearchMode:
+    """hybrid, dense or keyword."""
+    return _choice(SearchMode, value, "mode")
 
 
 def fusion(value: str | Fusion) -> Fusion:
     """dbsf or rrf."""
-    try:
-        return Fusion(value)
-    except ValueError:
-        raise InvalidParameter(
-            f"fusion must be one of {[f.value for f in Fusion]}, not {value!r}"
-        ) from None
+    return _choice(Fusion, value, "fusion")
+
+
+def read_concern(value: str | ReadConcern) -> ReadConcern:
+    """eventual, session or strong."""
+    return _choice(ReadConcern, value, "read_concern")
 
 
 def metadata(value: Any) -> dict[str, Any]:

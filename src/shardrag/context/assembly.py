@@ -89,6 +89,9 @@ class AnswerResult:
 class Answerer(Protocol):
     """What answers a context: a language model, or extraction from the passages."""
 
+    #: Which answerer this is, for cache keys (one answerer's answers never serve another's).
+    name: str
+
     def run(self, context: Context) -> Answer:
         """The answer to ``context.question`` from ``context.passages``."""
         ...

@@ -59,6 +59,9 @@ class ExtractiveAnswerer:
     none does, the answer is ``NO_ANSWER``, citing nothing.
     """
 
+    #: Names the answerer in cache keys: answers of one never stand in for another's.
+    name = "extractive"
+
     def __init__(self, max_sentences: int = 3, min_score: float = 0.25) -> None:
         if max_sentences < 1:
             raise InvalidParameter(

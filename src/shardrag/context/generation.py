@@ -25,6 +25,7 @@ class OpenAIChatGenerator:
     ) -> None:
         self.url = url.rstrip("/") + "/chat/completions"
         self.model = model
+        self.name = f"llm:{model}@{self.url}"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 

@@ -46,8 +46,8 @@ ShardOf = Callable[[str], ShardEngine]
 
 
 @dataclass
-class _Build:
-    """A version in progress through ``put_many``."""
+class VersionBuild:
+    """A version accepted (parsed and chunked, pending) and on its way to live."""
 
     tenant: str
     upload: DocumentInput
@@ -57,6 +57,18 @@ class _Build:
     position: int = 0
     committed: bool = False
     result: WriteResult | None = None
+    # The document's lock stripe while the build holds it (``begin`` until ``finish``).
+    stripe: int | None = None
+
+    def accepted(self) -> WriteResult:
+        """What the caller of an asynchronous write learns at once: the pending version."""
+        return WriteResult(
+            self.tenant,
+            self.upload.doc_id,
+            self.version,
+            VersionState.PENDING,
+            len(self.job.chunks),
+        )
 
 
 class DocumentWriter:
@@ -105,7 +117,7 @@ class DocumentWriter:
         if len(set(keys)) != len(keys):
             raise InvalidParameter("a batch names the same document twice")
         outcomes: list[WriteResult | ShardragError | None] = [None] * len(uploads)
-        builds: list[_Build] = []
+        builds: list[VersionBuild] = []
         with self._locked(keys):
             for i, upload in enumerate(uploads):
                 try:
@@ -118,18 +130,53 @@ class DocumentWriter:
                 else:
                     build.position = i
                     builds.append(build)
-            self._guarded(builds, outcomes, lambda: self.vectorizer.run([b.job for b in builds]))
+            self._complete(builds, outcomes)
+        return _all_decided(outcomes)
+
+    def begin(self, tenant: str, upload: DocumentInput) -> VersionBuild | WriteResult:
+        """Accept a version now (checks, pending version, parse, chunk); embed it later.
+
+        Returns the ``WriteResult`` of an unchanged document, or a build that holds the
+        document's lock until ``finish`` completes it, so that versions of one document go
+        live in the order they were accepted. Raises the reason a document is refused.
+        """
+        stripe = self._stripe(tenant, upload.doc_id)
+        self._doc_locks[stripe].acquire()
+        try:
+            build = self._prepare(tenant, upload)
+        except BaseException:
+            self._doc_locks[stripe].release()
+            raise
+        if isinstance(build, WriteResult):
+            self._doc_locks[stripe].release()
+        else:
+            build.stripe = stripe
+        return build
+
+    def finish(self, builds: list[VersionBuild]) -> list[WriteResult | ShardragError]:
+        """Embed and commit accepted builds together; one outcome per build, in order."""
+        outcomes: list[WriteResult | ShardragError | None] = [None] * len(builds)
+        try:
+            for i, build in enumerate(builds):
+                build.position = i
+            self._complete(builds, outcomes)
+        finally:
             for build in builds:
-                if outcomes[build.position] is None:
-                    self._guarded([build], outcomes, functools.partial(self._commit, build))
-                if build.result is not None:
-                    outcomes[build.position] = build.result
-        done: list[WriteResult | ShardragError] = []
-        for outcome in outcomes:
-            if outcome is None:  # every path above records one; a bug if not
-                raise InternalError("a document of the batch got no outcome")
-            done.append(outcome)
-        return done
+                if build.stripe is not None:
+                    self._doc_locks[build.stripe].release()
+                    build.stripe = None
+        return _all_decided(outcomes)
+
+    def _complete(
+        self, builds: list[VersionBuild], outcomes: list[WriteResult | ShardragError | None]
+    ) -> None:
+        """Vectors for every build in one batched pass, then each build's commit."""
+        self._guarded(builds, outcomes, lambda: self.vectorizer.run([b.job for b in builds]))
+        for build in builds:
+            if outcomes[build.position] is None:
+                self._guarded([build], outcomes, functools.partial(self._commit, build))
+            if build.result is not None:
+                outcomes[build.position] = build.result
 
     @contextmanager
     def _locked(self, keys: list[tuple[str, str]]) -> Iterator[None]:
@@ -145,7 +192,7 @@ class DocumentWriter:
 
     def _guarded(
         self,
-        builds: list[_Build],
+        builds: list[VersionBuild],
         outcomes: list[WriteResult | ShardragError | None],
         step: Callable[[], object],
     ) -> None:
@@ -178,7 +225,7 @@ class DocumentWriter:
                 self._fail(build.engine, build.tenant, build.upload.doc_id, build.version, error)
                 outcomes[build.position] = error
 
-    def _prepare(self, tenant: str, upload: DocumentInput) -> _Build | WriteResult:
+    def _prepare(self, tenant: str, upload: DocumentInput) -> VersionBuild | WriteResult:
         """Checks, the no-op test, blob and pending version, then parse and chunk."""
         if not upload.data:
             raise EmptyDocument(f"document {upload.doc_id!r} is empty (0 bytes)")
@@ -206,7 +253,7 @@ class DocumentWriter:
         self.blobs.put(upload.data)
         new = NewVersion(content_hash, upload.filename, len(upload.data), upload.metadata)
         version = self.registry.begin_version(tenant, doc_id, new)
-        build = _Build(tenant, upload, engine, version, VectorJob(tenant, []))
+        build = VersionBuild(tenant, upload, engine, version, VectorJob(tenant, []))
         try:
             parsed = parse(upload.data, upload.filename, upload.content_type)
             if upload.title:
@@ -232,7 +279,7 @@ class DocumentWriter:
             build.job.previous_vectors = lambda idx: engine.vectors(tenant, doc_id, previous, idx)
         return build
 
-    def _commit(self, build: _Build) -> None:
+    def _commit(self, build: VersionBuild) -> None:
         """Upsert the version's points, record its manifest, commit, mark it live."""
         upload, engine, version, job = build.upload, build.engine, build.version, build.job
         tenant, doc_id = build.tenant, upload.doc_id
@@ -307,6 +354,17 @@ class DocumentWriter:
                 )
                 outcomes.append((tenant, doc_id, version, VersionState.FAILED))
         return outcomes
+
+
+def _all_decided(
+    outcomes: list[WriteResult | ShardragError | None],
+) -> list[WriteResult | ShardragError]:
+    done: list[WriteResult | ShardragError] = []
+    for outcome in outcomes:
+        if outcome is None:  # every path records one; a bug if not
+            raise InternalError("a document of the batch got no outcome")
+        done.append(outcome)
+    return done
 
 
 def _same_json(a: Metadata, b: Metadata) -> bool:

@@ -1,7 +1,8 @@
-"""Documents, versions and tenants: the protocol and its embedded (SQLite) implementation."""
+"""Tenants, documents, versions, keys, audit: the protocol and its SQLite implementation."""
 
 from pathlib import Path
 
+from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import (
     ManifestEntry,
     NewVersion,
@@ -18,10 +19,14 @@ def open_registry(data_dir: Path) -> Registry:
 
 
 __all__ = [
+    "AuditEvent",
+    "KeyRecord",
     "ManifestEntry",
     "NewVersion",
     "PendingVersion",
     "Registry",
+    "Role",
+    "StoredResponse",
     "TenantRecord",
     "open_registry",
 ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shardrag.models import DocumentInfo, Metadata, VersionState
+from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class TenantRecord:
     shard_id: int
     generation: int
     created_at: float
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,12 @@ class PendingVersion:
 class Registry(Protocol):
     """Durable records of tenants, documents and versions. Every method is atomic."""
 
-    def ensure_tenant(self, tenant: str, shard_id: int) -> TenantRecord:
+    def ensure_tenant(self, tenant: str, shard_id: int, name: str | None = None) -> TenantRecord:
         """The tenant's record, creating it on ``shard_id`` if it does not exist."""
+        ...
+
+    def create_tenant(self, tenant: str, shard_id: int, name: str) -> TenantRecord:
+        """Create a new tenant; ``TenantExists`` if the id is taken."""
         ...
 
     def get_tenant(self, tenant: str) -> TenantRecord | None:
@@ -118,6 +124,44 @@ class Registry(Protocol):
 
     def pending_versions(self) -> list[PendingVersion]:
         """Every version still pending, oldest first (for crash recovery)."""
+        ...
+
+    def document_counts(self) -> dict[VersionState, int]:
+        """How many documents (of every tenant) are in each state."""
+        ...
+
+    # -- access: keys, audit, idempotency ------------------------------------------------------
+
+    def add_key(self, key: KeyRecord) -> None:
+        """Store a new key."""
+        ...
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        """The key of that id (revoked or not), or None."""
+        ...
+
+    def keys(self, tenant: str | None) -> list[KeyRecord]:
+        """The keys of a tenant (``None``: the operator's root keys), oldest first."""
+        ...
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        """Mark a key revoked (idempotent) and return it."""
+        ...
+
+    def append_audit(self, event: AuditEvent) -> None:
+        """Append one event to the audit log."""
+        ...
+
+    def audit(self, tenant: str, limit: int = 100, before: int | None = None) -> list[AuditEvent]:
+        """A tenant's audit events, newest first, ``limit`` of them older than id ``before``."""
+        ...
+
+    def stored_response(self, tenant: str, idempotency_key: str) -> StoredResponse | None:
+        """The answer first given to ``idempotency_key`` in the tenant, or None."""
+        ...
+
+    def store_response(self, tenant: str, idempotency_key: str, response: StoredResponse) -> None:
+        """Remember the answer to ``idempotency_key`` (the first one stored wins)."""
         ...
 
     def close(self) -> None:

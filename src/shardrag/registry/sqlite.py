@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shardrag.errors import DocumentNotFound, InternalError
+from shardrag.errors import DocumentNotFound, InternalError, NotFound, TenantExists
 from shardrag.models import DocumentInfo, VersionInfo, VersionState
+from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
 
 _SCHEMA = """
@@ -58,7 +59,40 @@ CREATE TABLE IF NOT EXISTS chunks (
     FOREIGN KEY (tenant, doc_id, version) REFERENCES versions(tenant, doc_id, version)
         ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id       TEXT PRIMARY KEY,
+    tenant       TEXT REFERENCES tenants(tenant) ON DELETE CASCADE,
+    role         TEXT NOT NULL,
+    secret_hash  TEXT NOT NULL,
+    name         TEXT,
+    created_at   REAL NOT NULL,
+    revoked_at   REAL
+);
+CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys(tenant);
+CREATE TABLE IF NOT EXISTS audit (
+    event_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant    TEXT,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    at        REAL NOT NULL,
+    details   TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant, event_id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant           TEXT NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
+    idempotency_key  TEXT NOT NULL,
+    request_hash     TEXT NOT NULL,
+    status           INTEGER NOT NULL,
+    body             TEXT NOT NULL,
+    created_at       REAL NOT NULL,
+    PRIMARY KEY (tenant, idempotency_key)
+);
 """
+
+# Columns added after the first release, with the statement that adds each to an old file.
+_MIGRATIONS = {("tenants", "name"): "ALTER TABLE tenants ADD COLUMN name TEXT"}
 
 # The state a document shows in listings: live while a version is, else its latest version's.
 _DOCUMENT_STATE = """
@@ -82,6 +116,10 @@ class SqliteRegistry:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            for (table, column), statement in _MIGRATIONS.items():
+                columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(statement)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -100,13 +138,27 @@ class SqliteRegistry:
 
     # -- tenants ------------------------------------------------------------------------------
 
-    def ensure_tenant(self, tenant: str, shard_id: int) -> TenantRecord:
+    def ensure_tenant(self, tenant: str, shard_id: int, name: str | None = None) -> TenantRecord:
         """The tenant's record, creating it on ``shard_id`` if needed."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO tenants(tenant, shard_id, created_at) VALUES (?, ?, ?)",
-                (tenant, shard_id, time.time()),
+                "INSERT OR IGNORE INTO tenants(tenant, shard_id, created_at, name) "
+                "VALUES (?, ?, ?, ?)",
+                (tenant, shard_id, time.time(), name or tenant),
             )
+            row = db.execute("SELECT * FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
+        return _tenant(row)
+
+    def create_tenant(self, tenant: str, shard_id: int, name: str) -> TenantRecord:
+        """Create a new tenant; ``TenantExists`` if the id is taken."""
+        with self._tx() as db:
+            try:
+                db.execute(
+                    "INSERT INTO tenants(tenant, shard_id, created_at, name) VALUES (?, ?, ?, ?)",
+                    (tenant, shard_id, time.time(), name),
+                )
+            except sqlite3.IntegrityError:
+                raise TenantExists(f"tenant {tenant!r} exists already", tenant=tenant) from None
             row = db.execute("SELECT * FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
         return _tenant(row)
 
@@ -322,6 +374,127 @@ class SqliteRegistry:
             for r in rows
         ]
 
+    def document_counts(self) -> dict[VersionState, int]:
+        """How many documents (of every tenant) are in each state."""
+        rows = self._query(
+            f"SELECT {_DOCUMENT_STATE} AS doc_state, count(*) AS n FROM documents d "
+            "JOIN versions latest ON latest.tenant = d.tenant AND latest.doc_id = d.doc_id "
+            "AND latest.version = d.latest_version GROUP BY doc_state"
+        )
+        counts = dict.fromkeys(VersionState, 0)
+        counts.update({VersionState(r["doc_state"]): int(r["n"]) for r in rows})
+        return counts
+
+    # -- access: keys, audit, idempotency ------------------------------------------------------
+
+    def add_key(self, key: KeyRecord) -> None:
+        """Store a new key."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.key_id,
+                    key.tenant,
+                    key.role.value,
+                    key.secret_hash,
+                    key.name,
+                    key.created_at,
+                    key.revoked_at,
+                ),
+            )
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        """The key of that id, or None."""
+        rows = self._query("SELECT * FROM api_keys WHERE key_id = ?", key_id)
+        return _key(rows[0]) if rows else None
+
+    def keys(self, tenant: str | None) -> list[KeyRecord]:
+        """The keys of a tenant (None: root keys), oldest first."""
+        rows = self._query(
+            "SELECT * FROM api_keys WHERE tenant IS ? ORDER BY created_at, key_id", tenant
+        )
+        return [_key(r) for r in rows]
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        """Mark a key revoked (the first revocation time stays) and return it."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE key_id = ?",
+                (time.time(), key_id),
+            )
+            row = db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no key {key_id!r}", key_id=key_id)
+        return _key(row)
+
+    def append_audit(self, event: AuditEvent) -> None:
+        """Append one event to the audit log."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO audit(tenant, actor, action, target, outcome, at, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.tenant,
+                    event.actor,
+                    event.action,
+                    event.target,
+                    event.outcome,
+                    event.at,
+                    json.dumps(event.details),
+                ),
+            )
+
+    def audit(self, tenant: str, limit: int = 100, before: int | None = None) -> list[AuditEvent]:
+        """A tenant's audit events, newest first."""
+        rows = self._query(
+            "SELECT * FROM audit WHERE tenant = ? AND event_id < ? ORDER BY event_id DESC LIMIT ?",
+            tenant,
+            before if before is not None else 2**62,
+            limit,
+        )
+        return [
+            AuditEvent(
+                tenant=r["tenant"],
+                actor=r["actor"],
+                action=r["action"],
+                target=r["target"],
+                outcome=r["outcome"],
+                at=r["at"],
+                details=json.loads(r["details"]),
+                event_id=int(r["event_id"]),
+            )
+            for r in rows
+        ]
+
+    def stored_response(self, tenant: str, idempotency_key: str) -> StoredResponse | None:
+        """The answer first given to ``idempotency_key`` in the tenant, or None."""
+        rows = self._query(
+            "SELECT * FROM idempotency WHERE tenant = ? AND idempotency_key = ?",
+            tenant,
+            idempotency_key,
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return StoredResponse(
+            row["request_hash"], int(row["status"]), json.loads(row["body"]), row["created_at"]
+        )
+
+    def store_response(self, tenant: str, idempotency_key: str, response: StoredResponse) -> None:
+        """Remember the answer to ``idempotency_key``; the first one stored wins."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tenant,
+                    idempotency_key,
+                    response.request_hash,
+                    response.status,
+                    json.dumps(response.body),
+                    response.created_at,
+                ),
+            )
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
@@ -330,7 +503,23 @@ class SqliteRegistry:
 
 def _tenant(row: sqlite3.Row) -> TenantRecord:
     return TenantRecord(
-        row["tenant"], int(row["shard_id"]), int(row["generation"]), row["created_at"]
+        row["tenant"],
+        int(row["shard_id"]),
+        int(row["generation"]),
+        row["created_at"],
+        row["name"] or row["tenant"],
+    )
+
+
+def _key(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        role=Role(row["role"]),
+        secret_hash=row["secret_hash"],
+        name=row["name"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
     )
 
 

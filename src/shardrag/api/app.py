@@ -1,0 +1,76 @@
+"""The FastAPI app of ``shardrag serve``: the API over one embedded ``Shardrag``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from shardrag.api.auth import ApiKeys
+from shardrag.api.deps import Service
+from shardrag.api.errors import install_error_handlers
+from shardrag.api.guard import Guard
+from shardrag.api.ratelimit import RateLimiter
+from shardrag.api.routes import documents, health, search, tenants
+from shardrag.embedded import Shardrag
+from shardrag.observability import Metrics, MetricsMiddleware
+
+log = logging.getLogger(__name__)
+CONSOLE_DIR = Path(__file__).parent / "console"
+
+DESCRIPTION = """
+Multi-tenant retrieval-augmented generation.
+
+Authenticate with `Authorization: Bearer <key>`. The operator's root key creates tenants and
+their keys; a tenant's keys are `admin` (keys, audit log), `writer` (documents) or `reader`
+(search, answers). A key only ever reaches its own tenant: any other tenant is 404.
+Every error is `{"error": {"code", "message", "details"}}` with a stable `code`.
+"""
+
+
+def create_app(rag: Shardrag) -> FastAPI:
+    """The app serving ``rag``; the caller keeps ownership of ``rag`` (and closes it).
+
+    ``app.state.bootstrap_key`` holds a root key generated now (first start without
+    ``SHARDRAG_ADMIN_KEY``), for the caller to show once; otherwise None.
+    """
+    settings = rag.settings
+    keys = ApiKeys(rag.registry, settings.admin_key)
+    metrics = Metrics(
+        documents=lambda: {s.value: n for s, n in rag.document_counts().items()},
+        backlog=rag.backlog.depth,
+        cache=lambda: rag.result_cache.stats() if rag.result_cache else None,
+    )
+    app = FastAPI(
+        title="shardrag",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = Service(rag=rag, keys=keys, settings=settings, metrics=metrics)
+    app.state.bootstrap_key = keys.bootstrap()
+    install_error_handlers(app)
+    for router in (health.router, tenants.router, documents.router, search.router):
+        app.include_router(router)
+    _mount_console(app)
+    # Outermost last: metrics time everything, including the guard's refusals.
+    app.add_middleware(
+        Guard,
+        keys=keys,
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        max_body_bytes=settings.max_request_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _mount_console(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    def console() -> FileResponse:
+        return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html")
+
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR), name="console")

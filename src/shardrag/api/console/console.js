@@ -1,0 +1,485 @@
+// shardrag web console: sign in with an API key, upload, list, search and ask.
+// API data is untrusted (documents are user content): it only ever reaches the page through
+// textContent and DOM nodes, never through innerHTML.
+'use strict';
+
+(() => {
+  const KEY_STORAGE = 'shardrag.apiKey';
+  const POLL_MS = 1500;
+  const STATES = new Set(['live', 'pending', 'failed', 'deleted', 'superseded']);
+  const MARKER = /\[(\d+(?:\s*,\s*\d+)*)\]/g; // [1] or [1, 2], as the answer cites sources
+
+  const $ = (selector) => document.querySelector(selector);
+  const session = { key: null, whoami: null, pollTimer: null, uploads: Promise.resolve() };
+
+  class ApiError extends Error {
+    constructor(status, code, message, details) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.details = details || {};
+    }
+  }
+
+  // Create an element; strings among children become text nodes (never parsed as HTML).
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === 'className') node.className = value;
+      else if (name === 'text') node.textContent = String(value);
+      else if (name === 'dataset') Object.assign(node.dataset, value);
+      else if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? '' : String(value));
+    }
+    node.append(...children.filter((child) => child !== null && child !== undefined));
+    return node;
+  }
+
+  // ---- API ------------------------------------------------------------------------------
+
+  function errorFrom(status, text) {
+    let body = null;
+    try {
+      body = JSON.parse(text);
+    } catch (_) {
+      // not JSON: fall through to a generic error
+    }
+    const error = body && body.error;
+    if (error && typeof error === 'object') {
+      return new ApiError(status, String(error.code || `http_${status}`),
+        String(error.message || `HTTP ${status}`), error.details);
+    }
+    const message = body && typeof body.detail === 'string' ? body.detail : `HTTP ${status}`;
+    return new ApiError(status, `http_${status}`, message);
+  }
+
+  async function api(method, path, body, key = session.key) {
+    const init = { method, headers: { Accept: 'application/json', Authorization: `Bearer ${key}` } };
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (_) {
+      throw new ApiError(0, 'network_error', 'The server could not be reached.');
+    }
+    const text = await response.text();
+    if (!response.ok) throw errorFrom(response.status, text);
+    return text ? JSON.parse(text) : null;
+  }
+
+  const segments = (id) => String(id).split('/').map(encodeURIComponent).join('/');
+  const tenantPath = (suffix) => `/v1/tenants/${encodeURIComponent(session.whoami.tenant)}${suffix}`;
+  const documentPath = (docId) => tenantPath(`/documents/${segments(docId)}`);
+  const canWrite = () => Boolean(session.whoami && session.whoami.tenant)
+    && session.whoami.role !== 'reader';
+
+  // ---- alerts ---------------------------------------------------------------------------
+
+  function showError(error) {
+    const code = error.code || 'error';
+    $('#alert-text').textContent = `${code}: ${error.message || 'Something went wrong.'}`;
+    $('#alert').hidden = false;
+  }
+
+  // A key revoked or expired mid-session signs the user out; every error is shown.
+  function fail(error) {
+    if (error.status === 401 && session.key) signOut();
+    showError(error);
+  }
+
+  function clearError() {
+    $('#alert').hidden = true;
+    $('#alert-text').textContent = '';
+  }
+
+  // ---- sign in / out --------------------------------------------------------------------
+
+  async function signIn(key) {
+    clearError();
+    const button = $('#signin-button');
+    button.disabled = true;
+    let whoami;
+    try {
+      whoami = await api('GET', '/v1/whoami', undefined, key);
+    } catch (error) {
+      sessionStorage.removeItem(KEY_STORAGE);
+      showError(error);
+      return;
+    } finally {
+      button.disabled = false;
+    }
+    session.key = key;
+    session.whoami = whoami;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $('#api-key').value = '';
+    render();
+    if (whoami.tenant !== null) loadDocuments();
+  }
+
+  function signOut() {
+    sessionStorage.removeItem(KEY_STORAGE);
+    clearTimeout(session.pollTimer);
+    Object.assign(session, { key: null, whoami: null, pollTimer: null });
+    for (const id of ['#documents-body', '#upload-list', '#search-results', '#answer-text', '#sources']) {
+      $(id).replaceChildren();
+    }
+    $('#answer').hidden = true;
+    $('#search-summary').hidden = true;
+    clearError();
+    render();
+    $('#api-key').focus();
+  }
+
+  function render() {
+    const who = session.whoami;
+    const tenantKey = Boolean(who && who.tenant);
+    $('#signin-section').hidden = Boolean(who);
+    $('#session').hidden = !who;
+    $('#root-notice').hidden = !who || tenantKey;
+    $('#workspace').hidden = !tenantKey;
+    $('#upload-section').hidden = !canWrite();
+    document.body.classList.toggle('read-only', !canWrite());
+    if (who) {
+      $('#session-tenant').textContent = who.tenant === null ? '(none: root)' : who.tenant;
+      $('#session-role').textContent = who.role;
+      $('#session-key-id').textContent = who.key_id;
+    }
+  }
+
+  // ---- documents ------------------------------------------------------------------------
+
+  async function loadDocuments() {
+    clearTimeout(session.pollTimer);
+    if (!session.whoami || !session.whoami.tenant) return;
+    const key = session.key;
+    let page;
+    try {
+      page = await api('GET', tenantPath('/documents?limit=100'));
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (session.key !== key) return; // signed out meanwhile
+    renderDocuments(page);
+    const busy = page.documents.some((d) => d.state === 'pending' || d.latest_state === 'pending');
+    clearTimeout(session.pollTimer);
+    if (busy) session.pollTimer = setTimeout(loadDocuments, POLL_MS);
+  }
+
+  function badge(state) {
+    const known = STATES.has(state) ? state : 'unknown';
+    return el('span', { className: `badge badge-${known}`, text: state });
+  }
+
+  function documentRow(doc) {
+    const name = el('td', { className: 'doc-id' }, el('code', { text: doc.doc_id }));
+    if (doc.filename && doc.filename !== doc.doc_id) {
+      name.append(el('div', { className: 'muted small', text: doc.filename }));
+    }
+    const stateCell = el('td', {}, badge(doc.state));
+    if (doc.latest_version !== doc.version && doc.latest_state !== doc.state) {
+      stateCell.append(el('div', {
+        className: 'muted small', text: `v${doc.latest_version} ${doc.latest_state}`,
+      }));
+    }
+    const error = doc.error ? `${doc.error.code}: ${doc.error.message}` : '';
+    return el('tr', { dataset: { docId: doc.doc_id, state: doc.state } },
+      name,
+      stateCell,
+      el('td', { className: 'num', text: doc.version }),
+      el('td', { className: 'num', text: doc.chunk_count }),
+      el('td', { className: 'doc-error', text: error }),
+      canWrite() ? el('td', { className: 'actions' }, deleteButton(doc.doc_id)) : null);
+  }
+
+  function renderDocuments(page) {
+    const rows = page.documents.map(documentRow);
+    if (rows.length === 0) {
+      rows.push(el('tr', { className: 'empty' },
+        el('td', { colspan: 6, className: 'muted', text: 'No documents yet.' })));
+    }
+    $('#documents-body').replaceChildren(...rows);
+    $('#documents-more').hidden = !page.next_after;
+    followUploads(page.documents);
+  }
+
+  // An accepted upload is processed in the background: show how its version ended up.
+  function followUploads(documents) {
+    const byId = new Map(documents.map((doc) => [doc.doc_id, doc]));
+    for (const item of document.querySelectorAll('#upload-list li[data-version]')) {
+      const doc = byId.get(item.dataset.fileName);
+      if (!doc || String(doc.latest_version) !== item.dataset.version) continue;
+      const status = item.querySelector('.upload-status');
+      const failed = doc.latest_state === 'failed' && doc.error;
+      status.textContent = failed ? `failed · ${doc.error.code}: ${doc.error.message}`
+        : `${doc.latest_state} · v${doc.latest_version}`;
+      status.classList.toggle('error', Boolean(failed));
+    }
+  }
+
+  // Delete asks for a second click instead of a modal dialog.
+  function deleteButton(docId) {
+    const button = el('button', {
+      type: 'button', className: 'button danger small delete-button', text: 'Delete',
+      'aria-label': `Delete ${docId}`,
+    });
+    let armed = null;
+    button.addEventListener('click', async () => {
+      if (!armed) {
+        button.textContent = 'Confirm delete';
+        button.classList.add('armed');
+        armed = setTimeout(() => {
+          armed = null;
+          button.textContent = 'Delete';
+          button.classList.remove('armed');
+        }, 5000);
+        return;
+      }
+      clearTimeout(armed);
+      button.disabled = true;
+      button.textContent = 'Deleting…';
+      try {
+        await api('DELETE', documentPath(docId));
+      } catch (error) {
+        fail(error);
+      }
+      loadDocuments();
+    });
+    return button;
+  }
+
+  // ---- uploads --------------------------------------------------------------------------
+
+  function queueUploads(files) {
+    if (!canWrite()) return;
+    for (const file of files) {
+      const row = uploadRow(file);
+      session.uploads = session.uploads.then(() => upload(file, row));
+    }
+  }
+
+  function uploadRow(file) {
+    const bar = el('progress', { max: 100, value: 0, 'aria-label': `Upload of ${file.name}` });
+    const status = el('span', { className: 'upload-status', text: 'Queued' });
+    const item = el('li', { className: 'upload', dataset: { fileName: file.name, status: 'queued' } },
+      el('span', { className: 'upload-name', text: file.name }), bar, status);
+    $('#upload-list').prepend(item);
+    return { item, bar, status };
+  }
+
+  function setUploadStatus(row, status, text) {
+    row.item.dataset.status = status;
+    row.status.textContent = text;
+    row.status.classList.toggle('error', status === 'error');
+  }
+
+  function upload(file, row) {
+    if (!canWrite()) {
+      setUploadStatus(row, 'error', 'Cancelled: signed out');
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open('PUT', documentPath(file.name));
+      xhr.setRequestHeader('Authorization', `Bearer ${session.key}`);
+      xhr.setRequestHeader('Accept', 'application/json');
+      xhr.upload.onprogress = (event) => {
+        if (event.lengthComputable) row.bar.value = Math.round((100 * event.loaded) / event.total);
+      };
+      xhr.onload = () => {
+        if (xhr.status >= 200 && xhr.status < 300) {
+          let result = {};
+          try {
+            result = JSON.parse(xhr.responseText);
+          } catch (_) {
+            // accepted without a JSON body
+          }
+          row.bar.value = 100;
+          const parts = [result.state || 'accepted'];
+          if (result.version !== undefined) parts.push(`v${result.version}`);
+          if (result.unchanged) parts.push('unchanged');
+          setUploadStatus(row, 'done', parts.join(' · '));
+          if (result.version !== undefined) row.item.dataset.version = String(result.version);
+        } else {
+          const error = errorFrom(xhr.status, xhr.responseText);
+          setUploadStatus(row, 'error', `${error.code}: ${error.message}`);
+        }
+        loadDocuments();
+        resolve();
+      };
+      xhr.onerror = () => {
+        setUploadStatus(row, 'error', 'network_error: the upload did not reach the server');
+        resolve();
+      };
+      const form = new FormData();
+      form.append('file', file, file.name);
+      setUploadStatus(row, 'uploading', 'Uploading…');
+      xhr.send(form);
+    });
+  }
+
+  function wireDropzone() {
+    const zone = $('#dropzone');
+    const input = $('#file-input');
+    const choose = () => input.click();
+    zone.addEventListener('click', choose);
+    zone.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        event.preventDefault();
+        choose();
+      }
+    });
+    for (const type of ['dragenter', 'dragover']) {
+      zone.addEventListener(type, (event) => {
+        event.preventDefault();
+        if (event.dataTransfer) event.dataTransfer.dropEffect = 'copy';
+        zone.classList.add('dragover');
+      });
+    }
+    zone.addEventListener('dragleave', () => zone.classList.remove('dragover'));
+    zone.addEventListener('drop', (event) => {
+      event.preventDefault();
+      zone.classList.remove('dragover');
+      if (event.dataTransfer) queueUploads(Array.from(event.dataTransfer.files));
+    });
+    input.addEventListener('change', () => {
+      queueUploads(Array.from(input.files));
+      input.value = '';
+    });
+    // A file dropped beside the zone must not make the browser navigate away to it.
+    for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());
+  }
+
+  // ---- search and answers ---------------------------------------------------------------
+
+  async function submitting(form, work) {
+    const button = form.querySelector('button[type=submit]');
+    button.disabled = true;
+    clearError();
+    try {
+      await work();
+    } catch (error) {
+      fail(error);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function passageCard(tag, heading, meta, text, data) {
+    return el(tag, { className: 'passage', tabindex: -1, dataset: data },
+      el('div', { className: 'passage-head' }, ...heading, el('span', { className: 'muted small', text: meta })),
+      el('p', { className: 'passage-text', text }));
+  }
+
+  function hitCard(hit) {
+    const meta = [`chunk ${hit.chunk_index}`, `v${hit.version}`];
+    if (hit.page !== null && hit.page !== undefined) meta.push(`p. ${hit.page}`);
+    meta.push(`score ${Number(hit.score).toFixed(3)}`);
+    return passageCard('article', [el('strong', { text: hit.doc_id })], meta.join(' · '), hit.text,
+      { docId: hit.doc_id, chunkIndex: hit.chunk_index });
+  }
+
+  async function search(event) {
+    event.preventDefault();
+    const query = $('#search-query').value.trim();
+    if (!query) return;
+    await submitting(event.target, async () => {
+      const result = await api('POST', tenantPath('/search'), { query, k: 10, mode: $('#search-mode').value });
+      $('#search-results').replaceChildren(...result.hits.map(hitCard));
+      $('#search-summary').textContent = result.hits.length
+        ? `${result.hits.length} passage(s)` : 'No passage matches.';
+      $('#search-summary').hidden = false;
+    });
+  }
+
+  function citationButton(number) {
+    return el('button', {
+      type: 'button', className: 'citation', text: `[${number}]`,
+      'aria-label': `Show source ${number}`, dataset: { citation: number },
+      onclick: () => highlightSource(number),
+    });
+  }
+
+  // The answer's text with every [n] naming a source turned into a citation button.
+  function answerNodes(text, numbers) {
+    const nodes = [];
+    let last = 0;
+    for (const match of text.matchAll(MARKER)) {
+      nodes.push(text.slice(last, match.index));
+      for (const number of match[1].split(',').map((n) => Number(n.trim()))) {
+        nodes.push(numbers.has(number) ? citationButton(number) : `[${number}]`);
+      }
+      last = match.index + match[0].length;
+    }
+    nodes.push(text.slice(last));
+    return nodes;
+  }
+
+  function sourceCard(citation) {
+    const chunks = citation.chunk_indexes;
+    const meta = [`v${citation.version}`,
+      chunks.length > 1 ? `chunks ${chunks[0]}–${chunks[chunks.length - 1]}` : `chunk ${chunks[0]}`];
+    if (citation.page !== null && citation.page !== undefined) meta.push(`p. ${citation.page}`);
+    if (citation.filename && citation.filename !== citation.doc_id) meta.push(citation.filename);
+    const heading = [el('span', { className: 'source-number', text: `[${citation.number}]` }),
+      el('strong', { text: citation.doc_id })];
+    return passageCard('li', heading, meta.join(' · '), citation.text, {
+      citation: citation.number, docId: citation.doc_id, chunkIndex: chunks[0],
+      chunkIndexes: chunks.join(','),
+    });
+  }
+
+  function highlightSource(number) {
+    for (const card of document.querySelectorAll('.passage.highlighted')) {
+      card.classList.remove('highlighted');
+    }
+    const cards = document.querySelectorAll(`#sources [data-citation="${Number(number)}"]`);
+    for (const card of cards) card.classList.add('highlighted');
+    if (cards.length) {
+      cards[0].scrollIntoView({ behavior: 'smooth', block: 'center' });
+      cards[0].focus({ preventScroll: true });
+    }
+  }
+
+  async function ask(event) {
+    event.preventDefault();
+    const question = $('#ask-question').value.trim();
+    if (!question) return;
+    await submitting(event.target, async () => {
+      const result = await api('POST', tenantPath('/answer'), { question, k: 8 });
+      const numbers = new Set(result.citations.map((c) => c.number));
+      $('#answer-kind').textContent = result.generated
+        ? 'Generated by the language model from the sources below'
+        : 'Extractive answer: sentences quoted from the sources below';
+      $('#answer-text').replaceChildren(...answerNodes(result.answer, numbers));
+      $('#sources').replaceChildren(...result.citations.map(sourceCard));
+      $('#sources-title').hidden = result.citations.length === 0;
+      $('#answer').hidden = false;
+    });
+  }
+
+  // ---- start ----------------------------------------------------------------------------
+
+  function start() {
+    $('#signin-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const key = $('#api-key').value.trim();
+      if (key) signIn(key);
+    });
+    $('#signout-button').addEventListener('click', signOut);
+    $('#alert-dismiss').addEventListener('click', clearError);
+    $('#refresh-button').addEventListener('click', loadDocuments);
+    $('#search-form').addEventListener('submit', search);
+    $('#ask-form').addEventListener('submit', ask);
+    wireDropzone();
+    render();
+    const saved = sessionStorage.getItem(KEY_STORAGE);
+    if (saved) signIn(saved);
+  }
+
+  start();
+})();

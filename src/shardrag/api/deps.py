@@ -1,0 +1,133 @@
+"""What routes depend on: the service, the caller, role checks and the audit trail."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from shardrag.api.auth import ApiKeys, Principal
+from shardrag.config import Settings
+from shardrag.embedded import Shardrag
+from shardrag.errors import Forbidden, ShardragError
+from shardrag.observability import Metrics
+from shardrag.registry import AuditEvent, Role
+
+
+@dataclass
+class Service:
+    """Everything the routes of one app share."""
+
+    rag: Shardrag
+    keys: ApiKeys
+    settings: Settings
+    metrics: Metrics
+
+
+@dataclass
+class Caller:
+    """The authenticated caller of a request and the tenant it acts on."""
+
+    service: Service
+    principal: Principal
+    trace_id: str
+    tenant: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names the caller: ``key:<id>`` with its role."""
+        return f"key:{self.principal.key_id} ({self.principal.role.value})"
+
+    def audit(self, action: str, target: str, outcome: str, **details: Any) -> None:
+        """Append an event to the audit log of the caller's tenant."""
+        self.service.rag.registry.append_audit(
+            AuditEvent(
+                tenant=self.tenant,
+                actor=self.actor,
+                action=action,
+                target=target,
+                outcome=outcome,
+                at=time.time(),
+                details={"trace_id": self.trace_id, **details},
+            )
+        )
+
+    @contextmanager
+    def audited(self, action: str, target: str) -> Iterator[dict[str, Any]]:
+        """Audit what the block does: ``ok`` or the error code it raised (then re-raised).
+
+        The block may add details to the yielded dict (the version written, say).
+        """
+        details: dict[str, Any] = {}
+        try:
+            yield details
+        except ShardragError as exc:
+            self.audit(action, target, exc.code, **details)
+            raise
+        except Exception:
+            self.audit(action, target, "internal_error", **details)
+            raise
+        self.audit(action, target, "ok", **details)
+
+
+def service(request: Request) -> Service:
+    """The app's shared service."""
+    found: Service = request.app.state.service
+    return found
+
+
+def _caller(request: Request, tenant: str | None) -> Caller:
+    return Caller(
+        service=service(request),
+        principal=request.state.principal,
+        trace_id=request.state.trace_id,
+        tenant=tenant,
+    )
+
+
+def caller(request: Request) -> Caller:
+    """Any authenticated caller (the guard has checked the key)."""
+    return _caller(request, None)
+
+
+def tenant_caller(
+    needed: Role, action: str | None = None, root: bool = False
+) -> Callable[[Request, str], Caller]:
+    """A dependency: a caller of tenant ``t`` whose role includes ``needed``.
+
+    The guard has already answered 404 to keys of other tenants. The root key manages
+    tenants and keys but never reads or writes documents: it passes only where ``root``.
+    A refused write or admin action (``action`` given) is audited.
+    """
+
+    def dependency(request: Request, t: str) -> Caller:
+        found = _caller(request, t)
+        role = found.principal.role
+        allowed = root if role is Role.ROOT else role.may(needed)
+        if not allowed:
+            if action is not None and found.service.rag.registry.get_tenant(t) is not None:
+                found.audit(action, request.url.path, "forbidden")
+            raise Forbidden(
+                f"a {role.value} key may not do this; it needs the {needed.value} role"
+                + (" of a tenant key" if role is Role.ROOT else ""),
+                role=role.value,
+                needed=needed.value,
+            )
+        if role is Role.ROOT:
+            found.service.rag.tenant(t)  # 404 for a tenant that does not exist
+        return found
+
+    return dependency
+
+
+def root_caller(request: Request) -> Caller:
+    """The operator's root key, and nothing else."""
+    found = caller(request)
+    if found.principal.role is not Role.ROOT:
+        raise Forbidden("only the root (operator) key may manage tenants")
+    return found

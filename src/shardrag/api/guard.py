@@ -1,0 +1,107 @@
+"""The guard in front of every route: trace id, body limit, key, rate limit, tenant scope.
+
+It runs before FastAPI reads a body, so the order of refusals is fixed for every route:
+401 (no valid key) → 429 (rate limit) → 404 (a tenant the key does not belong to) → 413
+(body over the limit) → then the route's own checks (role 403, schema 422 ...).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shardrag.api.auth import ApiKeys, Principal
+from shardrag.api.errors import TRACE_HEADER, error_response
+from shardrag.api.ratelimit import RateLimiter
+from shardrag.errors import RateLimited, RequestTooLarge, ShardragError, TenantNotFound
+from shardrag.registry import Role
+
+_TENANT_PATH = re.compile(r"^/v1/tenants/([^/]+)(?:/|$)")
+
+
+class Guard:
+    """Pure ASGI middleware; puts ``trace_id`` and ``principal`` into ``request.state``."""
+
+    def __init__(
+        self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter, max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace_id = secrets.token_hex(8)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["trace_id"] = trace_id
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((TRACE_HEADER.lower().encode(), trace_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if scope["path"].startswith("/v1/"):
+                state["principal"] = self._admit(scope)
+            self._check_declared_length(scope)
+        except ShardragError as error:
+            await error_response(error, trace_id)(scope, receive, send_with_trace)
+            return
+        await self.app(scope, self._limited(receive), send_with_trace)
+
+    def _admit(self, scope: Scope) -> Principal:
+        principal = self.keys.authenticate(_header(scope, b"authorization"))
+        wait = self.limiter.admit(principal.key_id)
+        if wait > 0:
+            retry = self.limiter.retry_after_header(wait)
+            raise RateLimited(
+                f"rate limit of this key exceeded; retry in {retry} s", retry_after=int(retry)
+            )
+        match = _TENANT_PATH.match(scope["path"])
+        if match and principal.role is not Role.ROOT and match.group(1) != principal.tenant:
+            # The same answer as for a tenant that does not exist: nothing is revealed.
+            raise TenantNotFound(f"no tenant {match.group(1)!r}", tenant=match.group(1)[:100])
+        return principal
+
+    def _check_declared_length(self, scope: Scope) -> None:
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+
+    def _limited(self, receive: Receive) -> Receive:
+        # Bodies without Content-Length (chunked) are counted as they arrive.
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit)
+            return message
+
+        return counted
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"the request body is larger than {limit} bytes (setting max_request_bytes)",
+        limit=limit,
+    )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None

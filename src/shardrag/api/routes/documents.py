@@ -1,0 +1,180 @@
+"""Documents of a tenant: put (raw body or multipart), get, list, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from shardrag import validation
+from shardrag.api.deps import Caller, tenant_caller
+from shardrag.api.schemas import DocumentList, DocumentOut, ErrorOut, WriteOut
+from shardrag.errors import IdempotencyConflict, InvalidParameter, InvalidRequest
+from shardrag.models import Metadata, VersionState
+from shardrag.registry import Role, StoredResponse
+
+router = APIRouter(prefix="/v1/tenants/{t}/documents", tags=["documents"])
+
+Reader = Annotated[Caller, Depends(tenant_caller(Role.READER))]
+Writer = Annotated[Caller, Depends(tenant_caller(Role.WRITER, action="document.write"))]
+
+REPLAY_HEADER = "Idempotent-Replayed"
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The document: its raw bytes, or a multipart form with a `file` part "
+        "(and optionally a `metadata` part holding a JSON object).",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "text/plain": {"schema": {"type": "string"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "metadata": {"type": "string", "description": "a JSON object"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _metadata(raw: str | None) -> Metadata:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidParameter(f"metadata is not valid JSON: {exc}") from None
+    return validation.metadata(value)
+
+
+class _Upload:
+    """The document of a PUT, from a raw body or a multipart form."""
+
+    def __init__(self, data: bytes, filename: str | None, content_type: str | None) -> None:
+        self.data = data
+        self.filename = filename
+        self.content_type = content_type
+        self.metadata_field: str | None = None
+
+    @classmethod
+    async def read(cls, request: Request) -> _Upload:
+        content_type = request.headers.get("content-type")
+        if not (content_type or "").lower().startswith("multipart/form-data"):
+            return cls(await request.body(), None, content_type)
+        form = await request.form(max_files=1, max_fields=4)
+        part = form.get("file")
+        if not isinstance(part, UploadFile):
+            raise InvalidRequest("a multipart upload needs a 'file' part holding the document")
+        upload = cls(await part.read(), part.filename, part.content_type)
+        meta = form.get("metadata")
+        if meta is not None and not isinstance(meta, str):
+            raise InvalidRequest("the 'metadata' part must be text (a JSON object)")
+        upload.metadata_field = meta
+        return upload
+
+
+@router.put(
+    "/{doc_id:path}",
+    status_code=202,
+    response_model=WriteOut,
+    openapi_extra=_UPLOAD_BODY,
+    responses={200: {"model": WriteOut, "description": "live (wait=true) or unchanged"}},
+)
+async def put_document(
+    t: str,
+    doc_id: str,
+    request: Request,
+    who: Writer,
+    wait: Annotated[bool, Query(description="answer once the version is live")] = False,
+    filename: Annotated[str | None, Query(max_length=255)] = None,
+    title: Annotated[str | None, Query(max_length=1000)] = None,
+    metadata: Annotated[str | None, Query(description="a JSON object", max_length=65536)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Store a new version of a document (writer).
+
+    202 with the ``pending`` version and its ``write_token``; 200 when ``wait=true`` (the
+    version is live) or when the bytes, name and metadata are unchanged. Bad documents are
+    refused at once (4xx), whether or not ``wait`` is set, and the live version stays.
+    """
+    validation.doc_id(doc_id)
+    upload = await _Upload.read(request)
+    meta = _metadata(upload.metadata_field if upload.metadata_field is not None else metadata)
+    name = filename or upload.filename or doc_id.rsplit("/", 1)[-1]
+    fingerprint = hashlib.sha256(
+        json.dumps([doc_id, name, upload.content_type, title, meta, wait], sort_keys=True).encode()
+        + upload.data
+    ).hexdigest()
+    registry = who.service.rag.registry
+    if idempotency_key is not None:
+        stored = registry.stored_response(t, idempotency_key)
+        if stored is not None:
+            return _replay(stored, fingerprint)
+
+    def write() -> dict[str, Any]:
+        with who.audited("document.put", doc_id) as details:
+            result = who.service.rag.put_document(
+                t, doc_id, upload.data, name, meta, upload.content_type, title, wait=wait
+            )
+            details.update(version=result.version, state=result.state.value)
+        return result.to_dict()
+
+    body = await run_in_threadpool(write)
+    status = 202 if body["state"] == VersionState.PENDING else 200
+    if idempotency_key is None:
+        return JSONResponse(body, status_code=status)
+    registry.store_response(
+        t, idempotency_key, StoredResponse(fingerprint, status, body, time.time())
+    )
+    # Two first requests may race: the answer stored first is the answer to both.
+    winner = registry.stored_response(t, idempotency_key)
+    return _replay(winner, fingerprint) if winner else JSONResponse(body, status_code=status)
+
+
+def _replay(stored: StoredResponse, fingerprint: str) -> JSONResponse:
+    if stored.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used for a different request; use a new key"
+        )
+    return JSONResponse(stored.body, status_code=stored.status, headers={REPLAY_HEADER: "true"})
+
+
+@router.get("", response_model=DocumentList)
+def list_documents(
+    t: str,
+    who: Reader,
+    state: Annotated[VersionState | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+) -> Any:
+    """A page of the tenant's documents by id (deleted ones only with ``state=deleted``)."""
+    page = who.service.rag.list_documents(t, state, limit, after)
+    next_after = page[-1].doc_id if len(page) == limit else None
+    return {"documents": [d.to_dict() for d in page], "next_after": next_after}
+
+
+@router.get("/{doc_id:path}", response_model=DocumentOut, responses={404: {"model": ErrorOut}})
+def get_document(t: str, doc_id: str, who: Reader) -> Any:
+    """A document's version, state, chunk count, metadata and last error."""
+    return who.service.rag.get_document(t, doc_id).to_dict()
+
+
+@router.delete("/{doc_id:path}", response_model=WriteOut, responses={404: {"model": ErrorOut}})
+def delete_document(t: str, doc_id: str, who: Writer) -> Any:
+    """Delete a document (writer): none of its chunks are searchable once this answers."""
+    with who.audited("document.delete", doc_id) as details:
+        result = who.service.rag.delete_document(t, doc_id)
+        details["version"] = result.version
+    return result.to_dict()

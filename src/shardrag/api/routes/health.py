@@ -1,0 +1,35 @@
+"""Liveness, readiness and metrics (no key needed: they reveal no tenant's data)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from shardrag.api.deps import Service, service
+from shardrag.errors import Unavailable
+from shardrag.observability.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive (it answers)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
+    """Ready to serve: the data dir is open and its registry answers."""
+    if svc.rag.closed:
+        raise Unavailable("the data dir is closed")
+    tenants = len(svc.rag.tenants())
+    return {"status": "ready", "tenants": tenants, "backlog": svc.rag.backlog.depth()}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(svc: Annotated[Service, Depends(service)]) -> Response:
+    """Prometheus text format: latency per route, cache counters, documents by state."""
+    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE)

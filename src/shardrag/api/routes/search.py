@@ -1,0 +1,102 @@
+"""Search and answers (readers and up)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from shardrag.api.deps import Caller, tenant_caller
+from shardrag.api.schemas import AnswerBody, AnswerOut, SearchBody, SearchOut
+from shardrag.context import citations_in
+from shardrag.errors import InternalError, ShardragError
+from shardrag.registry import Role
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/tenants/{t}", tags=["search"])
+
+Reader = Annotated[Caller, Depends(tenant_caller(Role.READER))]
+
+_SSE_DOC = (
+    "With `stream: true` the answer is `text/event-stream`: one `context` event (hits and "
+    "numbered passages), `delta` events with pieces of the answer, then `done` (the answer "
+    "and the citations it uses) or `error` (the error object)."
+)
+
+
+@router.post("/search", response_model=SearchOut)
+def search(t: str, body: SearchBody, who: Reader) -> Any:
+    """The top-k passages of the tenant's live documents.
+
+    ``read_concern``: ``eventual`` (default), ``session`` with a ``write_token`` (sees that
+    write), or ``strong`` (sees every write accepted before the search).
+    """
+    hits = who.service.rag.search(
+        t,
+        body.query,
+        k=body.k,
+        mode=body.mode,
+        filters=body.filters,
+        fusion=body.fusion,
+        read_concern=body.read_concern,
+        write_token=body.write_token,
+    )
+    return {"hits": [h.to_dict() for h in hits]}
+
+
+@router.post(
+    "/answer",
+    response_model=AnswerOut,
+    description=_SSE_DOC,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def answer(t: str, body: AnswerBody, who: Reader) -> Any:
+    """Answer a question from the tenant's documents, with numbered citations."""
+    rag = who.service.rag
+    if not body.stream:
+        result = await run_in_threadpool(
+            rag.answer, t, body.question, body.k, body.max_context_tokens, body.filters
+        )
+        return result.to_dict()
+    hits, context, pieces = await run_in_threadpool(
+        rag.answer_stream, t, body.question, body.k, body.max_context_tokens, body.filters
+    )
+
+    def events() -> Iterator[str]:
+        yield _event(
+            "context",
+            {
+                "hits": [h.to_dict() for h in hits],
+                "passages": [asdict(p) for p in context.passages],
+            },
+        )
+        text = []
+        try:
+            for piece in pieces:
+                text.append(piece)
+                yield _event("delta", {"text": piece})
+        except ShardragError as exc:
+            yield _event("error", {"error": exc.to_dict()})
+            return
+        except Exception as exc:  # the stream has begun: report in-band, never a torn 200
+            log.exception("answer stream failed [trace %s]", who.trace_id)
+            error = InternalError(f"{type(exc).__name__}", trace_id=who.trace_id)
+            yield _event("error", {"error": error.to_dict()})
+            return
+        answer_text = "".join(text).strip()
+        cited = citations_in(answer_text, context)
+        yield _event("done", {"answer": answer_text, "citations": [asdict(c) for c in cited]})
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"

@@ -1,0 +1,225 @@
+"""Request and response bodies of the API, as pydantic models (they make the OpenAPI).
+
+Requests forbid unknown fields: a misspelt parameter is a 422, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shardrag.models import Fusion, ReadConcern, SearchMode
+from shardrag.registry import Role
+from shardrag.validation import MAX_QUERY_CHARS
+
+Filters = dict[str, Any]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(_Request):
+    """A new tenant. Without ``id``, the id is made from the name (``Acme Corp`` → ``acme-corp``);
+    without ``name``, the name is the id."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    id: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+class TenantOut(BaseModel):
+    """A tenant."""
+
+    id: str
+    name: str
+    created_at: float
+
+
+class TenantList(BaseModel):
+    """Every tenant (root key only)."""
+
+    tenants: list[TenantOut]
+
+
+class KeyCreate(_Request):
+    """A new key of the tenant, with its role and an optional label."""
+
+    role: Role = Field(description="admin (keys, audit), writer (documents) or reader (search)")
+    name: str | None = Field(default=None, max_length=200)
+
+
+class KeyOut(BaseModel):
+    """A key as listed: never its secret."""
+
+    id: str
+    tenant: str | None
+    role: Role
+    name: str | None
+    created_at: float
+    revoked_at: float | None
+
+
+class KeyCreated(KeyOut):
+    """A new key; ``key`` is the secret, shown this once."""
+
+    key: str
+
+
+class KeyList(BaseModel):
+    """The keys of a tenant."""
+
+    keys: list[KeyOut]
+
+
+class Whoami(BaseModel):
+    """The caller's key."""
+
+    key_id: str
+    tenant: str | None
+    role: Role
+
+
+class VersionError(BaseModel):
+    """Why a version failed."""
+
+    code: str
+    message: str | None
+
+
+class DocumentOut(BaseModel):
+    """A document: its live version (or latest, when none is live) and the latest attempt."""
+
+    tenant: str
+    doc_id: str
+    version: int
+    state: str
+    chunk_count: int
+    metadata: dict[str, Any]
+    filename: str | None
+    latest_version: int
+    latest_state: str
+    error: VersionError | None
+
+
+class DocumentList(BaseModel):
+    """A page of documents; pass ``next_after`` as ``after`` for the next page."""
+
+    documents: list[DocumentOut]
+    next_after: str | None
+
+
+class WriteOut(BaseModel):
+    """The outcome of a write: the version, its state, and a token for read-your-writes."""
+
+    tenant: str
+    doc_id: str
+    version: int
+    state: str
+    chunk_count: int
+    unchanged: bool
+    reused_vectors: int
+    embedded_chunks: int
+    write_token: str | None
+
+
+class SearchBody(_Request):
+    """A search of the tenant's live documents."""
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(default=10, ge=1, le=1000)
+    mode: SearchMode = SearchMode.HYBRID
+    filters: Filters | None = Field(
+        default=None, description='metadata equality {"team": "ops"} or any-of {"team": [..]}'
+    )
+    fusion: Fusion | None = None
+    read_concern: ReadConcern = ReadConcern.EVENTUAL
+    write_token: str | None = Field(default=None, max_length=2048)
+
+
+class HitOut(BaseModel):
+    """One passage."""
+
+    doc_id: str
+    version: int
+    chunk_index: int
+    text: str
+    score: float
+    metadata: dict[str, Any]
+    context: str
+    filename: str | None
+    page: int | None
+
+
+class SearchOut(BaseModel):
+    """The hits, best first."""
+
+    hits: list[HitOut]
+
+
+class AnswerBody(_Request):
+    """A question answered from the tenant's documents."""
+
+    question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(default=8, ge=1, le=100)
+    max_context_tokens: int | None = Field(default=None, ge=1, le=100_000)
+    filters: Filters | None = None
+    stream: bool = Field(
+        default=False,
+        description="answer as server-sent events: context, delta..., done (or error)",
+    )
+
+
+class CitationOut(BaseModel):
+    """A numbered source of the answer."""
+
+    number: int
+    doc_id: str
+    version: int
+    chunk_indexes: list[int]
+    filename: str | None
+    page: int | None
+    text: str
+
+
+class AnswerOut(BaseModel):
+    """The answer, the sources it cites, and the hits it was drawn from."""
+
+    answer: str
+    generated: bool
+    citations: list[CitationOut]
+    hits: list[HitOut]
+
+
+class AuditEventOut(BaseModel):
+    """One audited action."""
+
+    id: int
+    at: float
+    tenant: str | None
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+
+
+class AuditList(BaseModel):
+    """Audit events, newest first; pass ``next_before`` as ``before`` for older ones."""
+
+    events: list[AuditEventOut]
+    next_before: int | None
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    """Every error answer."""
+
+    error: ErrorDetail

@@ -1,0 +1,223 @@
+"""A Python client of the shardrag HTTP API, returning the same types as ``Shardrag``.
+
+    >>> client = ShardragClient("http://127.0.0.1:8080", api_key="srk_...")  # doctest: +SKIP
+    >>> client.search("acme", "how do shards fail over?", k=5)               # doctest: +SKIP
+
+Errors come back as the ``ShardragError`` subclass the server named by its code, so callers
+handle a remote ``document_not_found`` exactly like an embedded one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from shardrag.context import Answer, AnswerResult, Citation
+from shardrag.errors import ShardragError, Unavailable
+from shardrag.models import DocumentInput, Hit, Metadata, SearchMode, VersionState, WriteResult
+
+
+def _error_classes() -> dict[str, type[ShardragError]]:
+    found: dict[str, type[ShardragError]] = {}
+    pending: list[type[ShardragError]] = [ShardragError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+_ERRORS = _error_classes()
+
+
+def _error_from(response: httpx.Response) -> ShardragError:
+    try:
+        body = response.json()["error"]
+        cls = _ERRORS.get(body["code"], ShardragError)
+        return cls(body["message"], **body.get("details") or {})
+    except (ValueError, KeyError, TypeError):
+        return Unavailable(
+            f"the server answered {response.status_code} without an error body",
+            status=response.status_code,
+        )
+
+
+def _hit(raw: dict[str, Any]) -> Hit:
+    return Hit(**raw)
+
+
+def _write_result(raw: dict[str, Any]) -> WriteResult:
+    return WriteResult(**{**raw, "state": VersionState(raw["state"])})
+
+
+class ShardragClient:
+    """Talks to a running ``shardrag serve`` with one API key (thread-safe)."""
+
+    #: Documents sent at once by ``put_documents``.
+    PARALLEL_UPLOADS = 4
+
+    def __init__(self, url: str, api_key: str, timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+        )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {self.url}: {exc}", url=self.url) from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.json()
+
+    @staticmethod
+    def _documents(tenant: str, doc_id: str | None = None) -> str:
+        path = f"/v1/tenants/{quote(tenant, safe='')}/documents"
+        return path if doc_id is None else f"{path}/{quote(doc_id, safe='/')}"
+
+    # -- documents ------------------------------------------------------------------------
+
+    def put_document(
+        self,
+        tenant: str,
+        doc_id: str,
+        data: bytes,
+        filename: str | None = None,
+        metadata: Metadata | None = None,
+        wait: bool = True,
+    ) -> WriteResult:
+        """Store a version; with ``wait`` (default) return once it is live."""
+        params: dict[str, Any] = {"wait": "true" if wait else "false"}
+        if filename:
+            params["filename"] = filename
+        if metadata:
+            params["metadata"] = json.dumps(metadata)
+        raw = self._call(
+            "PUT",
+            self._documents(tenant, doc_id),
+            content=data,
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return _write_result(raw)
+
+    def put_documents(
+        self, tenant: str, documents: Iterable[DocumentInput]
+    ) -> list[WriteResult | ShardragError]:
+        """Store many documents (a few at a time); one outcome per document, in order."""
+
+        def put(document: DocumentInput) -> WriteResult | ShardragError:
+            try:
+                return self.put_document(
+                    tenant, document.doc_id, document.data, document.filename, document.metadata
+                )
+            except ShardragError as exc:
+                return exc
+
+        with ThreadPoolExecutor(self.PARALLEL_UPLOADS) as pool:
+            return list(pool.map(put, documents))
+
+    def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
+        """Delete a document."""
+        return _write_result(self._call("DELETE", self._documents(tenant, doc_id)))
+
+    def get_document(self, tenant: str, doc_id: str) -> dict[str, Any]:
+        """A document as ``DocumentInfo.to_dict`` gives it."""
+        found: dict[str, Any] = self._call("GET", self._documents(tenant, doc_id))
+        return found
+
+    def list_documents(
+        self, tenant: str, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A page of documents as ``DocumentInfo.to_dict`` gives them."""
+        params = {"limit": limit, **({"state": state} if state else {})}
+        if after:
+            params["after"] = after
+        page: list[dict[str, Any]] = self._call("GET", self._documents(tenant), params=params)[
+            "documents"
+        ]
+        return page
+
+    def iter_documents(self, tenant: str, state: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every document, page by page."""
+        after: str | None = None
+        while True:
+            page = self.list_documents(tenant, state, 1000, after)
+            yield from page
+            if len(page) < 1000:
+                return
+            after = page[-1]["doc_id"]
+
+    # -- search ---------------------------------------------------------------------------
+
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        k: int = 10,
+        mode: SearchMode | str = SearchMode.HYBRID,
+        filters: Metadata | None = None,
+        read_concern: str = "eventual",
+        write_token: str | None = None,
+    ) -> list[Hit]:
+        """The top-k passages, as ``Shardrag.search``."""
+        body: dict[str, Any] = {
+            "query": query,
+            "k": k,
+            "mode": str(mode),
+            "read_concern": read_concern,
+        }
+        if filters:
+            body["filters"] = filters
+        if write_token:
+            body["write_token"] = write_token
+        raw = self._call("POST", f"/v1/tenants/{quote(tenant, safe='')}/search", json=body)
+        return [_hit(h) for h in raw["hits"]]
+
+    def answer(
+        self,
+        tenant: str,
+        question: str,
+        k: int = 8,
+        max_context_tokens: int | None = None,
+        filters: Metadata | None = None,
+    ) -> AnswerResult:
+        """An answer with citations, as ``Shardrag.answer``."""
+        body: dict[str, Any] = {"question": question, "k": k}
+        if max_context_tokens is not None:
+            body["max_context_tokens"] = max_context_tokens
+        if filters:
+            body["filters"] = filters
+        raw = self._call("POST", f"/v1/tenants/{quote(tenant, safe='')}/answer", json=body)
+        citations = [
+            Citation(**{**c, "chunk_indexes": tuple(c["chunk_indexes"])}) for c in raw["citations"]
+        ]
+        return AnswerResult(
+            Answer(raw["answer"], citations, raw["generated"]), [_hit(h) for h in raw["hits"]]
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ShardragClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

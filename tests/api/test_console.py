@@ -1,0 +1,234 @@
+"""The web console, driven end to end in headless Chromium against a live server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support import REPO_ROOT, require
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    HAVE_SELENIUM = True
+except ImportError:  # pragma: no cover - reported by require() in the fixture
+    HAVE_SELENIUM = False
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "console.png"
+WAIT = 60  # seconds; embedding runs on CPU
+INGEST_WAIT = 180  # the first upload may also load the embedding model
+
+REPLICATION = (
+    "# Storage\n\nEach shard has three replicas on different nodes. "
+    "The replicas apply one shared write-ahead log."
+)
+# Untrusted content: must show as text, never become markup.
+CAFETERIA = (
+    "The cafeteria opens at noon and serves quokka pie on Fridays. "
+    "<img src=x onerror=\"document.title='pwned'\"> <b>sharp</b>"
+)
+DROPPED = "cafeteria notes.txt"  # a space: the doc id is URL-encoded per path segment
+
+# Drop files on an element as a user would: dragenter, dragover, drop with a DataTransfer of
+# [name, text, type] files. Returns, per event, whether the page accepted it (cancelled it).
+DROP_FILES_JS = """
+const [selector, files] = arguments;
+const zone = document.querySelector(selector);
+const data = new DataTransfer();
+for (const [name, content, type] of files) data.items.add(new File([content], name, {type}));
+return ['dragenter', 'dragover', 'drop'].map((kind) => !zone.dispatchEvent(
+  new DragEvent(kind, {bubbles: true, cancelable: true, dataTransfer: data})));
+"""
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium through the system chromedriver (selenium-manager never downloads)."""
+    require(HAVE_SELENIUM, "selenium is not installed (pip install 'selenium>=4.20,<5')")
+    require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    require(CHROMEDRIVER.exists(), f"{CHROMEDRIVER} is missing (apt-get install chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,2000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def issue_key(server: Any, role: str) -> str:
+    """Create tenant ``acme`` if needed (root key) and return a new key with ``role``."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=30) as client:
+        created = client.post("/v1/tenants", json={"id": "acme", "name": "Acme"})
+        assert created.status_code in (201, 409), created.text
+        issued = client.post("/v1/tenants/acme/keys", json={"role": role})
+        assert issued.status_code == 201, issued.text
+        key: str = issued.json()["key"]
+        return key
+
+
+def wait(driver: WebDriver, timeout: float = WAIT) -> WebDriverWait[WebDriver]:
+    return WebDriverWait(driver, timeout)
+
+
+def visible(driver: WebDriver, css: str, timeout: float = WAIT) -> WebElement:
+    """The element matching ``css`` once it is displayed."""
+    element: WebElement = wait(driver, timeout).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, css))
+    )
+    return element
+
+
+def sign_in(driver: WebDriver, key: str) -> None:
+    field = visible(driver, "#api-key")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.ID, "signin-button").click()
+
+
+def sign_out(driver: WebDriver) -> None:
+    driver.find_element(By.ID, "signout-button").click()
+    visible(driver, "#signin-section")
+
+
+def script_errors(driver: webdriver.Chrome) -> list[str]:
+    """Severe browser-console entries other than failed requests (API errors are expected)."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+
+
+def test_console_uploads_searches_and_cites(
+    live_server: Any, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """A writer uploads by file picker and by drag and drop, searches, asks, follows a citation."""
+    key = issue_key(live_server, "writer")
+    browser.get(f"{live_server.url}/")
+    sign_in(browser, key)
+    assert visible(browser, "#session-tenant").text == "acme"
+    assert browser.find_element(By.ID, "session-role").text == "writer"
+
+    # Upload one file through the hidden file input; drop two more on the drop zone.
+    markdown = tmp_path / "replication.md"
+    markdown.write_text(REPLICATION, encoding="utf-8")
+    browser.find_element(By.ID, "file-input").send_keys(str(markdown))
+    dropped = [[DROPPED, CAFETERIA, "text/plain"], ["diagram.png", "not a picture", "image/png"]]
+    accepted = browser.execute_script(DROP_FILES_JS, "#dropzone", dropped)
+    assert accepted == [True, True, True]
+
+    for name in ("replication.md", DROPPED):
+        upload = visible(browser, f'li.upload[data-file-name="{name}"][data-status="done"]')
+        assert upload.find_element(By.TAG_NAME, "progress").get_property("value") == 100
+        visible(
+            browser, f'#documents-body tr[data-doc-id="{name}"][data-state="live"]', INGEST_WAIT
+        )
+        # The upload row follows its version in the background until it is live.
+        status = (By.CSS_SELECTOR, f'li.upload[data-file-name="{name}"] .upload-status')
+        wait(browser).until(ec.text_to_be_present_in_element(status, "live"))
+    rejected = visible(browser, 'li.upload[data-file-name="diagram.png"][data-status="error"]')
+    assert (
+        "unsupported_format" in rejected.find_element(By.CSS_SELECTOR, ".upload-status.error").text
+    )
+    row = browser.find_element(By.CSS_SELECTOR, '#documents-body tr[data-doc-id="replication.md"]')
+    assert row.find_element(By.CSS_SELECTOR, ".badge-live").text == "live"
+
+    # Search: the passage of the expected document appears, untrusted markup shown as text.
+    browser.find_element(By.ID, "search-query").send_keys("quokka pie cafeteria")
+    browser.find_element(By.ID, "search-button").click()
+    hit = visible(browser, f'#search-results .passage[data-doc-id="{DROPPED}"]')
+    assert hit.get_attribute("data-chunk-index") == "0"
+    assert "quokka pie" in hit.text and "<b>sharp</b>" in hit.text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#search-results img, #search-results b")
+    assert browser.title != "pwned"
+
+    # Ask: the answer cites its source; clicking the citation highlights the cited passage.
+    browser.find_element(By.ID, "ask-question").send_keys("how many replicas does a shard have?")
+    browser.find_element(By.ID, "ask-button").click()
+    citation = visible(browser, "#answer-text button.citation")
+    number = citation.get_attribute("data-citation")
+    source = browser.find_element(By.CSS_SELECTOR, f'#sources .passage[data-citation="{number}"]')
+    assert source.get_attribute("data-doc-id") == "replication.md"
+    assert "three replicas" in source.text
+    assert "highlighted" not in (source.get_attribute("class") or "")
+    citation.click()
+    wait(browser).until(lambda _: "highlighted" in (source.get_attribute("class") or ""))
+    # The highlight is visible: the card turns yellow once its transition ends.
+    wait(browser).until(
+        lambda _: source.value_of_css_property("background-color") == "rgba(255, 243, 163, 1)"
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.exists() and SCREENSHOT.stat().st_size > 0, SCREENSHOT
+
+    # Delete (two clicks: Delete, then Confirm delete); the row goes away.
+    selector = f'#documents-body tr[data-doc-id="{DROPPED}"]'
+    button = browser.find_element(By.CSS_SELECTOR, f"{selector} .delete-button")
+    button.click()
+    wait(browser).until(lambda _: button.text == "Confirm delete")
+    button.click()
+    wait(browser).until(lambda driver: not driver.find_elements(By.CSS_SELECTOR, selector))
+    visible(browser, '#documents-body tr[data-doc-id="replication.md"]')
+    assert script_errors(browser) == []
+
+
+def test_console_shows_the_api_error_for_a_bad_key(live_server: Any, browser: WebDriver) -> None:
+    """A rejected key leaves the user signed out, with the API's error code and message shown."""
+    browser.get(f"{live_server.url}/")
+    sign_in(browser, "not-a-real-key")
+    alert = visible(browser, "#alert.error")
+    assert "unauthorized" in alert.text
+    assert browser.find_element(By.ID, "signin-section").is_displayed()
+    assert not browser.find_element(By.ID, "session").is_displayed()
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+
+def test_console_limits_readers_and_root_keys(live_server: Any, browser: WebDriver) -> None:
+    """Readers get no upload or delete controls; a root key is told to use a tenant key."""
+    reader = issue_key(live_server, "reader")
+    browser.get(f"{live_server.url}/")
+    sign_in(browser, reader)
+    visible(browser, "#documents-section")
+    assert browser.find_element(By.ID, "session-role").text == "reader"
+    assert not browser.find_element(By.ID, "upload-section").is_displayed()
+    assert not browser.find_element(By.CSS_SELECTOR, "#documents-table th.actions").is_displayed()
+    assert not browser.find_elements(By.CSS_SELECTOR, ".delete-button")
+
+    # The key survives a reload (sessionStorage) until the user signs out.
+    browser.refresh()
+    visible(browser, "#documents-section")
+    sign_out(browser)
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+    sign_in(browser, live_server.admin_key)
+    assert "tenant" in visible(browser, "#root-notice").text
+    assert not browser.find_element(By.ID, "workspace").is_displayed()
+    assert browser.find_element(By.ID, "session-role").text == "root"
