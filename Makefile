@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench-ingest bench-query bench-cache eval-cisi clean
+.PHONY: install system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http eval-cisi clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,28 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
+# Debian packages the tests use, installed when missing: wrk (the HTTP load generator of
+# bench-http) and chromium + chromium-driver (the web console's end-to-end test). Not fatal
+# here: without them those tests skip locally, and fail under CI=true, which must have them.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+SYSTEM_PACKAGES := wrk chromium chromium-driver
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$(SUDO) apt-get install -y -qq $$missing >/dev/null; } \
+		|| echo "warning: could not install$$missing"; \
+	fi
+
 ## Ingest the bundled sample corpus, ask a question, print the top passages and sources.
 demo: install
 	$(BIN)/shardrag demo --data-dir ./shardrag-data
+
+## Serve the HTTP API and web console on http://127.0.0.1:8080 over ./shardrag-data.
+serve: install
+	$(BIN)/shardrag serve --data-dir ./shardrag-data
 
 ## Lint, type-check and run the whole test suite.
 test: install lint typecheck unit
@@ -31,7 +50,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy src
 
-unit: install
+unit: install system-deps
 	$(BIN)/python -m pytest
 
 bench-ingest: install
@@ -42,6 +61,9 @@ bench-query: install
 
 bench-cache: install
 	$(BIN)/python bench/cache.py
+
+bench-http: install system-deps
+	$(BIN)/python bench/http_search.py
 
 eval-cisi: install
 	$(BIN)/python bench/cisi_to_beir.py bench/data/cisi
