@@ -404,7 +404,9 @@ def serve(
     from shardrag.api import create_app
     from shardrag.api.server import serve as serve_app
     from shardrag.config import Settings
+    from shardrag.observability.logging import configure_json_logging
 
+    configure_json_logging()
     with _errors_reported(False):
         settings = Settings.load(data_dir=data_dir, host=host, port=port)
         with Shardrag(settings) as rag:

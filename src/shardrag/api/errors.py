@@ -65,7 +65,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShardragError)
     async def shardrag_error(request: Request, exc: ShardragError) -> JSONResponse:
         if exc.status >= 500:
-            log.error("%s: %s [trace %s]", exc.code, exc.message, trace_id_of(request))
+            log.error("%s: %s", exc.code, exc.message, extra={"trace_id": trace_id_of(request)})
             exc.details.setdefault("trace_id", trace_id_of(request))
         return error_response(exc, trace_id_of(request))
 
@@ -84,7 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         error: ShardragError
-        if exc.status_code == 404 and _DOCUMENT_PATH.match(request.url.path):
+        cause = exc.__cause__
+        if isinstance(cause, ShardragError):
+            # FastAPI wraps what reading a JSON body raised (the guard's size limit) in a 400.
+            error = cause
+        elif isinstance(cause, (UnicodeDecodeError, RecursionError)):
+            error = MalformedJson(f"the request body is not valid JSON: {type(cause).__name__}")
+        elif exc.status_code == 404 and _DOCUMENT_PATH.match(request.url.path):
             # The document route takes any id but one with a line break: that is the id's
             # fault, not a missing route.
             error = InvalidDocumentId("document id contains control characters")
@@ -99,6 +105,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def fault(request: Request, exc: Exception) -> JSONResponse:
         trace = trace_id_of(request)
-        log.exception("unhandled %s [trace %s]", type(exc).__name__, trace)
+        log.exception("unhandled %s", type(exc).__name__, extra={"trace_id": trace})
         error = InternalError("an internal error occurred; report the trace id", trace_id=trace)
         return error_response(error, trace)

@@ -14,9 +14,16 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardrag.api.auth import ApiKeys, Principal
-from shardrag.api.errors import TRACE_HEADER, error_response
+from shardrag.api.errors import _DOCUMENT_PATH, TRACE_HEADER, error_response
 from shardrag.api.ratelimit import RateLimiter
-from shardrag.errors import RateLimited, RequestTooLarge, ShardragError, TenantNotFound
+from shardrag.errors import (
+    InvalidDocumentId,
+    RateLimited,
+    RequestTooLarge,
+    RouteNotFound,
+    ShardragError,
+    TenantNotFound,
+)
 from shardrag.registry import Role
 
 _TENANT_PATH = re.compile(r"^/v1/tenants/([^/]+)(?:/|$)")
@@ -51,6 +58,7 @@ class Guard:
         try:
             if scope["path"].startswith("/v1/"):
                 state["principal"] = self._admit(scope)
+            _check_line_break(scope["method"], scope["path"])
             self._check_declared_length(scope)
         except ShardragError as error:
             await error_response(error, trace_id)(scope, receive, send_with_trace)
@@ -91,6 +99,15 @@ class Guard:
             return message
 
         return counted
+
+
+def _check_line_break(method: str, path: str) -> None:
+    # Starlette's route patterns end in `$`, which also matches before a final line break:
+    # `/documents/a%0A` would be served as the document `a`. No route ends in a line break.
+    if path.endswith("\n"):
+        if _DOCUMENT_PATH.match(path):
+            raise InvalidDocumentId("document id contains control characters")
+        raise RouteNotFound(f"no route {method} {path!r}")
 
 
 def _too_large(limit: int) -> RequestTooLarge:

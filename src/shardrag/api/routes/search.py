@@ -85,7 +85,7 @@ async def answer(t: str, body: AnswerBody, who: Reader) -> Any:
             yield _event("error", {"error": exc.to_dict()})
             return
         except Exception as exc:  # the stream has begun: report in-band, never a torn 200
-            log.exception("answer stream failed [trace %s]", who.trace_id)
+            log.exception("answer stream failed", extra={"trace_id": who.trace_id})
             error = InternalError(f"{type(exc).__name__}", trace_id=who.trace_id)
             yield _event("error", {"error": error.to_dict()})
             return

@@ -114,7 +114,7 @@ def audit_log(
     t: str,
     who: Annotated[Caller, Depends(tenant_caller(Role.ADMIN, root=True))],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,  # SQLite INTEGER
 ) -> Any:
     """The tenant's audit log, newest first (root or tenant admin)."""
     events = who.service.rag.registry.audit(t, limit, before)
