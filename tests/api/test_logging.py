@@ -20,7 +20,7 @@ def test_a_log_record_is_one_json_line_with_its_extras() -> None:
             1,
             "failed %s",
             ("x",),
-            exc_info=__import__("sys").exc_info(),
+            exc_info=sys.exc_info(),
         )
     record.trace_id = "abc123"
     line = JsonFormatter().format(record)
