@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,6 +32,26 @@ def test_bundled_model_gives_unit_vectors_that_rank_meaning() -> None:
     assert math.isclose(sum(x * x for x in query), 1.0, rel_tol=1e-4)
     similarity = [sum(a * b for a, b in zip(query, d, strict=True)) for d in docs]
     assert similarity[0] > similarity[1] + 0.2
+
+
+def test_concurrent_queries_share_a_forward_pass_and_get_their_own_vectors() -> None:
+    embedder = BundledEmbedder()
+    questions = [f"question number {i} about shard replicas and failover" for i in range(12)]
+    alone = [embedder.embed_query(q) for q in questions]
+    passes: list[int] = []
+    real = embedder._encode_locked
+
+    def counted(model: object, texts: list[str], single_thread: bool) -> list[list[float]]:
+        passes.append(len(texts))
+        time.sleep(0.05)  # a slow pass, so that the others arrive while it runs
+        return real(model, texts, single_thread)
+
+    embedder._encode_locked = counted  # type: ignore[method-assign]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(embedder.embed_query, questions))
+    assert sum(passes) == len(questions) and len(passes) < len(questions)
+    for mine, reference in zip(together, alone, strict=True):
+        assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-5
 
 
 def test_tokenizer_counts_and_splits_without_losing_text() -> None:

@@ -45,6 +45,22 @@ def _load_sentence_transformer(path: Path) -> Any:
         return _models[key]
 
 
+class _QueryGroup:
+    """Queries that arrived while the model was busy, embedded together in one pass."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.vectors: list[list[float]] | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def result(self, position: int) -> list[float]:
+        self.done.wait()
+        if self.vectors is None:
+            raise EmbedderUnavailable(f"embedding the query failed: {self.error}")
+        return self.vectors[position]
+
+
 class BundledEmbedder:
     """all-MiniLM-L6-v2 on the CPU via sentence-transformers, loaded on first use.
 
@@ -55,6 +71,9 @@ class BundledEmbedder:
     with two threads on a busy 2-core machine its p99 grew from 17 ms to 189 ms; a batch uses
     every thread (1.7x faster). Batches are sorted by length here and encoded one model batch
     at a time, so a query waits for one model batch at most, never for a whole ingest call.
+    Queries that arrive while the model is busy are embedded together in one forward pass when
+    it frees up (the first of them leads the pass), so concurrent searches share the model
+    instead of queueing one by one; a query that finds the model idle goes at once.
     """
 
     model_id = BUNDLED_MODEL_ID
@@ -66,27 +85,35 @@ class BundledEmbedder:
         # The model's tokenizer is not safe for concurrent calls: one encode at a time.
         self._lock = threading.Lock()
         self._batch_threads: int | None = None
+        # The group of queries waiting for the model, which the next query joins.
+        self._waiting: _QueryGroup | None = None
+        self._waiting_lock = threading.Lock()
 
     def _model(self) -> Any:
         return _load_sentence_transformer(bundled_model_dir())
 
     def _encode(self, texts: list[str], single_thread: bool) -> list[list[float]]:
-        import torch
-
         model = self._model()
         with self._lock:
-            if self._batch_threads is None:
-                self._batch_threads = torch.get_num_threads()
-            threads = 1 if single_thread else self._batch_threads
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            vectors = model.encode(
-                texts,
-                batch_size=len(texts),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            return self._encode_locked(model, texts, single_thread)
+
+    def _encode_locked(
+        self, model: Any, texts: list[str], single_thread: bool
+    ) -> list[list[float]]:
+        import torch
+
+        if self._batch_threads is None:
+            self._batch_threads = torch.get_num_threads()
+        threads = 1 if single_thread else self._batch_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        vectors = model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return [v.tolist() for v in vectors]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -102,5 +129,28 @@ class BundledEmbedder:
         return vectors
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one query (on one thread: see the class docstring)."""
-        return self._encode([text], single_thread=True)[0]
+        """Embed one query (on one thread, with the queries waiting beside it)."""
+        with self._waiting_lock:
+            group = self._waiting
+            leader = group is None
+            if group is None:
+                group = self._waiting = _QueryGroup()
+            position = len(group.texts)
+            group.texts.append(text)
+        if not leader:
+            return group.result(position)
+        try:
+            model = self._model()
+            with self._lock:
+                with self._waiting_lock:
+                    self._waiting = None  # closed: later queries form the next group
+                group.vectors = self._encode_locked(model, group.texts, single_thread=True)
+        except BaseException as exc:
+            group.error = exc
+            with self._waiting_lock:
+                if self._waiting is group:
+                    self._waiting = None
+            raise
+        finally:
+            group.done.set()
+        return group.vectors[position]
