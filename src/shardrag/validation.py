@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import unicodedata
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DOC_ID_LENGTH = 512
 MAX_QUERY_CHARS = 4096
 MAX_METADATA_BYTES = 64 * 1024
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def tenant_id(value: str) -> str:
@@ -90,13 +93,20 @@ def read_concern(value: str | ReadConcern) -> ReadConcern:
 
 
 def metadata(value: Any) -> dict[str, Any]:
-    """A JSON object of at most 64 KiB with non-empty string keys without '.'."""
+    """A JSON object of at most 64 KiB; keys of ``A-Z a-z 0-9 _ -`` (at most 128); integers
+    within 64 bits and finite floats at any depth. Filters follow the same rules."""
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
         raise InvalidParameter("metadata must be a JSON object with non-empty string keys")
-    if any("." in k for k in value):
-        raise InvalidParameter("metadata keys cannot contain '.' (it separates filter paths)")
+    bad = [k for k in value if not _METADATA_KEY.match(k)]
+    if bad:
+        # Keys become paths of the engine's payload index (meta.<key>): '.' would split them.
+        raise InvalidParameter(
+            f"metadata key {bad[0][:100]!r} must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
+            key=bad[0][:100],
+        )
+    _check_numbers(value)
     try:
         size = len(json.dumps(value))
     except (TypeError, ValueError) as exc:
@@ -106,3 +116,19 @@ def metadata(value: Any) -> dict[str, Any]:
             f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
         )
     return value
+
+
+def _check_numbers(value: Any) -> None:
+    """Integers must fit 64 bits and floats be finite: the engine stores nothing else."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidParameter(f"metadata integer {value} does not fit in 64 bits")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidParameter(f"metadata number {value} is not finite")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,18 @@ def test_bad_search_parameters(rag: Shardrag) -> None:
         rag.search("acme", "replica", filters={"a": {"b": 1}})
     with pytest.raises(InvalidParameter):
         rag.search("acme", "x" * 5000)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"team lead": "x"}, {"a:b": 1}, {"n": 2**63}, {"deep": {"n": [-(2**63) - 1]}}],
+    ids=["space-in-key", "colon-in-key", "int-over-64-bits", "nested-int-under-64-bits"],
+)
+def test_metadata_the_engine_cannot_index_or_filter_is_refused(
+    rag: Shardrag, metadata: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidParameter):
+        rag.put_document("acme", "m.txt", b"text", metadata=metadata)
+    rag.put_document("acme", "ok.txt", b"text about otters")
+    with pytest.raises(InvalidParameter):
+        rag.search("acme", "otters", filters=metadata)
