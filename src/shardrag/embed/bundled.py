@@ -73,7 +73,10 @@ class BundledEmbedder:
     at a time, so a query waits for one model batch at most, never for a whole ingest call.
     Queries that arrive while the model is busy are embedded together in one forward pass when
     it frees up (the first of them leads the pass), so concurrent searches share the model
-    instead of queueing one by one; a query that finds the model idle goes at once.
+    instead of queueing one by one; a query that finds the model idle goes at once. A group of
+    several queries uses every thread: with that many searches waiting, the machine is busy
+    with queries, not with an ingest to protect (+60 % uncached HTTP search throughput at 8
+    clients, docs/benchmarks.md).
     """
 
     model_id = BUNDLED_MODEL_ID
@@ -144,7 +147,9 @@ class BundledEmbedder:
             with self._lock:
                 with self._waiting_lock:
                     self._waiting = None  # closed: later queries form the next group
-                group.vectors = self._encode_locked(model, group.texts, single_thread=True)
+                group.vectors = self._encode_locked(
+                    model, group.texts, single_thread=len(group.texts) == 1
+                )
         except BaseException as exc:
             group.error = exc
             with self._waiting_lock:
