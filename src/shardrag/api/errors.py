@@ -29,7 +29,7 @@ from shardrag.errors import (
 )
 
 log = logging.getLogger("shardrag.api")
-_DOCUMENT_PATH = re.compile(r"^/v1/tenants/[^/]+/documents/")
+DOCUMENT_PATH = re.compile(r"^/v1/tenants/[^/]+/documents/")
 TRACE_HEADER = "X-Trace-Id"
 
 
@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
             error = cause
         elif isinstance(cause, (UnicodeDecodeError, RecursionError)):
             error = MalformedJson(f"the request body is not valid JSON: {type(cause).__name__}")
-        elif exc.status_code == 404 and _DOCUMENT_PATH.match(request.url.path):
+        elif exc.status_code == 404 and DOCUMENT_PATH.match(request.url.path):
             # The document route takes any id but one with a line break: that is the id's
             # fault, not a missing route.
             error = InvalidDocumentId("document id contains control characters")

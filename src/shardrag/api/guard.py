@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardrag.api.auth import ApiKeys, Principal
-from shardrag.api.errors import _DOCUMENT_PATH, TRACE_HEADER, error_response
+from shardrag.api.errors import DOCUMENT_PATH, TRACE_HEADER, error_response
 from shardrag.api.ratelimit import RateLimiter
 from shardrag.errors import (
     InvalidDocumentId,
@@ -105,7 +105,7 @@ def _check_line_break(method: str, path: str) -> None:
     # Starlette's route patterns end in `$`, which also matches before a final line break:
     # `/documents/a%0A` would be served as the document `a`. No route ends in a line break.
     if path.endswith("\n"):
-        if _DOCUMENT_PATH.match(path):
+        if DOCUMENT_PATH.match(path):
             raise InvalidDocumentId("document id contains control characters")
         raise RouteNotFound(f"no route {method} {path!r}")
 
