@@ -2,29 +2,58 @@
 
 from __future__ import annotations
 
+import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.support import require
 
 from shardrag.errors import InvalidParameter
 from shardrag.log import Log, SqliteLog, subject_matches
+from shardrag.log.nats import NatsLog
 
 OpenLog = Callable[[], Log]
+NATS_URL = "nats://127.0.0.1:4222"
 
 
-@pytest.fixture(params=["sqlite"])
+def _nats_is_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "nats"])
 def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenLog]:
-    """Opens the backend under test on the same storage each time it is called."""
-    opened: list[Log] = []
+    """Opens the backend under test on the same storage each time it is called.
 
-    def opener() -> Log:
-        log = SqliteLog(tmp_path / "log.sqlite3")
-        opened.append(log)
-        return log
+    NATS: the real JetStream server of the machine, on streams of this test's own prefix.
+    """
+    opened: list[Log] = []
+    if request.param == "nats":
+        require(_nats_is_up(), f"NATS JetStream at {NATS_URL}")
+        prefix = f"test-{secrets.token_hex(4)}"
+
+        def opener() -> Log:
+            log = NatsLog(NATS_URL, prefix=prefix)
+            opened.append(log)
+            return log
+    else:
+
+        def opener() -> Log:
+            log = SqliteLog(tmp_path / "log.sqlite3")
+            opened.append(log)
+            return log
 
     yield opener
+    if request.param == "nats":
+        cleanup = NatsLog(NATS_URL, prefix=prefix)
+        cleanup.drop()
+        cleanup.close()
     for log in opened:
         log.close()
 

@@ -1,4 +1,4 @@
-"""The durable log between services: the protocol and its embedded (SQLite) backend."""
+"""The durable log between services: the protocol, SQLite (embedded) and NATS JetStream."""
 
 from pathlib import Path
 
@@ -6,8 +6,12 @@ from shardrag.log.base import Consumer, DeadLetter, Log, LogMessage, subject_mat
 from shardrag.log.sqlite import SqliteLog
 
 
-def open_log(data_dir: Path) -> Log:
-    """The log of an embedded data dir."""
+def open_log(data_dir: Path, nats_url: str | None = None, prefix: str = "shardrag") -> Log:
+    """JetStream at ``nats_url`` (streams named after ``prefix``), else the data dir's file."""
+    if nats_url:
+        from shardrag.log.nats import NatsLog  # nats-py loads only when it is used
+
+        return NatsLog(nats_url, prefix)
     return SqliteLog(data_dir / "log.sqlite3")
 
 

@@ -1,0 +1,330 @@
+"""The durable log on NATS JetStream (nats-py): the distributed backend.
+
+One stream holds every subject of a log under ``<prefix>.``; a second stream,
+``<STREAM>_DLQ``, holds the dead letters. Consumers are durable pull consumers with explicit
+acks. JetStream counts deliveries; this backend decides when a message is dead (after
+``max_attempts``), copies it with its last error into the dead-letter stream and terminates
+it, so both backends bury at the same point. Deduplication of appends uses ``Nats-Msg-Id``
+within the stream's duplicate window (2 minutes by default).
+
+nats-py is asyncio; this class owns an event loop on a thread of its own and offers the same
+blocking methods as the SQLite backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from shardrag.errors import InvalidParameter, NotFound, Unavailable
+from shardrag.log.base import DeadLetter, LogMessage
+
+_T = TypeVar("_T")
+_MSG_ID = "Nats-Msg-Id"
+# Headers the dead-letter copy carries about the original.
+_DL = {
+    "subject": "Shardrag-Subject",
+    "consumer": "Shardrag-Consumer",
+    "error": "Shardrag-Error",
+    "attempts": "Shardrag-Attempts",
+    "seq": "Shardrag-Sequence",
+    "at": "Shardrag-Failed-At",
+}
+
+
+class NatsLog:
+    """A log on a JetStream server (or cluster) reachable at ``url``."""
+
+    def __init__(self, url: str, prefix: str = "shardrag", timeout: float = 5.0) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
+            raise InvalidParameter(f"log prefix {prefix!r} must be letters, digits, _ or -")
+        self.prefix = prefix
+        self.stream = prefix.upper().replace("-", "_")
+        self.dead_stream = f"{self.stream}_DLQ"
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-log", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._connect(url))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout=(timeout or self.timeout) + 5)
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            raise Unavailable(f"NATS: {type(exc).__name__}: {exc}") from exc
+
+    async def _connect(self, url: str) -> None:
+        self._nc = await nats.connect(url, connect_timeout=self.timeout, max_reconnect_attempts=-1)
+        self._js = self._nc.jetstream(timeout=self.timeout)
+        for name, subjects in (
+            (self.stream, [f"{self.prefix}.>"]),
+            (self.dead_stream, [f"{self.prefix}_dlq.>"]),
+        ):
+            try:
+                await self._js.stream_info(name)
+            except NotFoundError:
+                await self._js.add_stream(name=name, subjects=subjects, storage="file")
+
+    def _subject(self, subject: str) -> str:
+        return f"{self.prefix}.{subject}"
+
+    def _unprefixed(self, subject: str) -> str:
+        return subject[len(self.prefix) + 1 :]
+
+    def append(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> int:
+        """Publish and wait for the stream's acknowledgement; return the sequence."""
+        if not subject or any(not t or t in ("*", ">") for t in subject.split(".")):
+            raise InvalidParameter(f"subject {subject!r} must be dot-separated non-empty tokens")
+        sent = dict(headers or {})
+        if message_id is not None:
+            sent[_MSG_ID] = message_id
+        ack = self._run(
+            self._js.publish(self._subject(subject), data, headers=sent or None, stream=self.stream)
+        )
+        return int(ack.seq)
+
+    def consumer(
+        self, name: str, subjects: str, max_attempts: int = 5, ack_wait: float = 30.0
+    ) -> NatsConsumer:
+        """The durable pull consumer ``name`` (created on first use, its filter fixed then)."""
+        if max_attempts < 1 or ack_wait <= 0:
+            raise InvalidParameter("a consumer needs max_attempts >= 1 and ack_wait > 0")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise InvalidParameter(f"consumer name {name!r} must be letters, digits, _ or -")
+        wanted = self._subject(subjects)
+
+        async def bind() -> Any:
+            try:
+                info = await self._js.consumer_info(self.stream, name)
+                if info.config.filter_subject != wanted:
+                    raise InvalidParameter(
+                        f"consumer {name!r} exists with the filter "
+                        f"{self._unprefixed(info.config.filter_subject or '')!r}, not {subjects!r}"
+                    )
+            except NotFoundError:
+                pass
+            config = api.ConsumerConfig(
+                durable_name=name,
+                filter_subject=wanted,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_deliver=-1,  # this backend decides when a message is dead
+            )
+            return await self._js.pull_subscribe(
+                wanted, durable=name, stream=self.stream, config=config
+            )
+
+        return NatsConsumer(self, name, self._run(bind()), max_attempts, ack_wait)
+
+    def last_sequence(self, subject: str) -> int:
+        """The sequence of the newest message on ``subject`` (0 if none)."""
+
+        async def last() -> int:
+            try:
+                found = await self._js.get_last_msg(self.stream, self._subject(subject))
+            except NotFoundError:
+                return 0
+            return int(found.seq or 0)
+
+        return self._run(last())
+
+    async def _bury(self, consumer: str, msg: Msg, attempts: int, error: str) -> None:
+        meta = msg.metadata
+        headers = _user_headers(msg.headers)
+        headers.update(
+            {
+                _DL["subject"]: self._unprefixed(msg.subject),
+                _DL["consumer"]: consumer,
+                _DL["error"]: error[:4000],
+                _DL["attempts"]: str(attempts),
+                _DL["seq"]: str(meta.sequence.stream),
+                _DL["at"]: repr(time.time()),
+            }
+        )
+        await self._js.publish(
+            f"{self.prefix}_dlq.{consumer}", msg.data, headers=headers, stream=self.dead_stream
+        )
+        await msg.term()
+
+    def dead_letters(self, consumer: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+        async def scan() -> list[DeadLetter]:
+            found: list[DeadLetter] = []
+            subject = f"{self.prefix}_dlq.{consumer or '*'}"
+            seq = 1
+            while len(found) < limit:
+                try:
+                    raw = await self._js.get_msg(
+                        self.dead_stream, seq=seq, subject=subject, next=True
+                    )
+                except NotFoundError:
+                    break
+                found.append(_dead_letter(raw))
+                seq = int(raw.seq or 0) + 1
+            return found
+
+        return self._run(scan())
+
+    def redrive(self, dead_letter_id: int) -> int:
+        """Publish a dead letter's message again, then delete the dead letter."""
+
+        async def again() -> int:
+            try:
+                raw = await self._js.get_msg(self.dead_stream, seq=dead_letter_id)
+            except NotFoundError:
+                raise NotFound(
+                    f"no dead letter {dead_letter_id}", dead_letter_id=dead_letter_id
+                ) from None
+            dead = _dead_letter(raw)
+            ack = await self._js.publish(
+                self._subject(dead.subject),
+                dead.data,
+                headers=dead.headers or None,
+                stream=self.stream,
+            )
+            await self._js.delete_msg(self.dead_stream, dead_letter_id)
+            return int(ack.seq)
+
+        return self._run(again())
+
+    def drop(self) -> None:
+        """Delete both streams (tests, and ``cluster down``)."""
+
+        async def drop() -> None:
+            for name in (self.stream, self.dead_stream):
+                with contextlib.suppress(NotFoundError):
+                    await self._js.delete_stream(name)
+
+        self._run(drop())
+
+    def close(self) -> None:
+        """Close the connection and stop the loop."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._nc.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+class NatsConsumer:
+    """A durable pull consumer of a ``NatsLog``."""
+
+    def __init__(
+        self, log: NatsLog, name: str, subscription: Any, max_attempts: int, ack_wait: float
+    ) -> None:
+        self._log = log
+        self.name = name
+        self._sub = subscription
+        self.max_attempts = max_attempts
+        self.ack_wait = ack_wait
+        self._pending: dict[int, Msg] = {}
+        self._pending_lock = threading.Lock()
+
+    def fetch(self, batch: int = 16, timeout: float = 1.0) -> list[LogMessage]:
+        """Up to ``batch`` messages, waiting up to ``timeout`` seconds for the first."""
+
+        async def take() -> list[LogMessage]:
+            try:
+                msgs = await self._sub.fetch(batch, timeout=max(timeout, 0.01))
+            except TimeoutError:
+                return []
+            taken = []
+            for msg in msgs:
+                attempts = int(msg.metadata.num_delivered)
+                if attempts > self.max_attempts:
+                    # Leased max_attempts times and never acked nor nak'd.
+                    await self._log._bury(
+                        self.name,
+                        msg,
+                        attempts - 1,
+                        f"not acknowledged within {self.ack_wait:g} s",
+                    )
+                    continue
+                sequence = int(msg.metadata.sequence.stream)
+                with self._pending_lock:
+                    self._pending[sequence] = msg
+                taken.append(
+                    LogMessage(
+                        subject=self._log._unprefixed(msg.subject),
+                        data=msg.data,
+                        sequence=sequence,
+                        attempts=attempts,
+                        headers=_user_headers(msg.headers),
+                    )
+                )
+            return taken
+
+        return self._log._run(take(), timeout=timeout)
+
+    def _msg(self, message: LogMessage) -> Msg | None:
+        with self._pending_lock:
+            return self._pending.pop(message.sequence, None)
+
+    def ack(self, message: LogMessage) -> None:
+        """Done with the message."""
+        msg = self._msg(message)
+        if msg is not None:
+            self._log._run(msg.ack_sync())
+
+    def nak(self, message: LogMessage, error: str, delay: float = 0.0) -> bool:
+        """Retry after ``delay``, or dead-letter it after the last attempt."""
+        msg = self._msg(message)
+        if msg is None:
+            return False
+        if message.attempts >= self.max_attempts:
+            self._log._run(self._log._bury(self.name, msg, message.attempts, error))
+            return True
+        self._log._run(msg.nak(delay=delay if delay > 0 else None))
+        return False
+
+
+def _user_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    # JetStream's own headers (Nats-Msg-Id, Nats-Expected-Stream ...) are not the caller's.
+    return {str(k): str(v) for k, v in (headers or {}).items() if not k.startswith("Nats-")}
+
+
+def _dead_letter(raw: api.RawStreamMsg) -> DeadLetter:
+    headers = dict(raw.headers or {})
+    original = _user_headers({k: v for k, v in headers.items() if k not in _DL.values()})
+    return DeadLetter(
+        dead_letter_id=int(raw.seq or 0),
+        consumer=headers.get(_DL["consumer"], ""),
+        subject=headers.get(_DL["subject"], ""),
+        data=raw.data or b"",
+        sequence=int(headers.get(_DL["seq"], 0)),
+        attempts=int(headers.get(_DL["attempts"], 0)),
+        error=headers.get(_DL["error"], ""),
+        failed_at=float(headers.get(_DL["at"], 0)),
+        headers=original,
+    )
+
+
+__all__ = ["NatsConsumer", "NatsLog"]
