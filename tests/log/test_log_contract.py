@@ -96,7 +96,7 @@ def test_consumers_are_independent_and_acked_messages_never_return(open_log: Ope
 def test_an_unacknowledged_message_is_delivered_again_after_ack_wait(open_log: OpenLog) -> None:
     log = open_log()
     log.append("doc.ingest", b"x")
-    consumer = log.consumer("slow", "doc.ingest", ack_wait=0.2)
+    consumer = log.consumer("slow", "doc.ingest", ack_wait=0.5)
     assert [m.attempts for m in consumer.fetch(timeout=0.1)] == [1]
     assert consumer.fetch(timeout=0.05) == []  # still leased
     again = consumer.fetch(timeout=2)

@@ -246,6 +246,8 @@ class NatsConsumer:
         self.max_attempts = max_attempts
         self.ack_wait = ack_wait
         self._pending: dict[int, Msg] = {}
+        # The latest delivery handed out per message still owed (to drop stale copies).
+        self._attempts: dict[int, int] = {}
         self._pending_lock = threading.Lock()
 
     def fetch(self, batch: int = 16, timeout: float = 1.0) -> list[LogMessage]:
@@ -259,6 +261,13 @@ class NatsConsumer:
             taken = []
             for msg in msgs:
                 attempts = int(msg.metadata.num_delivered)
+                sequence = int(msg.metadata.sequence.stream)
+                with self._pending_lock:
+                    if attempts <= self._attempts.get(sequence, 0):
+                        # A late copy of an older delivery (sent to a fetch that had timed
+                        # out): its lease is already superseded.
+                        continue
+                    self._attempts[sequence] = attempts
                 if attempts > self.max_attempts:
                     # Leased max_attempts times and never acked nor nak'd.
                     await self._log._bury(
@@ -268,7 +277,6 @@ class NatsConsumer:
                         f"not acknowledged within {self.ack_wait:g} s",
                     )
                     continue
-                sequence = int(msg.metadata.sequence.stream)
                 with self._pending_lock:
                     self._pending[sequence] = msg
                 taken.append(
@@ -286,6 +294,7 @@ class NatsConsumer:
 
     def _msg(self, message: LogMessage) -> Msg | None:
         with self._pending_lock:
+            self._attempts.pop(message.sequence, None)
             return self._pending.pop(message.sequence, None)
 
     def ack(self, message: LogMessage) -> None:
