@@ -330,9 +330,7 @@ class Shardrag:
         numbered citations, then asks the configured language model (``SHARDRAG_LLM_URL``) or,
         without one, answers with the best-supported sentences of the passages.
         """
-        budget = max_context_tokens or self.settings.answer_context_tokens
-        if budget < 1:
-            raise InvalidParameter("max_context_tokens must be at least 1")
+        budget = self._answer_budget(max_context_tokens)
         _, generation = self._route(validation.tenant_id(tenant))
         key = CacheKey.for_search(
             tenant,
@@ -365,14 +363,18 @@ class Shardrag:
         raised between pieces); the extractive answer comes as one piece. The citations of
         the joined text are ``citations_in(text, context)``.
         """
-        budget = max_context_tokens or self.settings.answer_context_tokens
-        if budget < 1:
-            raise InvalidParameter("max_context_tokens must be at least 1")
+        budget = self._answer_budget(max_context_tokens)
         hits = self.search(tenant, question, k=k, filters=filters)
         context = self.assembler.run(question, hits, budget)
         if isinstance(self.answerer, OpenAIChatGenerator):
             return hits, context, self.answerer.stream(context)
         return hits, context, iter([self.answerer.run(context).text])
+
+    def _answer_budget(self, max_context_tokens: int | None) -> int:
+        budget = max_context_tokens or self.settings.answer_context_tokens
+        if budget < 1:
+            raise InvalidParameter("max_context_tokens must be at least 1")
+        return budget
 
     def _await_concern(
         self, tenant: str, read_concern: ReadConcern | str, write_token: str | None

@@ -51,7 +51,7 @@ def create_app(rag: Shardrag) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.service = Service(rag=rag, keys=keys, settings=settings, metrics=metrics)
+    app.state.service = Service(rag=rag, keys=keys, metrics=metrics)
     app.state.bootstrap_key = keys.bootstrap()
     install_error_handlers(app)
     for router in (health.router, tenants.router, documents.router, search.router):

@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import Request
 
 from shardrag.api.auth import ApiKeys, Principal
-from shardrag.config import Settings
 from shardrag.embedded import Shardrag
 from shardrag.errors import Forbidden, ShardragError
 from shardrag.observability import Metrics
@@ -24,7 +23,6 @@ class Service:
 
     rag: Shardrag
     keys: ApiKeys
-    settings: Settings
     metrics: Metrics
 
 

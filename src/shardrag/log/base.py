@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shardrag.errors import InvalidParameter
+
 
 @dataclass(frozen=True)
 class LogMessage:
@@ -110,3 +112,10 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(have) or (token != "*" and token != have[i]):
             return False
     return len(have) == len(want)
+
+
+def check_subject(subject: str) -> None:
+    """A subject to append to: dot-separated non-empty tokens, no wildcards, no spaces."""
+    tokens = subject.split(".")
+    if not subject or any(not t or t in ("*", ">") or " " in t for t in tokens):
+        raise InvalidParameter(f"subject {subject!r} must be dot-separated non-empty tokens")

@@ -27,7 +27,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from shardrag.errors import InvalidParameter, NotFound, Unavailable
-from shardrag.log.base import DeadLetter, LogMessage
+from shardrag.log.base import DeadLetter, LogMessage, check_subject
 
 _T = TypeVar("_T")
 _MSG_ID = "Nats-Msg-Id"
@@ -94,8 +94,7 @@ class NatsLog:
         message_id: str | None = None,
     ) -> int:
         """Publish and wait for the stream's acknowledgement; return the sequence."""
-        if not subject or any(not t or t in ("*", ">") for t in subject.split(".")):
-            raise InvalidParameter(f"subject {subject!r} must be dot-separated non-empty tokens")
+        check_subject(subject)
         sent = dict(headers or {})
         if message_id is not None:
             sent[_MSG_ID] = message_id

@@ -11,14 +11,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shardrag.errors import InvalidParameter, NotFound
-from shardrag.log.base import DeadLetter, LogMessage, subject_matches
+from shardrag.log.base import DeadLetter, LogMessage, check_subject, subject_matches
+from shardrag.sqlitedb import immediate, open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -75,25 +75,14 @@ class SqliteLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._appended = threading.Condition(self._lock)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_durable(path, _SCHEMA)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         # The caller holds self._lock.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return immediate(self._db)
 
     def append(
         self,
@@ -103,7 +92,7 @@ class SqliteLog:
         message_id: str | None = None,
     ) -> int:
         """Append a message; a repeated ``message_id`` returns the first one's sequence."""
-        _check_subject(subject)
+        check_subject(subject)
         with self._lock, self._tx() as db:
             if message_id is not None:
                 row = db.execute(
@@ -342,9 +331,3 @@ def _message(row: sqlite3.Row, attempts: int) -> LogMessage:
         attempts=attempts,
         headers={str(k): str(v) for k, v in headers.items()},
     )
-
-
-def _check_subject(subject: str) -> None:
-    tokens = subject.split(".")
-    if not subject or any(not t or t in ("*", ">") or " " in t for t in tokens):
-        raise InvalidParameter(f"subject {subject!r} must be dot-separated non-empty tokens")

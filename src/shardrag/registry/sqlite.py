@@ -15,6 +15,7 @@ from shardrag.errors import DocumentNotFound, InternalError, NotFound, TenantExi
 from shardrag.models import DocumentInfo, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
+from shardrag.sqlitedb import immediate, open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -107,15 +108,9 @@ class SqliteRegistry:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a document reported live survives power loss, not only a process kill.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            self._db = open_durable(path, _SCHEMA)
             for (table, column), statement in _MIGRATIONS.items():
                 columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
@@ -123,14 +118,8 @@ class SqliteRegistry:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     def _query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
