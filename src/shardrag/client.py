@@ -19,28 +19,14 @@ from urllib.parse import quote
 import httpx
 
 from shardrag.context import Answer, AnswerResult, Citation
-from shardrag.errors import ShardragError, Unavailable
+from shardrag.errors import ShardragError, Unavailable, error_from
 from shardrag.models import DocumentInput, Hit, Metadata, SearchMode, VersionState, WriteResult
-
-
-def _error_classes() -> dict[str, type[ShardragError]]:
-    found: dict[str, type[ShardragError]] = {}
-    pending: list[type[ShardragError]] = [ShardragError]
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.code, cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
-_ERRORS = _error_classes()
 
 
 def _error_from(response: httpx.Response) -> ShardragError:
     try:
         body = response.json()["error"]
-        cls = _ERRORS.get(body["code"], ShardragError)
-        return cls(body["message"], **body.get("details") or {})
+        return error_from(body["code"], body["message"], **(body.get("details") or {}))
     except (ValueError, KeyError, TypeError):
         return Unavailable(
             f"the server answered {response.status_code} without an error body",

@@ -68,6 +68,24 @@ class Settings:
     rate_limit_burst: int = 100
     #: How long a session or strong read may wait for its writes to be applied.
     read_concern_timeout_seconds: float = 30.0
+    #: The durable log between the services: NATS JetStream at this URL, else (unset) SQLite
+    #: in the data dir. ``log_prefix`` names its streams (and subjects).
+    nats_url: str | None = None
+    log_prefix: str = "shardrag"
+    #: Write-path stages this process runs: "ingest,embed,index" (all), or some, or "none".
+    stages: str = "all"
+    #: "log": every write goes through the durable log (the default). "direct": the embedded
+    #: core's synchronous path in the caller's thread — the benchmark's baseline, without the
+    #: log's crash safety for accepted writes.
+    write_path: str = "log"
+    #: Deliveries of an event before it is dead-lettered; backoff between them (with jitter).
+    max_attempts: int = 5
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    #: How long a waiting write (``wait=True``) waits for its version to be decided.
+    write_timeout_seconds: float = 600.0
+    #: Seconds between reconciliation passes in ``shardrag serve`` (0 turns them off).
+    reconcile_interval_seconds: float = 600.0
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

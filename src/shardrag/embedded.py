@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,14 +33,19 @@ from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
 from shardrag.engine import EngineSettings, ShardEngine, ShardSet
 from shardrag.errors import (
+    DeadLetterNotFound,
     DocumentNotFound,
     InvalidParameter,
+    ReadConcernTimeout,
     ShardragError,
     TenantNotFound,
     Unavailable,
+    error_from,
 )
 from shardrag.ingest import Chunker
+from shardrag.log import open_log
 from shardrag.models import (
+    DeadLetterInfo,
     DocumentInfo,
     DocumentInput,
     Fusion,
@@ -52,7 +58,17 @@ from shardrag.models import (
     WriteResult,
     WriteToken,
 )
-from shardrag.pipeline import ChunkVectorizer, DocumentWriter, IndexBacklog, VersionBuild
+from shardrag.pipeline import (
+    Accepted,
+    ChunkVectorizer,
+    DocumentWriter,
+    Pipeline,
+    Reconciler,
+    ReconcileReport,
+    Retry,
+    parse_stages,
+)
+from shardrag.pipeline.events import VersionRef, ref_of, shard_subject
 from shardrag.registry import TenantRecord, open_registry
 from shardrag.retrieval import Searcher
 
@@ -95,15 +111,39 @@ class Shardrag:
             EngineSettings(dimension=int(self._layout["dimension"])),
             settings.optimize_threshold,
         )
+        if settings.write_path not in ("log", "direct"):
+            raise InvalidParameter(
+                f"write_path must be 'log' or 'direct', not {settings.write_path!r}"
+            )
+        self.log = open_log(self.data_dir, settings.nats_url, settings.log_prefix)
         self.writer = DocumentWriter(
             registry=self.registry,
             blobs=self.blobs,
-            shard_of=self._shard_creating_tenant,
+            log=self.log,
+            place=self._shard_id_creating_tenant,
+            max_document_bytes=settings.max_document_bytes,
+        )
+        self.pipeline = Pipeline(
+            log=self.log,
+            registry=self.registry,
+            blobs=self.blobs,
             chunker=Chunker(
                 self.embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens
             ),
             vectorizer=ChunkVectorizer(self.embedder, self.embedding_cache),
-            max_document_bytes=settings.max_document_bytes,
+            shard=self.shards.shard,
+            state_dir=self.data_dir / "shards",
+            stages=parse_stages(settings.stages),
+            retry=Retry(
+                settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+            ),
+        )
+        self.reconciler = Reconciler(
+            self.registry,
+            self.log,
+            self.writer,
+            self.shards.shard,
+            lambda: range(int(self._layout["shards"])),
         )
         self.result_cache = (
             open_result_cache(settings.result_cache_entries, settings.result_cache_ttl_seconds)
@@ -123,10 +163,12 @@ class Shardrag:
             else ExtractiveAnswerer()
         )
         self._tenant_lock = threading.Lock()
-        recovered = self.writer.recover()
-        for tenant, doc_id, version, state in recovered:
-            log.warning("recovered %s/%s v%s as %s", tenant, doc_id, version, state.value)
-        self.backlog = IndexBacklog(self.writer)
+        # A crash between a version's registry row and its event leaves it pending without
+        # one: append them again (deduplicated where the event made it into the log).
+        resubmitted = self.writer.resubmit_pending()
+        if resubmitted:
+            log.info("resubmitted %d pending version(s) to the write pipeline", resubmitted)
+        self.pipeline.start()
 
     def _check_layout(self) -> dict[str, Any]:
         """Pin the data dir to its embedding model and shard count on first open."""
@@ -185,13 +227,16 @@ class Shardrag:
     def drop_tenant(self, tenant: str) -> None:
         """Delete a tenant with every document and chunk it has."""
         record = self.tenant(tenant)
-        self.shards.shard(record.shard_id).drop_tenant(tenant)
-        self.registry.delete_tenant(tenant)
+        position = self.writer.drop_tenant(tenant, record.shard_id)
+        self.pipeline.wait_until(
+            lambda: self._applied(record.shard_id) >= position,
+            self.settings.write_timeout_seconds,
+        )
         # A tenant created again under this name starts at generation 0 again.
         self.searcher.forget()
 
-    def _shard_creating_tenant(self, tenant: str) -> ShardEngine:
-        return self.shards.shard(self.create_tenant(tenant).shard_id)
+    def _shard_id_creating_tenant(self, tenant: str) -> int:
+        return self.create_tenant(tenant).shard_id
 
     def _route(self, tenant: str) -> tuple[ShardEngine, int]:
         record = self.tenant(tenant)
@@ -214,35 +259,57 @@ class Shardrag:
 
         Creates the tenant on first use. Re-putting identical bytes, filename and metadata is a
         no-op (``unchanged=True``). Raises the reason (a ``ShardragError``) when the version
-        fails; the previous version then stays live. With ``wait=False`` the document is
-        checked, parsed and chunked now (bad input still raises) and the result is the
-        ``pending`` version, embedded and committed in the background; its ``write_token``
-        makes a later ``search(read_concern="session")`` see it.
+        fails; the previous version then stays live. With ``wait=False`` the result is the
+        ``pending`` version as soon as it is durably in the log (only an empty, too large or
+        unsupported document raises at once); its ``write_token`` makes a later
+        ``search(read_concern="session")`` see it, and ``get_document`` shows how it ended.
         """
         document = DocumentInput(doc_id, bytes(data), filename, metadata or {}, content_type, title)
         tenant = validation.tenant_id(tenant)
-        checked = self._checked(document)
-        if wait:
-            return _with_token(self.writer.put(tenant, checked))
-        build: VersionBuild | WriteResult = self.writer.begin(tenant, checked)
-        if isinstance(build, WriteResult):
-            return _with_token(build)
-        accepted = build.accepted()
-        self.backlog.submit(build)
-        return _with_token(accepted)
+        accepted = self.writer.accept(tenant, self._checked(document))
+        if isinstance(accepted, WriteResult):
+            return self._with_token(accepted)
+        if self.settings.write_path == "direct":
+            self.pipeline.run_direct([accepted.event] if accepted.event else [])
+        elif not wait:
+            return self._with_token(accepted.result, accepted.ref)
+        outcome = self._finished(accepted)
+        if isinstance(outcome, ShardragError):
+            raise outcome
+        return outcome
 
     def put_documents(
         self, tenant: str, documents: Iterable[DocumentInput]
     ) -> list[WriteResult | ShardragError]:
         """Write many documents of one tenant, embedding their chunks in shared batches.
 
-        Returns one outcome per document, in order: its ``WriteResult`` or the error that
-        failed it (the others are unaffected). Invalid ids or metadata raise before anything
-        is written.
+        Returns one outcome per document, in order, once each is decided: its
+        ``WriteResult`` or the error that failed that document (the others are unaffected).
+        Invalid ids or metadata raise before anything is written.
         """
+        tenant = validation.tenant_id(tenant)
         checked = [self._checked(d) for d in documents]
-        outcomes = self.writer.put_many(validation.tenant_id(tenant), checked)
-        return [o if isinstance(o, ShardragError) else _with_token(o) for o in outcomes]
+        if len({d.doc_id for d in checked}) != len(checked):
+            raise InvalidParameter("a batch names the same document twice")
+        accepted: list[Accepted | WriteResult | ShardragError] = []
+        for document in checked:
+            try:
+                accepted.append(self.writer.accept(tenant, document))
+            except ShardragError as exc:
+                accepted.append(exc)
+        if self.settings.write_path == "direct":
+            self.pipeline.run_direct(
+                [a.event for a in accepted if isinstance(a, Accepted) and a.event is not None]
+            )
+        outcomes: list[WriteResult | ShardragError] = []
+        for item in accepted:
+            if isinstance(item, Accepted):
+                outcomes.append(self._finished(item))
+            elif isinstance(item, WriteResult):
+                outcomes.append(self._with_token(item))
+            else:
+                outcomes.append(item)
+        return outcomes
 
     def _checked(self, document: DocumentInput) -> DocumentInput:
         self._check_open()
@@ -250,11 +317,57 @@ class Shardrag:
         validation.metadata(document.metadata)
         return document
 
+    def _finished(self, accepted: Accepted) -> WriteResult | ShardragError:
+        """Wait until an accepted version is decided; its result, or the error that failed it."""
+        ref = accepted.ref
+
+        def decided() -> bool:
+            info = self.registry.version(ref.tenant, ref.doc_id, ref.version)
+            return info is None or info.state is not VersionState.PENDING
+
+        timeout = self.settings.write_timeout_seconds
+        if not self.pipeline.wait_until(decided, timeout):
+            return Unavailable(
+                f"version {ref.version} of {ref.doc_id!r} is still pending after {timeout:g} s; "
+                "it completes in the background (see its state with get_document)",
+                version=ref.version,
+                write_token=self._with_token(accepted.result, ref).write_token,
+            )
+        info = self.registry.version(ref.tenant, ref.doc_id, ref.version)
+        if info is None:
+            return DocumentNotFound(
+                f"document {ref.doc_id!r} is gone (its tenant was dropped)", doc_id=ref.doc_id
+            )
+        if info.state is VersionState.FAILED:
+            return error_from(
+                info.error_code or "internal_error", info.error or "failed", version=ref.version
+            )
+        result = WriteResult(
+            ref.tenant,
+            ref.doc_id,
+            ref.version,
+            info.state,
+            info.chunk_count if info.state is VersionState.LIVE else 0,
+            reused_vectors=info.reused_vectors,
+            embedded_chunks=info.embedded_chunks,
+        )
+        return self._with_token(result, ref, info.commit_position)
+
+    def _with_token(
+        self, result: WriteResult, ref: VersionRef | None = None, position: int | None = None
+    ) -> WriteResult:
+        shard_id = ref.shard_id if ref else None
+        token = WriteToken(result.tenant, result.doc_id, result.version, shard_id, position)
+        return dataclasses.replace(result, write_token=token.encode())
+
     def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
         """Remove every chunk of a document (its history stays in the registry)."""
         self._check_open()
         self.tenant(tenant)
-        return _with_token(self.writer.delete(tenant, validation.doc_id(doc_id)))
+        outcome = self._finished(self.writer.delete(tenant, validation.doc_id(doc_id)))
+        if isinstance(outcome, ShardragError):
+            raise outcome
+        return outcome
 
     def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
         """Version, state, chunk count, metadata and last error of a document."""
@@ -380,24 +493,104 @@ class Shardrag:
         self, tenant: str, read_concern: ReadConcern | str, write_token: str | None
     ) -> None:
         concern = validation.read_concern(read_concern)
+        if concern is ReadConcern.EVENTUAL:
+            return
         timeout = self.settings.read_concern_timeout_seconds
+        shard_id = self.tenant(tenant).shard_id
         if concern is ReadConcern.STRONG:
-            self.backlog.wait_for_tenant(tenant, timeout)
-        elif concern is ReadConcern.SESSION:
+            # Every write accepted before now is decided, and the shard's log is applied up
+            # to its head as it is now.
+            since = time.time()
+            head = self.log.last_sequence(shard_subject(shard_id))
+
+            def ready() -> bool:
+                pending = self.registry.pending_versions(tenant)
+                if any(p.created_at <= since for p in pending):
+                    return False
+                return self._applied(shard_id) >= head
+
+            what = f"the writes of tenant {tenant!r}"
+        else:
             if not write_token:
                 raise InvalidParameter("read_concern 'session' needs the write_token of a write")
             token = WriteToken.decode(write_token)
             if token.tenant != tenant:
                 raise InvalidParameter("write_token belongs to another tenant")
-            self.backlog.wait_until(lambda: self._decided(token), timeout)
 
-    def _decided(self, token: WriteToken) -> bool:
-        # Versions of a document are decided in order, so a later one means this one is done.
-        info = self.registry.document(token.tenant, token.doc_id)
+            def ready() -> bool:
+                return self._token_applied(token, shard_id)
+
+            what = "the write of the token"
+        if not self.pipeline.wait_until(ready, timeout):
+            raise ReadConcernTimeout(
+                f"waited {timeout:g} s for {what} to be applied", timeout_seconds=timeout
+            )
+
+    def _token_applied(self, token: WriteToken, shard_id: int) -> bool:
+        """Whether this process's replica shows the token's write (or what overtook it)."""
+        info = self.registry.version(token.tenant, token.doc_id, token.version)
         if info is None:
-            return True
-        latest = info.latest
-        return latest.version > token.version or latest.state is not VersionState.PENDING
+            return True  # gone with its tenant
+        if info.state is VersionState.PENDING:
+            return False
+        position = token.position or info.commit_position
+        if position is None:
+            return True  # failed before its commit reached the shard log: nothing to show
+        return self._applied(token.shard_id if token.shard_id is not None else shard_id) >= position
+
+    def _applied(self, shard_id: int) -> int | float:
+        """How far this process's replica of a shard has applied its log (∞ if none here)."""
+        applier = self.pipeline.applier
+        return applier.applied(shard_id) if applier is not None else float("inf")
+
+    # -- the pipeline's operations --------------------------------------------------------------
+
+    def pending_writes(self) -> int:
+        """Versions accepted and not yet decided (live, failed or superseded), all tenants."""
+        return len(self.registry.pending_versions())
+
+    def dead_letters(self, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:
+        """The tenant's events that a stage gave up on, oldest first."""
+        self.tenant(tenant)
+        found = []
+        for dead in self.log.dead_letters(limit=100_000):
+            ref = ref_of(dead.subject, dead.data)
+            if ref is None or ref.tenant != tenant:
+                continue
+            found.append(
+                DeadLetterInfo(
+                    dead.dead_letter_id,
+                    dead.consumer,
+                    dead.subject,
+                    ref.doc_id,
+                    ref.version,
+                    dead.attempts,
+                    dead.error,
+                    dead.failed_at,
+                )
+            )
+            if len(found) >= limit:
+                break
+        return found
+
+    def redrive(self, tenant: str, dead_letter_id: int) -> DeadLetterInfo:
+        """Put a dead letter of the tenant back in its stream (after fixing its cause).
+
+        Its version is pending again and flows on from the stage that gave up on it.
+        """
+        for dead in self.dead_letters(tenant, limit=100_000):
+            if dead.dead_letter_id == dead_letter_id:
+                self.registry.reopen(tenant, dead.doc_id, dead.version)
+                self.log.redrive(dead_letter_id)
+                return dead
+        raise DeadLetterNotFound(
+            f"no dead letter {dead_letter_id} in tenant {tenant!r}", dead_letter_id=dead_letter_id
+        )
+
+    def reconcile(self, dry_run: bool = False) -> ReconcileReport:
+        """Compare the registry with the shards and repair what drifted (see pipeline/reconcile)."""
+        self._check_open()
+        return self.reconciler.run(dry_run)
 
     def document_counts(self) -> dict[VersionState, int]:
         """Documents of every tenant by state (for metrics)."""
@@ -425,7 +618,8 @@ class Shardrag:
             return
         self._closed = True
         try:
-            self.backlog.close()
+            self.pipeline.stop()
+            self.log.close()
             self.shards.close()
             self.embedding_cache.close()
             self.registry.close()
@@ -442,8 +636,3 @@ class Shardrag:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _with_token(result: WriteResult) -> WriteResult:
-    token = WriteToken(result.tenant, result.doc_id, result.version).encode()
-    return dataclasses.replace(result, write_token=token)

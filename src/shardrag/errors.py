@@ -20,6 +20,7 @@ and an HTTP-style ``status`` used by the API layer (the only place that maps err
     ├── NotFound                       not_found          404
     │   ├── TenantNotFound             tenant_not_found   404
     │   ├── DocumentNotFound           document_not_found 404
+    │   ├── DeadLetterNotFound         dead_letter_not_found 404
     │   └── RouteNotFound              route_not_found    404
     ├── Unauthorized                   unauthorized       401
     ├── Forbidden                      forbidden          403
@@ -158,6 +159,12 @@ class DocumentNotFound(NotFound):
     code = "document_not_found"
 
 
+class DeadLetterNotFound(NotFound):
+    """No dead letter of that id belongs to the tenant."""
+
+    code = "dead_letter_not_found"
+
+
 class RouteNotFound(NotFound):
     """No API route at that path."""
 
@@ -241,3 +248,18 @@ class InternalError(ShardragError):
 
     code = "internal_error"
     status = 500
+
+
+def _error_classes() -> dict[str, type[ShardragError]]:
+    found: dict[str, type[ShardragError]] = {}
+    pending: list[type[ShardragError]] = [ShardragError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def error_from(code: str, message: str, **details: Any) -> ShardragError:
+    """The error of class ``code`` (a ``ShardragError`` for a code this version lacks)."""
+    return _error_classes().get(code, ShardragError)(message, **details)

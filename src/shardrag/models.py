@@ -157,6 +157,12 @@ class VersionInfo:
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    content_type: str | None = None
+    title: str | None = None
+    #: Where the version's commit op is in its shard's log, once it was appended.
+    commit_position: int | None = None
+    reused_vectors: int = 0
+    embedded_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -245,18 +251,27 @@ class WriteToken:
     """Names one accepted write; a session read with it sees that write or a later one.
 
     Opaque to callers: ``wt1.`` and URL-safe base64 of JSON. It carries only what its holder
-    already knows (tenant, document id, version), and a search checks the tenant it names.
+    already knows (tenant, document id, version) and where the write lands: its shard and,
+    once known, the position of its commit in that shard's log (a replica that has applied
+    the log up to there shows it). A search checks the tenant it names.
     """
 
     tenant: str
     doc_id: str
     version: int
+    shard_id: int | None = None
+    position: int | None = None
 
     _PREFIX = "wt1."
 
     def encode(self) -> str:
         """The token as a string for the caller."""
-        raw = json.dumps({"t": self.tenant, "d": self.doc_id, "v": self.version}).encode()
+        fields: dict[str, Any] = {"t": self.tenant, "d": self.doc_id, "v": self.version}
+        if self.shard_id is not None:
+            fields["s"] = self.shard_id
+        if self.position is not None:
+            fields["p"] = self.position
+        raw = json.dumps(fields, separators=(",", ":")).encode()
         return self._PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
@@ -267,7 +282,31 @@ class WriteToken:
         body = token[len(cls._PREFIX) :]
         try:
             fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-            parsed = cls(str(fields["t"]), str(fields["d"]), int(fields["v"]))
-        except (binascii.Error, ValueError, KeyError, TypeError):
+            parsed = cls(
+                str(fields["t"]),
+                str(fields["d"]),
+                int(fields["v"]),
+                int(fields["s"]) if fields.get("s") is not None else None,
+                int(fields["p"]) if fields.get("p") is not None else None,
+            )
+        except (binascii.Error, ValueError, KeyError, TypeError, AttributeError):
             raise InvalidParameter("write_token is not a shardrag write token") from None
         return parsed
+
+
+@dataclass(frozen=True)
+class DeadLetterInfo:
+    """An event of a tenant's write that a stage gave up on, with its last error."""
+
+    dead_letter_id: int
+    stage: str
+    subject: str
+    doc_id: str
+    version: int
+    attempts: int
+    error: str
+    failed_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (CLI --json, API)."""
+        return asdict(self)

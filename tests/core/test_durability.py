@@ -107,18 +107,44 @@ def test_the_lock_is_exclusive_in_process_too_and_released_on_close(tmp_path: Pa
     Shardrag.open(tmp_path / "d").close()
 
 
-def test_recovery_finishes_a_commit_the_registry_missed(tmp_path: Path) -> None:
-    # Simulate a crash between the shard commit and the registry update.
+def test_a_commit_the_registry_missed_is_finished_after_a_restart(tmp_path: Path) -> None:
+    # The registry fails after the shard applied v2's commit: the shard is rolled forward,
+    # never back. The applier keeps the op unapplied in its position and the next open
+    # replays it.
     with Shardrag.open(tmp_path / "d") as rag:
         rag.put_document("acme", "doc", DOC)
         engine = rag.shards.shard(rag.tenant("acme").shard_id)
-        original = rag.registry.mark_live
-        rag.registry.mark_live = lambda *a: (_ for _ in ()).throw(RuntimeError("crash"))  # type: ignore[method-assign]
-        with pytest.raises(Exception, match="crash"):
-            rag.put_document("acme", "doc", DOC + b" Second version adds failover.")
-        rag.registry.mark_live = original  # type: ignore[method-assign]
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("registry down")
+
+        rag.registry.mark_live = broken  # type: ignore[method-assign]
+        rag.put_document("acme", "doc", DOC + b" Second version adds failover.", wait=False)
+        deadline = time.monotonic() + 60
+        while engine.count("acme", "doc", 1).live and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert engine.count("acme", "doc", 1).live == 0  # the shard already moved to v2
+        assert engine.count("acme", "doc", 2).live == 1
+        assert rag.get_document("acme", "doc").latest.state is VersionState.PENDING
     with Shardrag.open(tmp_path / "d") as rag:
+        assert rag.search("acme", "failover", k=1, read_concern="strong")[0].version == 2
         info = rag.get_document("acme", "doc")
         assert (info.state, info.version) == (VersionState.LIVE, 2)
-        assert rag.search("acme", "failover", k=1)[0].version == 2
+
+
+def test_a_registry_outage_delays_a_write_and_loses_nothing(tmp_path: Path) -> None:
+    with Shardrag.open(tmp_path / "d", retry_base_seconds=0.05) as rag:
+        real = rag.registry.mark_live
+        failures = []
+
+        def flaky(*args: object) -> None:
+            if len(failures) < 3:
+                failures.append(args)
+                raise RuntimeError("registry down")
+            real(*args)  # type: ignore[arg-type]
+
+        rag.registry.mark_live = flaky  # type: ignore[method-assign]
+        result = rag.put_document("acme", "doc", DOC)
+        assert len(failures) == 3
+        assert (result.state, result.version) == (VersionState.LIVE, 1)
+        assert rag.search("acme", "replicas", k=1)[0].doc_id == "doc"

@@ -190,3 +190,37 @@ def test_a_consumer_keeps_its_filter(open_log: OpenLog) -> None:
 )
 def test_subject_wildcards_follow_nats(pattern: str, subject: str, matches: bool) -> None:
     assert subject_matches(pattern, subject) is matches
+
+
+def test_an_ordered_read_starts_after_a_position_and_reads_on(open_log: OpenLog) -> None:
+    log = open_log()
+    seqs = [log.append(f"shard.{i % 2}", f"op {i}".encode()) for i in range(6)]
+    log.append("doc.ingest", b"not a shard op")
+    first = log.read("shard.>", after=seqs[1], limit=2, timeout=0.5)
+    assert [m.data for m in first] == [b"op 2", b"op 3"]
+    rest = log.read("shard.>", after=first[-1].sequence, limit=10, timeout=0.5)
+    assert [m.data for m in rest] == [b"op 4", b"op 5"]
+    assert log.read("shard.>", after=rest[-1].sequence, limit=10, timeout=0.1) == []
+    # A reader that restarts from an older position reads the same messages again.
+    again = log.read("shard.1", after=0, limit=10, timeout=0.5)
+    assert [m.data for m in again] == [b"op 1", b"op 3", b"op 5"]
+    later = log.append("shard.0", b"op 6")
+    assert [m.sequence for m in log.read("shard.>", after=rest[-1].sequence, timeout=2)] == [later]
+
+
+def test_a_reader_can_bury_a_message_it_gave_up_on(open_log: OpenLog) -> None:
+    log = open_log()
+    log.append("shard.0", b"bad op", headers={"tenant": "acme"})
+    message = log.read("shard.0", after=0, timeout=0.5)[0]
+    log.bury("index", message, "engine refused it")
+    (dead,) = log.dead_letters("index")
+    assert (dead.data, dead.subject, dead.error, dead.sequence) == (
+        b"bad op",
+        "shard.0",
+        "engine refused it",
+        message.sequence,
+    )
+    assert dead.headers == {"tenant": "acme"}
+    again = log.redrive(dead.dead_letter_id)
+    assert log.read("shard.0", after=message.sequence, timeout=0.5)[0].sequence == again
+    assert log.dead_letters("index") == []

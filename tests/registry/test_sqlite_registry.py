@@ -68,7 +68,9 @@ def test_tombstones_and_listing_by_state(registry: SqliteRegistry) -> None:
         registry.begin_version("acme", doc, new(doc))
         registry.mark_live("acme", doc, 1)
     registry.begin_tombstone("acme", "b")
-    assert registry.pending_versions() == [PendingVersion("acme", "b", 2, tombstone=True)]
+    (pending,) = registry.pending_versions()
+    assert pending == PendingVersion("acme", "b", 2, tombstone=True, created_at=pending.created_at)
+    assert pending.created_at > 0
     registry.mark_deleted("acme", "b", 2)
     assert [d.doc_id for d in registry.documents("acme")] == ["a", "c"]
     assert [d.doc_id for d in registry.documents("acme", VersionState.DELETED)] == ["b"]

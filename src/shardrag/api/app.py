@@ -14,7 +14,7 @@ from shardrag.api.deps import Service
 from shardrag.api.errors import install_error_handlers
 from shardrag.api.guard import Guard
 from shardrag.api.ratelimit import RateLimiter
-from shardrag.api.routes import documents, health, search, tenants
+from shardrag.api.routes import documents, health, pipeline, search, tenants
 from shardrag.embedded import Shardrag
 from shardrag.observability import Metrics, MetricsMiddleware
 
@@ -41,7 +41,7 @@ def create_app(rag: Shardrag) -> FastAPI:
     keys = ApiKeys(rag.registry, settings.admin_key)
     metrics = Metrics(
         documents=lambda: {s.value: n for s, n in rag.document_counts().items()},
-        backlog=rag.backlog.depth,
+        backlog=rag.pending_writes,
         cache=lambda: rag.result_cache.stats() if rag.result_cache else None,
     )
     app = FastAPI(
@@ -54,7 +54,13 @@ def create_app(rag: Shardrag) -> FastAPI:
     app.state.service = Service(rag=rag, keys=keys, metrics=metrics)
     app.state.bootstrap_key = keys.bootstrap()
     install_error_handlers(app)
-    for router in (health.router, tenants.router, documents.router, search.router):
+    for router in (
+        health.router,
+        tenants.router,
+        documents.router,
+        search.router,
+        pipeline.router,
+    ):
         app.include_router(router)
     _mount_console(app)
     # Outermost last: metrics time everything, including the guard's refusals.

@@ -223,3 +223,47 @@ class ErrorOut(BaseModel):
     """Every error answer."""
 
     error: ErrorDetail
+
+
+class DeadLetterOut(BaseModel):
+    """An event of the tenant's write that a pipeline stage gave up on."""
+
+    dead_letter_id: int
+    stage: str = Field(description="the consumer that gave up: ingest, embed or index")
+    subject: str
+    doc_id: str
+    version: int
+    attempts: int
+    error: str
+    failed_at: float
+
+
+class DeadLetterList(BaseModel):
+    """The tenant's dead letters, oldest first."""
+
+    dead_letters: list[DeadLetterOut]
+
+
+class RepairOut(BaseModel):
+    """One drift the reconciler found, and what it did."""
+
+    kind: str = Field(description="orphaned_vectors | phantom_document | lost_tombstone | ...")
+    tenant: str
+    doc_id: str
+    version: int
+    shard_id: int
+    points: int
+    action: str
+
+
+class ReconcileOut(BaseModel):
+    """One reconciliation pass: what was checked and repaired."""
+
+    shards: list[int]
+    versions_checked: int
+    documents_checked: int
+    counts: dict[str, int]
+    repaired: int
+    repairs: list[RepairOut]
+    dry_run: bool
+    seconds: float

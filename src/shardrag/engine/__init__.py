@@ -3,7 +3,20 @@
 The only package that imports ``qdrant_edge`` (pinned in pyproject.toml).
 """
 
-from shardrag.engine.shard import EngineSettings, PointCount, ShardEngine
+from shardrag.engine.shard import (
+    CommitOutcome,
+    EngineSettings,
+    PointCount,
+    ShardEngine,
+    StoredVersion,
+)
 from shardrag.engine.shards import ShardSet
 
-__all__ = ["EngineSettings", "PointCount", "ShardEngine", "ShardSet"]
+__all__ = [
+    "CommitOutcome",
+    "EngineSettings",
+    "PointCount",
+    "ShardEngine",
+    "ShardSet",
+    "StoredVersion",
+]

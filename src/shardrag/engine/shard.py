@@ -3,22 +3,31 @@
 This module (with the rest of ``engine/``) is the only code that imports ``qdrant_edge``; the
 binding is young and its API moves, so it is pinned and kept behind this class.
 
-Consistency protocol (ARCHITECTURE.md §2, write path):
+Consistency protocol (ARCHITECTURE.md §2, write path). The shard log's index applier calls
+these in log order, and may call any of them again (a redelivery, a replay after a crash):
+each one leaves the shard as one call would.
 
 * ``upsert`` writes the points of version v in state ``pending``; queries filter on
-  ``state == live`` so they never see them.
-* ``commit(doc, v)`` makes v ``live`` and deletes every point of older versions. The two engine
-  updates run under the exclusive side of a readers-writer lock, so no search observes the state
-  between them. A commit for a document deletes nothing of newer versions, so replaying an old
-  commit is harmless. Delete is a commit of a version that has no points (a tombstone).
-* ``abort(doc, v)`` deletes the points of v (the compensating action of a failed version).
+  ``state == live`` so they never see them. An upsert of a version already committed (or
+  overtaken by a newer committed one) changes nothing, so a replay never hides a live version.
+* ``commit(doc, v, expected)`` makes v ``live`` and deletes every point of older versions, if
+  all ``expected`` points of v are there (else it raises and changes nothing). The two engine
+  updates run under the exclusive side of a readers-writer lock, so no search observes the
+  state between them. A commit that arrives after a newer version was committed (retries can
+  reorder versions) deletes v's points instead: the newer version stays.
+* ``delete(doc, v)`` commits a tombstone: it deletes every older point and leaves a marker
+  point (no vectors, never searchable) so that an older version committed later is known to
+  be overtaken.
+* ``abort(doc, v)`` deletes the pending points of v (the compensating action of a failed
+  version); ``purge(doc, v)`` deletes every point of v (the reconciler's repair).
 * Searches keep, per document, only the highest version among their hits: if the process died
   between the two updates of a commit, both versions are briefly live on disk, and readers still
-  see exactly one until recovery re-applies the commit.
+  see exactly one until the applier replays the commit.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
 from collections.abc import Sequence
@@ -37,6 +46,9 @@ DENSE = "dense"
 BM25 = "bm25"
 _PENDING = "pending"
 _LIVE = "live"
+_TOMBSTONE = "tombstone"
+# The chunk index of a tombstone's marker point.
+_MARKER = -1
 _SETTINGS_FILE = "shardrag-engine.json"
 
 
@@ -62,6 +74,25 @@ class PointCount:
 
     pending: int
     live: int
+
+
+class CommitOutcome(enum.StrEnum):
+    """What a commit or delete did."""
+
+    APPLIED = "applied"  # the version is the document's live (or deleted) state now
+    SUPERSEDED = "superseded"  # a newer version was committed first; this one was removed
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """The points one version of a document has in a shard (for the reconciler)."""
+
+    tenant: str
+    doc_id: str
+    version: int
+    pending: int = 0
+    live: int = 0
+    tombstone: bool = False
 
 
 class ShardEngine:
@@ -134,10 +165,13 @@ class ShardEngine:
         chunks: Sequence[EmbeddedChunk],
         metadata: Metadata,
         filename: str | None,
-    ) -> None:
-        """Write the points of one version, invisible to searches until ``commit``."""
+    ) -> bool:
+        """Write the points of one version, invisible to searches until ``commit``.
+
+        Returns False (and writes nothing) when the version, or a newer one, is committed.
+        """
         if not chunks:
-            return
+            return True
         points = [
             qe.Point(
                 point_id(tenant, doc_id, version, ec.chunk.index),
@@ -163,27 +197,109 @@ class ShardEngine:
             for ec in chunks
         ]
         with self._lock.shared():
+            if self._committed_since(tenant, doc_id, version):
+                return False
             self._shard.update(qe.UpdateOperation.upsert_points(points))
         with self._pending_lock:
             self._unoptimized += len(points)
+        return True
 
-    def commit(self, tenant: str, doc_id: str, version: int) -> None:
-        """Make ``version`` the live one and delete every older version's points. Idempotent."""
+    def commit(
+        self, tenant: str, doc_id: str, version: int, expected: int | None = None
+    ) -> CommitOutcome:
+        """Make ``version`` the live one and delete every older version's points. Idempotent.
+
+        With ``expected``, raises ``InternalError`` (changing nothing) unless the version has
+        that many points. A version overtaken by a newer committed one is removed instead.
+        """
         doc = _doc_filter(tenant, doc_id)
         with self._lock.exclusive():
+            if self._committed_since(tenant, doc_id, version + 1):
+                self._delete_version(tenant, doc_id, version, pending_only=False)
+                return CommitOutcome.SUPERSEDED
+            if expected is not None:
+                have = self._shard.count(
+                    qe.CountRequest(
+                        exact=True,
+                        filter=qe.Filter(
+                            must=[*doc, _eq("version", version)],
+                            must_not=[_eq("state", _TOMBSTONE)],
+                        ),
+                    )
+                )
+                if have < expected:
+                    raise InternalError(
+                        f"version {version} of {doc_id!r} has {have} of its {expected} points; "
+                        "it cannot be committed",
+                        have=have,
+                        expected=expected,
+                    )
             self._shard.update(
                 qe.UpdateOperation.set_payload_by_filter(
                     qe.Filter(must=[*doc, _eq("version", version)]), {"state": _LIVE}
                 )
             )
-            self._shard.update(
-                qe.UpdateOperation.delete_points_by_filter(
-                    qe.Filter(
-                        must=[*doc, qe.FieldCondition("version", range=qe.RangeFloat(lt=version))]
-                    )
+            self._delete_older(doc, version)
+        self._optimize_if_due()
+        return CommitOutcome.APPLIED
+
+    def delete(self, tenant: str, doc_id: str, version: int) -> CommitOutcome:
+        """Commit tombstone ``version``: nothing of the document stays searchable."""
+        doc = _doc_filter(tenant, doc_id)
+        with self._lock.exclusive():
+            if self._committed_since(tenant, doc_id, version + 1):
+                return CommitOutcome.SUPERSEDED
+            marker = qe.Point(
+                point_id(tenant, doc_id, version, _MARKER),
+                {},
+                {"tenant": tenant, "doc_id": doc_id, "version": version, "state": _TOMBSTONE},
+            )
+            self._shard.update(qe.UpdateOperation.upsert_points([marker]))
+            self._delete_older(doc, version)
+        return CommitOutcome.APPLIED
+
+    def purge(self, tenant: str, doc_id: str, version: int) -> bool:
+        """Delete the orphaned points of ``version`` (the reconciler's repair).
+
+        Pending points always go; live ones only when a newer version is committed, so a
+        purge that meets a version made live again since it was decided on removes nothing
+        anyone is shown. Returns whether live points were removed too.
+        """
+        with self._lock.exclusive():
+            overtaken = self._committed_since(tenant, doc_id, version + 1)
+            self._delete_version(tenant, doc_id, version, pending_only=not overtaken)
+        return overtaken
+
+    def _committed_since(self, tenant: str, doc_id: str, version: int) -> bool:
+        # Caller holds the lock. Is ``version`` or a newer one live or a tombstone?
+        found = self._shard.count(
+            qe.CountRequest(
+                exact=True,
+                filter=qe.Filter(
+                    must=[
+                        *_doc_filter(tenant, doc_id),
+                        qe.FieldCondition("version", range=qe.RangeFloat(gte=version)),
+                    ],
+                    must_not=[_eq("state", _PENDING)],
+                ),
+            )
+        )
+        return bool(found)
+
+    def _delete_older(self, doc: list[qe.FieldCondition], version: int) -> None:
+        self._shard.update(
+            qe.UpdateOperation.delete_points_by_filter(
+                qe.Filter(
+                    must=[*doc, qe.FieldCondition("version", range=qe.RangeFloat(lt=version))]
                 )
             )
-        self._optimize_if_due()
+        )
+
+    def _delete_version(self, tenant: str, doc_id: str, version: int, pending_only: bool) -> None:
+        must = [*_doc_filter(tenant, doc_id), _eq("version", version)]
+        if pending_only:
+            must.append(_eq("state", _PENDING))
+        self._shard.update(qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[*must])))
 
     def abort(self, tenant: str, doc_id: str, version: int) -> None:
         """Delete the pending points of a version that will never commit. Idempotent.
@@ -192,17 +308,7 @@ class ShardEngine:
         a confused caller) can never remove what searches are showing.
         """
         with self._lock.shared():
-            self._shard.update(
-                qe.UpdateOperation.delete_points_by_filter(
-                    qe.Filter(
-                        must=[
-                            *_doc_filter(tenant, doc_id),
-                            _eq("version", version),
-                            _eq("state", _PENDING),
-                        ]
-                    )
-                )
-            )
+            self._delete_version(tenant, doc_id, version, pending_only=True)
 
     def drop_tenant(self, tenant: str) -> None:
         """Delete every point of a tenant."""
@@ -310,6 +416,34 @@ class ShardEngine:
                 qe.CountRequest(exact=True, filter=qe.Filter(must=[*must, _eq("state", _LIVE)]))
             )
         return PointCount(pending=pending, live=live)
+
+    def stored_versions(self, page: int = 1000) -> list[StoredVersion]:
+        """Every (tenant, document, version) with points in the shard, and their states."""
+        found: dict[tuple[str, str, int], StoredVersion] = {}
+        offset: Any = None
+        while True:
+            with self._lock.shared():
+                records, offset = self._shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=page,
+                        with_payload=["tenant", "doc_id", "version", "state"],
+                        with_vector=False,
+                    )
+                )
+            for record in records:
+                p = record.payload or {}
+                key = (str(p["tenant"]), str(p["doc_id"]), int(p["version"]))
+                seen = found.get(key) or StoredVersion(*key)
+                state = p.get("state")
+                found[key] = StoredVersion(
+                    *key,
+                    pending=seen.pending + (state == _PENDING),
+                    live=seen.live + (state == _LIVE),
+                    tombstone=seen.tombstone or state == _TOMBSTONE,
+                )
+            if offset is None:
+                return sorted(found.values(), key=lambda v: (v.tenant, v.doc_id, v.version))
 
     def points_count(self) -> int:
         """Every point in the shard, of every tenant and state."""

@@ -84,8 +84,23 @@ class Log(Protocol):
         """The durable consumer ``name`` of the subjects matching ``subjects``."""
         ...
 
+    def read(
+        self, subjects: str, after: int, limit: int = 64, timeout: float = 1.0
+    ) -> list[LogMessage]:
+        """Messages matching ``subjects`` with a sequence above ``after``, in log order.
+
+        An ordered read without acknowledgements, for a reader that keeps its own position
+        (an index applier replaying its shard's log from its last applied offset). Waits up
+        to ``timeout`` seconds for the first message.
+        """
+        ...
+
     def last_sequence(self, subject: str) -> int:
         """The sequence of the newest message on ``subject`` (0 if none)."""
+        ...
+
+    def bury(self, consumer: str, message: LogMessage, error: str) -> None:
+        """Record ``message`` as a dead letter of ``consumer`` (a reader that gave up on it)."""
         ...
 
     def dead_letters(self, consumer: str | None = None, limit: int = 100) -> list[DeadLetter]:

@@ -52,6 +52,8 @@ class NatsLog:
         self.stream = prefix.upper().replace("-", "_")
         self.dead_stream = f"{self.stream}_DLQ"
         self.timeout = timeout
+        # Ordered readers by filter: (subscription, last stream seq, last consumer seq).
+        self._readers: dict[str, tuple[Any, int, int]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nats-log", daemon=True)
         self._thread.start()
@@ -135,6 +137,80 @@ class NatsLog:
             )
 
         return NatsConsumer(self, name, self._run(bind()), max_attempts, ack_wait)
+
+    def read(
+        self, subjects: str, after: int, limit: int = 64, timeout: float = 1.0
+    ) -> list[LogMessage]:
+        """Messages matching ``subjects`` after stream sequence ``after``, in order.
+
+        An ephemeral pull consumer without acks, kept between calls while the caller reads
+        on from where it stopped; a gap in its consumer sequence (a message that went to a
+        fetch that had timed out) or a new position starts a fresh one from ``after``.
+        """
+
+        async def take() -> list[LogMessage]:
+            state = self._readers.pop(subjects, None)
+            if state is not None and state[1] != after:
+                await _unsubscribe(state[0])
+                state = None
+            if state is None:
+                config = api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=after + 1,
+                    ack_policy=api.AckPolicy.NONE,
+                    inactive_threshold=120.0,
+                )
+                sub = await self._js.pull_subscribe(
+                    self._subject(subjects), durable=None, stream=self.stream, config=config
+                )
+                state = (sub, after, 0)
+            sub, position, delivered = state
+            try:
+                msgs = await sub.fetch(limit, timeout=max(timeout, 0.01))
+            except TimeoutError:
+                msgs = []
+            found: list[LogMessage] = []
+            for msg in msgs:
+                if int(msg.metadata.sequence.consumer) != delivered + 1:
+                    await _unsubscribe(sub)  # a gap: start again after the last good one
+                    return found
+                delivered += 1
+                position = int(msg.metadata.sequence.stream)
+                found.append(
+                    LogMessage(
+                        subject=self._unprefixed(msg.subject),
+                        data=msg.data,
+                        sequence=position,
+                        attempts=1,
+                        headers=_user_headers(msg.headers),
+                    )
+                )
+            self._readers[subjects] = (sub, position, delivered)
+            return found
+
+        return self._run(take(), timeout=timeout)
+
+    def bury(self, consumer: str, message: LogMessage, error: str) -> None:
+        """Record a dead letter for a reader that gave up on ``message``."""
+        headers = dict(message.headers)
+        headers.update(
+            {
+                _DL["subject"]: message.subject,
+                _DL["consumer"]: consumer,
+                _DL["error"]: error[:4000],
+                _DL["attempts"]: str(message.attempts),
+                _DL["seq"]: str(message.sequence),
+                _DL["at"]: repr(time.time()),
+            }
+        )
+        self._run(
+            self._js.publish(
+                f"{self.prefix}_dlq.{consumer}",
+                message.data,
+                headers=headers,
+                stream=self.dead_stream,
+            )
+        )
 
     def last_sequence(self, subject: str) -> int:
         """The sequence of the newest message on ``subject`` (0 if none)."""
@@ -312,6 +388,11 @@ class NatsConsumer:
             return True
         self._log._run(msg.nak(delay=delay if delay > 0 else None))
         return False
+
+
+async def _unsubscribe(subscription: Any) -> None:
+    with contextlib.suppress(Exception):  # the server drops it after inactive_threshold anyway
+        await subscription.unsubscribe()
 
 
 def _user_headers(headers: dict[str, str] | None) -> dict[str, str]:

@@ -130,6 +130,53 @@ class SqliteLog:
         config = _ConsumerConfig(name, subjects, max_attempts, ack_wait)
         return SqliteConsumer(self, config)
 
+    def read(
+        self, subjects: str, after: int, limit: int = 64, timeout: float = 1.0
+    ) -> list[LogMessage]:
+        """Messages matching ``subjects`` after sequence ``after``, in order."""
+        deadline = time.monotonic() + timeout
+        with self._appended:
+            while True:
+                found: list[LogMessage] = []
+                position = after
+                while len(found) < limit:
+                    rows = self._db.execute(
+                        "SELECT seq, subject, data, headers FROM messages WHERE seq > ? "
+                        "ORDER BY seq LIMIT ?",
+                        (position, _SCAN),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    for row in rows:
+                        position = int(row["seq"])
+                        if subject_matches(subjects, row["subject"]):
+                            found.append(_message(row, 1))
+                            if len(found) == limit:
+                                break
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                after = position  # what was scanned matched nothing; wait for more
+                self._appended.wait(remaining)
+
+    def bury(self, consumer: str, message: LogMessage, error: str) -> None:
+        """Record a dead letter for a reader that gave up on ``message``."""
+        with self._lock, self._tx() as db:
+            db.execute(
+                "INSERT INTO dead_letters(consumer, seq, subject, data, headers, attempts, error, "
+                "failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    consumer,
+                    message.sequence,
+                    message.subject,
+                    message.data,
+                    json.dumps(message.headers),
+                    message.attempts,
+                    error,
+                    time.time(),
+                ),
+            )
+
     def last_sequence(self, subject: str) -> int:
         """The sequence of the newest message on ``subject`` (0 if none)."""
         with self._lock:

@@ -1,14 +1,23 @@
-"""The write path: parse, chunk, embed, index, commit; a backlog for asynchronous writes."""
+"""The write path as services over the durable log: accept, ingest, embed, index, reconcile."""
 
-from shardrag.pipeline.backlog import IndexBacklog
+from shardrag.pipeline.applier import IndexApplier
+from shardrag.pipeline.reconcile import Reconciler, ReconcileReport
+from shardrag.pipeline.retry import Retry
+from shardrag.pipeline.runtime import STAGES, Pipeline, parse_stages
 from shardrag.pipeline.vectors import ChunkVectorizer, VectorJob
-from shardrag.pipeline.writer import DOCUMENTS_PER_BATCH, DocumentWriter, VersionBuild
+from shardrag.pipeline.writer import DOCUMENTS_PER_BATCH, Accepted, DocumentWriter
 
 __all__ = [
     "DOCUMENTS_PER_BATCH",
+    "STAGES",
+    "Accepted",
     "ChunkVectorizer",
     "DocumentWriter",
-    "IndexBacklog",
+    "IndexApplier",
+    "Pipeline",
+    "ReconcileReport",
+    "Reconciler",
+    "Retry",
     "VectorJob",
-    "VersionBuild",
+    "parse_stages",
 ]

@@ -1,248 +1,93 @@
-"""The write path of the embedded mode: one version from bytes to live, or to failed.
+"""Accepting writes: what the api does before it answers 202 (ARCHITECTURE.md §2, step 1).
 
-Steps (ARCHITECTURE.md §2): blob → pending version in the registry → parse → chunk → vectors
-→ engine upsert (invisible) → manifest → engine commit → registry live. Any failure before the
-commit marks the version failed with its reason and aborts its points; the previous version
-stays live throughout. Delete is a tombstone version committed the same way.
+A version is accepted once three durable facts exist, in this order: the original in the blob
+store (under its content hash), the ``pending`` version in the registry, and its ``doc.ingest``
+event in the log. Everything after that — parsing, chunking, embedding, indexing — is the
+workers' job. Only what can be checked without parsing is refused here: an empty or too large
+body, an unsupported format; a document that turns out unparseable fails its version in the
+ingestion worker (and ``wait=true`` reports that error).
+
+A crash between the registry and the log leaves a pending version without an event:
+``resubmit_pending`` appends it again (deduplicated by message id if it was there).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import json
-import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shardrag.blobs import BlobStore
-from shardrag.engine import ShardEngine
-from shardrag.errors import (
-    DocumentNotFound,
-    DocumentTooLarge,
-    EmptyDocument,
-    InternalError,
-    InvalidParameter,
-    ShardragError,
-    UnparseableDocument,
-)
-from shardrag.ingest import Chunker, parse
+from shardrag.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument
+from shardrag.ingest import parser_for
+from shardrag.log import Log
 from shardrag.models import DocumentInput, Metadata, VersionState, WriteResult
-from shardrag.pipeline.vectors import ChunkVectorizer, VectorJob
-from shardrag.registry import ManifestEntry, NewVersion, Registry
+from shardrag.pipeline.events import DOC_INGEST, IngestEvent, OpKind, ShardOp, VersionRef
+from shardrag.pipeline.events import shard_subject as subject_of
+from shardrag.registry import NewVersion, Registry
 
-log = logging.getLogger(__name__)
-
-#: Documents a client should hand to ``put_many`` at once. The model sorts the texts of one
-#: call by length before batching them, so more texts per call means less padding: calls of
-#: ~80 chunks cost 12 % more than one call over a whole corpus, calls of ~300 about 2 %.
+#: Documents a client should hand to ``put_documents`` at once: the embedding worker sorts
+#: the texts of a batch by length, so fuller batches pad less.
 DOCUMENTS_PER_BATCH = 256
 
-# Given a tenant, the engine of its shard (creating the tenant if needed).
-ShardOf = Callable[[str], ShardEngine]
+# Given a tenant, its shard id (creating the tenant if needed).
+PlaceTenant = Callable[[str], int]
 
 
-@dataclass
-class VersionBuild:
-    """A version accepted (parsed and chunked, pending) and on its way to live."""
+@dataclass(frozen=True)
+class Accepted:
+    """A write the log now holds: its version, and the event that carries it."""
 
-    tenant: str
-    upload: DocumentInput
-    engine: ShardEngine
-    version: int
-    job: VectorJob
-    position: int = 0
-    committed: bool = False
-    result: WriteResult | None = None
-    # The document's lock stripe while the build holds it (``begin`` until ``finish``).
-    stripe: int | None = None
-
-    def accepted(self) -> WriteResult:
-        """What the caller of an asynchronous write learns at once: the pending version."""
-        return WriteResult(
-            self.tenant,
-            self.upload.doc_id,
-            self.version,
-            VersionState.PENDING,
-            len(self.job.chunks),
-        )
+    ref: VersionRef
+    result: WriteResult
+    event: IngestEvent | None = None
+    #: Deletes: where the tombstone's op is in the shard log.
+    position: int | None = None
 
 
 class DocumentWriter:
-    """Writes versions of documents; safe for many threads (one writer per document at a time)."""
-
-    _STRIPES = 256
+    """Turns uploads and deletes into pending versions and log events."""
 
     def __init__(
         self,
         registry: Registry,
         blobs: BlobStore,
-        shard_of: ShardOf,
-        chunker: Chunker,
-        vectorizer: ChunkVectorizer,
+        log: Log,
+        place: PlaceTenant,
         max_document_bytes: int,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
-        self.shard_of = shard_of
-        self.chunker = chunker
-        self.vectorizer = vectorizer
+        self.log = log
+        self.place = place
         self.max_document_bytes = max_document_bytes
-        # Versions of one document are written one at a time, in order; others in parallel.
-        self._doc_locks = [threading.Lock() for _ in range(self._STRIPES)]
 
-    def _stripe(self, tenant: str, doc_id: str) -> int:
-        digest = hashlib.blake2b(f"{tenant}\x00{doc_id}".encode(), digest_size=4).digest()
-        return int.from_bytes(digest, "big") % self._STRIPES
+    def accept(self, tenant: str, upload: DocumentInput) -> Accepted | WriteResult:
+        """Accept a new version (pending, in the log), or return the unchanged live one.
 
-    def put(self, tenant: str, upload: DocumentInput) -> WriteResult:
-        """Make ``upload`` the live version of its document; raise the reason if it fails."""
-        outcome = self.put_many(tenant, [upload])[0]
-        if isinstance(outcome, ShardragError):
-            raise outcome
-        return outcome
-
-    def put_many(
-        self, tenant: str, uploads: list[DocumentInput]
-    ) -> list[WriteResult | ShardragError]:
-        """Write many documents, embedding all their new chunks in one batched pass.
-
-        Each document succeeds or fails on its own: the outcome list holds, in order, a
-        ``WriteResult`` or the ``ShardragError`` that failed that document.
+        Raises at once what needs no parsing: ``EmptyDocument``, ``DocumentTooLarge``,
+        ``UnsupportedFormat``.
         """
-        keys = [(tenant, u.doc_id) for u in uploads]
-        if len(set(keys)) != len(keys):
-            raise InvalidParameter("a batch names the same document twice")
-        outcomes: list[WriteResult | ShardragError | None] = [None] * len(uploads)
-        builds: list[VersionBuild] = []
-        with self._locked(keys):
-            for i, upload in enumerate(uploads):
-                try:
-                    build = self._prepare(tenant, upload)
-                except ShardragError as exc:
-                    outcomes[i] = exc
-                    continue
-                if isinstance(build, WriteResult):
-                    outcomes[i] = build
-                else:
-                    build.position = i
-                    builds.append(build)
-            self._complete(builds, outcomes)
-        return _all_decided(outcomes)
-
-    def begin(self, tenant: str, upload: DocumentInput) -> VersionBuild | WriteResult:
-        """Accept a version now (checks, pending version, parse, chunk); embed it later.
-
-        Returns the ``WriteResult`` of an unchanged document, or a build that holds the
-        document's lock until ``finish`` completes it, so that versions of one document go
-        live in the order they were accepted. Raises the reason a document is refused.
-        """
-        stripe = self._stripe(tenant, upload.doc_id)
-        self._doc_locks[stripe].acquire()
-        try:
-            build = self._prepare(tenant, upload)
-        except BaseException:
-            self._doc_locks[stripe].release()
-            raise
-        if isinstance(build, WriteResult):
-            self._doc_locks[stripe].release()
-        else:
-            build.stripe = stripe
-        return build
-
-    def finish(self, builds: list[VersionBuild]) -> list[WriteResult | ShardragError]:
-        """Embed and commit accepted builds together; one outcome per build, in order."""
-        outcomes: list[WriteResult | ShardragError | None] = [None] * len(builds)
-        try:
-            for i, build in enumerate(builds):
-                build.position = i
-            self._complete(builds, outcomes)
-        finally:
-            for build in builds:
-                if build.stripe is not None:
-                    self._doc_locks[build.stripe].release()
-                    build.stripe = None
-        return _all_decided(outcomes)
-
-    def _complete(
-        self, builds: list[VersionBuild], outcomes: list[WriteResult | ShardragError | None]
-    ) -> None:
-        """Vectors for every build in one batched pass, then each build's commit."""
-        self._guarded(builds, outcomes, lambda: self.vectorizer.run([b.job for b in builds]))
-        for build in builds:
-            if outcomes[build.position] is None:
-                self._guarded([build], outcomes, functools.partial(self._commit, build))
-            if build.result is not None:
-                outcomes[build.position] = build.result
-
-    @contextmanager
-    def _locked(self, keys: list[tuple[str, str]]) -> Iterator[None]:
-        # Stripes in ascending order: two batches never wait on each other in a cycle.
-        stripes = sorted({self._stripe(t, d) for t, d in keys})
-        for stripe in stripes:
-            self._doc_locks[stripe].acquire()
-        try:
-            yield
-        finally:
-            for stripe in reversed(stripes):
-                self._doc_locks[stripe].release()
-
-    def _guarded(
-        self,
-        builds: list[VersionBuild],
-        outcomes: list[WriteResult | ShardragError | None],
-        step: Callable[[], object],
-    ) -> None:
-        """Run ``step``; if it raises, fail every build it concerned (and keep going)."""
-        if not builds:
-            return
-        try:
-            step()
-        except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, ShardragError)
-                else InternalError(f"{type(exc).__name__}: {exc}")
-            )
-            if not isinstance(exc, ShardragError):
-                log.exception("writing %d document(s) failed", len(builds))
-            for build in builds:
-                if outcomes[build.position] is not None:
-                    continue
-                if build.committed:
-                    # The shard already shows this version: roll forward, never back. It stays
-                    # pending in the registry and recovery marks it live.
-                    outcomes[build.position] = InternalError(
-                        f"version {build.version} of {build.upload.doc_id!r} is live in its "
-                        f"shard but the registry update failed ({error.message}); it is "
-                        "completed when the data dir is next opened",
-                        version=build.version,
-                    )
-                    continue
-                self._fail(build.engine, build.tenant, build.upload.doc_id, build.version, error)
-                outcomes[build.position] = error
-
-    def _prepare(self, tenant: str, upload: DocumentInput) -> VersionBuild | WriteResult:
-        """Checks, the no-op test, blob and pending version, then parse and chunk."""
+        doc_id = upload.doc_id
         if not upload.data:
-            raise EmptyDocument(f"document {upload.doc_id!r} is empty (0 bytes)")
+            raise EmptyDocument(f"document {doc_id!r} is empty (0 bytes)")
         if len(upload.data) > self.max_document_bytes:
             raise DocumentTooLarge(
-                f"document {upload.doc_id!r} is {len(upload.data)} bytes; the limit is "
+                f"document {doc_id!r} is {len(upload.data)} bytes; the limit is "
                 f"{self.max_document_bytes} (setting max_document_bytes)",
                 size=len(upload.data),
                 limit=self.max_document_bytes,
             )
-        doc_id = upload.doc_id
-        engine = self.shard_of(tenant)
+        parser_for(upload.filename, upload.content_type)  # UnsupportedFormat before a version
+        shard_id = self.place(tenant)
         content_hash = hashlib.sha256(upload.data).hexdigest()
         current = self.registry.document(tenant, doc_id)
         live = current.live if current else None
         if (
-            live is not None
+            current is not None
+            and live is not None
+            and current.latest.version == live.version  # nothing newer on its way
             and live.content_hash == content_hash
             and live.filename == upload.filename
             and _same_json(live.metadata, upload.metadata)
@@ -251,120 +96,80 @@ class DocumentWriter:
                 tenant, doc_id, live.version, VersionState.LIVE, live.chunk_count, unchanged=True
             )
         self.blobs.put(upload.data)
-        new = NewVersion(content_hash, upload.filename, len(upload.data), upload.metadata)
+        new = NewVersion(
+            content_hash,
+            upload.filename,
+            len(upload.data),
+            upload.metadata,
+            upload.content_type,
+            upload.title,
+        )
         version = self.registry.begin_version(tenant, doc_id, new)
-        build = VersionBuild(tenant, upload, engine, version, VectorJob(tenant, []))
-        try:
-            parsed = parse(upload.data, upload.filename, upload.content_type)
-            if upload.title:
-                parsed = dataclasses.replace(parsed, title=upload.title)
-            chunks = self.chunker.chunk(parsed)
-            if not chunks:
-                raise EmptyDocument(f"document {doc_id!r} has no text to index")
-        except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, ShardragError)
-                else UnparseableDocument(f"{type(exc).__name__}: {exc}")
-            )
-            self._fail(engine, tenant, doc_id, version, error)
-            raise error from exc
-        build.job.chunks = chunks
-        if live is not None:
-            previous = live.version
-            build.job.previous_manifest = {
-                e.content_hash: e.chunk_index
-                for e in self.registry.manifest(tenant, doc_id, previous)
-            }
-            build.job.previous_vectors = lambda idx: engine.vectors(tenant, doc_id, previous, idx)
-        return build
-
-    def _commit(self, build: VersionBuild) -> None:
-        """Upsert the version's points, record its manifest, commit, mark it live."""
-        upload, engine, version, job = build.upload, build.engine, build.version, build.job
-        tenant, doc_id = build.tenant, upload.doc_id
-        engine.upsert(tenant, doc_id, version, job.result, upload.metadata, upload.filename)
-        self.registry.record_manifest(
-            tenant,
-            doc_id,
-            version,
-            [ManifestEntry(c.index, c.content_hash, c.token_count) for c in job.chunks],
+        ref = VersionRef(tenant, doc_id, version, shard_id)
+        event = IngestEvent(
+            ref, content_hash, upload.filename, upload.content_type, upload.title, upload.metadata
         )
-        engine.commit(tenant, doc_id, version)
-        build.committed = True
-        self.registry.mark_live(tenant, doc_id, version)
-        build.result = WriteResult(
-            tenant,
-            doc_id,
-            version,
-            VersionState.LIVE,
-            len(job.chunks),
-            reused_vectors=job.reused,
-            embedded_chunks=job.embedded,
+        self.submit(event)
+        result = WriteResult(tenant, doc_id, version, VersionState.PENDING, 0)
+        return Accepted(ref, result, event)
+
+    def submit(self, event: IngestEvent) -> int:
+        """Append a version's ``doc.ingest`` event (a repeat of the same version is dropped)."""
+        return self.log.append(
+            DOC_INGEST, event.encode(), message_id=event.ref.message_id("ingest")
         )
 
-    def _fail(
-        self, engine: ShardEngine, tenant: str, doc_id: str, version: int, error: ShardragError
-    ) -> None:
-        # Compensate first: the version's partial points must go even if recording fails.
-        engine.abort(tenant, doc_id, version)
-        self.registry.mark_failed(tenant, doc_id, version, error.code, error.message)
+    def delete(self, tenant: str, doc_id: str) -> Accepted:
+        """Accept a delete: a tombstone version and its op on the document's shard log."""
+        current = self.registry.document(tenant, doc_id)
+        if current is None or current.state is VersionState.DELETED:
+            raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
+        version = self.registry.begin_tombstone(tenant, doc_id)
+        ref = VersionRef(tenant, doc_id, version, self.place(tenant))
+        position = self._append_tombstone(ref)
+        return Accepted(
+            ref, WriteResult(tenant, doc_id, version, VersionState.PENDING, 0), None, position
+        )
 
-    def delete(self, tenant: str, doc_id: str) -> WriteResult:
-        """Remove every chunk of the document (a tombstone version)."""
-        engine = self.shard_of(tenant)
-        with self._locked([(tenant, doc_id)]):
-            current = self.registry.document(tenant, doc_id)
-            if current is None or current.state is VersionState.DELETED:
-                raise DocumentNotFound(
-                    f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id
-                )
-            version = self.registry.begin_tombstone(tenant, doc_id)
-            engine.commit(tenant, doc_id, version)
-            self.registry.mark_deleted(tenant, doc_id, version)
-        return WriteResult(tenant, doc_id, version, VersionState.DELETED, 0)
+    def _append_tombstone(self, ref: VersionRef) -> int:
+        op = ShardOp(OpKind.DELETE, ref)
+        position = self.log.append(
+            subject_of(ref.shard_id), op.encode(), message_id=op.message_id()
+        )
+        self.registry.record_commit(ref.tenant, ref.doc_id, ref.version, position)
+        return position
 
-    def recover(self) -> list[tuple[str, str, int, VersionState]]:
-        """Finish or undo the versions a previous process left pending when it died.
+    def drop_tenant(self, tenant: str, shard_id: int) -> int:
+        """Forget the tenant in the registry, then append the op that empties its shard."""
+        self.registry.delete_tenant(tenant)
+        op = ShardOp(OpKind.DROP_TENANT, VersionRef(tenant, "", 0, shard_id))
+        return self.log.append(subject_of(shard_id), op.encode())
 
-        A version whose commit reached the shard is finished (made live); a tombstone is
-        re-applied (the caller asked for the delete); anything else is aborted and marked
-        failed, which leaves the previous version live. Returns what was done.
-        """
-        outcomes = []
+    def resubmit_pending(self) -> int:
+        """Append again the event of every pending version (after a crash); how many."""
+        count = 0
         for pending in self.registry.pending_versions():
-            tenant, doc_id, version = pending.tenant, pending.doc_id, pending.version
-            engine = self.shard_of(tenant)
+            ref = VersionRef(
+                pending.tenant, pending.doc_id, pending.version, self.place(pending.tenant)
+            )
             if pending.tombstone:
-                engine.commit(tenant, doc_id, version)
-                self.registry.mark_deleted(tenant, doc_id, version)
-                outcomes.append((tenant, doc_id, version, VersionState.DELETED))
-            elif engine.count(tenant, doc_id, version).live:
-                engine.commit(tenant, doc_id, version)
-                self.registry.mark_live(tenant, doc_id, version)
-                outcomes.append((tenant, doc_id, version, VersionState.LIVE))
+                self._append_tombstone(ref)
             else:
-                engine.abort(tenant, doc_id, version)
-                self.registry.mark_failed(
-                    tenant,
-                    doc_id,
-                    version,
-                    "interrupted",
-                    "the process stopped before this version was committed",
-                )
-                outcomes.append((tenant, doc_id, version, VersionState.FAILED))
-        return outcomes
+                event = self.event_of(ref)
+                if event is None:
+                    continue
+                self.submit(event)
+            count += 1
+        return count
 
-
-def _all_decided(
-    outcomes: list[WriteResult | ShardragError | None],
-) -> list[WriteResult | ShardragError]:
-    done: list[WriteResult | ShardragError] = []
-    for outcome in outcomes:
-        if outcome is None:  # every path records one; a bug if not
-            raise InternalError("a document of the batch got no outcome")
-        done.append(outcome)
-    return done
+    def event_of(self, ref: VersionRef) -> IngestEvent | None:
+        """The ``doc.ingest`` event of a stored version, rebuilt from the registry."""
+        info = self.registry.version(ref.tenant, ref.doc_id, ref.version)
+        if info is None or info.content_hash is None:
+            return None
+        return IngestEvent(
+            ref, info.content_hash, info.filename, info.content_type, info.title, info.metadata
+        )
 
 
 def _same_json(a: Metadata, b: Metadata) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from shardrag.models import DocumentInfo, Metadata, VersionState
+from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 
 
@@ -41,6 +41,8 @@ class NewVersion:
     filename: str | None
     size: int
     metadata: Metadata
+    content_type: str | None = None
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class PendingVersion:
     doc_id: str
     version: int
     tombstone: bool
+    created_at: float = 0.0
 
 
 class Registry(Protocol):
@@ -85,7 +88,13 @@ class Registry(Protocol):
         ...
 
     def record_manifest(
-        self, tenant: str, doc_id: str, version: int, entries: list[ManifestEntry]
+        self,
+        tenant: str,
+        doc_id: str,
+        version: int,
+        entries: list[ManifestEntry],
+        reused: int = 0,
+        embedded: int = 0,
     ) -> None:
         """Store the chunk manifest of a version (before it commits)."""
         ...
@@ -122,8 +131,24 @@ class Registry(Protocol):
         """Documents of a tenant ordered by id, ``limit`` of them after the id ``after``."""
         ...
 
-    def pending_versions(self) -> list[PendingVersion]:
-        """Every version still pending, oldest first (for crash recovery)."""
+    def pending_versions(self, tenant: str | None = None) -> list[PendingVersion]:
+        """Every version still pending (of one tenant, or all), oldest first."""
+        ...
+
+    def version(self, tenant: str, doc_id: str, version: int) -> VersionInfo | None:
+        """One version of a document, or None."""
+        ...
+
+    def record_commit(self, tenant: str, doc_id: str, version: int, position: int) -> None:
+        """Remember where the version's commit op is in its shard's log."""
+        ...
+
+    def mark_superseded(self, tenant: str, doc_id: str, version: int) -> None:
+        """A pending version overtaken by a newer committed one: it never goes live."""
+        ...
+
+    def reopen(self, tenant: str, doc_id: str, version: int) -> bool:
+        """Make a failed version pending again (its event is re-driven); False if not failed."""
         ...
 
     def document_counts(self) -> dict[VersionState, int]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shardrag.errors import DocumentNotFound, InternalError, NotFound, TenantExists
+from shardrag.errors import DocumentNotFound, NotFound, TenantExists
 from shardrag.models import DocumentInfo, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
@@ -93,7 +93,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 # Columns added after the first release, with the statement that adds each to an old file.
-_MIGRATIONS = {("tenants", "name"): "ALTER TABLE tenants ADD COLUMN name TEXT"}
+_MIGRATIONS = {
+    ("tenants", "name"): "ALTER TABLE tenants ADD COLUMN name TEXT",
+    ("versions", "content_type"): "ALTER TABLE versions ADD COLUMN content_type TEXT",
+    ("versions", "title"): "ALTER TABLE versions ADD COLUMN title TEXT",
+    ("versions", "commit_position"): "ALTER TABLE versions ADD COLUMN commit_position INTEGER",
+    ("versions", "reused_vectors"): (
+        "ALTER TABLE versions ADD COLUMN reused_vectors INTEGER NOT NULL DEFAULT 0"
+    ),
+    ("versions", "embedded_chunks"): (
+        "ALTER TABLE versions ADD COLUMN embedded_chunks INTEGER NOT NULL DEFAULT 0"
+    ),
+}
 
 # The state a document shows in listings: live while a version is, else its latest version's.
 _DOCUMENT_STATE = """
@@ -195,7 +206,8 @@ class SqliteRegistry:
             )
             db.execute(
                 "INSERT INTO versions(tenant, doc_id, version, state, content_hash, filename, size,"
-                " metadata, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                " metadata, content_type, title, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tenant,
                     doc_id,
@@ -204,6 +216,8 @@ class SqliteRegistry:
                     new.filename if new else None,
                     new.size if new else 0,
                     json.dumps(new.metadata if new else {}),
+                    new.content_type if new else None,
+                    new.title if new else None,
                     now,
                     now,
                 ),
@@ -211,9 +225,15 @@ class SqliteRegistry:
         return version
 
     def record_manifest(
-        self, tenant: str, doc_id: str, version: int, entries: list[ManifestEntry]
+        self,
+        tenant: str,
+        doc_id: str,
+        version: int,
+        entries: list[ManifestEntry],
+        reused: int = 0,
+        embedded: int = 0,
     ) -> None:
-        """Store the chunk manifest of a version."""
+        """Store the chunk manifest of a version (and how many vectors it reused)."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
@@ -223,10 +243,50 @@ class SqliteRegistry:
                 ],
             )
             db.execute(
-                "UPDATE versions SET chunk_count = ?, updated_at = ? "
-                "WHERE tenant = ? AND doc_id = ? AND version = ?",
-                (len(entries), time.time(), tenant, doc_id, version),
+                "UPDATE versions SET chunk_count = ?, reused_vectors = ?, embedded_chunks = ?, "
+                "updated_at = ? WHERE tenant = ? AND doc_id = ? AND version = ?",
+                (len(entries), reused, embedded, time.time(), tenant, doc_id, version),
             )
+
+    def record_commit(self, tenant: str, doc_id: str, version: int, position: int) -> None:
+        """Remember where the version's commit op is in its shard's log."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET commit_position = ? "
+                "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                (position, tenant, doc_id, version),
+            )
+
+    def version(self, tenant: str, doc_id: str, version: int) -> VersionInfo | None:
+        """One version of a document, or None."""
+        rows = self._query(
+            "SELECT * FROM versions WHERE tenant = ? AND doc_id = ? AND version = ?",
+            tenant,
+            doc_id,
+            version,
+        )
+        return _version(rows[0]) if rows else None
+
+    def mark_superseded(self, tenant: str, doc_id: str, version: int) -> None:
+        """A pending (or failed) version overtaken by a newer committed one."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET state = 'superseded', updated_at = ? "
+                "WHERE tenant = ? AND doc_id = ? AND version = ? "
+                "AND state IN ('pending', 'failed')",
+                (time.time(), tenant, doc_id, version),
+            )
+
+    def reopen(self, tenant: str, doc_id: str, version: int) -> bool:
+        """Make a failed version pending again (its event is re-driven)."""
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE versions SET state = 'pending', error_code = NULL, error = NULL, "
+                "updated_at = ? WHERE tenant = ? AND doc_id = ? AND version = ? "
+                "AND state = 'failed'",
+                (time.time(), tenant, doc_id, version),
+            ).rowcount
+        return bool(changed)
 
     def manifest(self, tenant: str, doc_id: str, version: int) -> list[ManifestEntry]:
         """The chunk manifest of a version, by chunk index."""
@@ -255,7 +315,7 @@ class SqliteRegistry:
                 (tenant, doc_id),
             ).fetchone()
             if row is None:
-                raise InternalError(f"no registry row for {tenant}/{doc_id}", doc_id=doc_id)
+                return  # dropped with its tenant while the version was on its way
             previous = row["live_version"]
             if previous is not None and previous > version:
                 # A newer version is already live: this one was overtaken, never shown.
@@ -285,11 +345,11 @@ class SqliteRegistry:
     def mark_failed(
         self, tenant: str, doc_id: str, version: int, error_code: str, error: str
     ) -> None:
-        """Record why a version failed; the live version stays live."""
+        """Record why a pending version failed; the live version stays live."""
         with self._tx() as db:
             db.execute(
                 "UPDATE versions SET state = 'failed', error_code = ?, error = ?, updated_at = ? "
-                "WHERE tenant = ? AND doc_id = ? AND version = ?",
+                "WHERE tenant = ? AND doc_id = ? AND version = ? AND state = 'pending'",
                 (error_code, error, time.time(), tenant, doc_id, version),
             )
 
@@ -352,14 +412,22 @@ class SqliteRegistry:
             self._info(tenant, r["doc_id"], r["live_version"], r["latest_version"]) for r in rows
         ]
 
-    def pending_versions(self) -> list[PendingVersion]:
-        """Every version still pending, oldest first."""
+    def pending_versions(self, tenant: str | None = None) -> list[PendingVersion]:
+        """Every version still pending (of one tenant, or all), oldest first."""
         rows = self._query(
-            "SELECT tenant, doc_id, version, content_hash FROM versions WHERE state = 'pending' "
-            "ORDER BY created_at"
+            "SELECT tenant, doc_id, version, content_hash, created_at FROM versions "
+            "WHERE state = 'pending' AND (? IS NULL OR tenant = ?) ORDER BY created_at",
+            tenant,
+            tenant,
         )
         return [
-            PendingVersion(r["tenant"], r["doc_id"], int(r["version"]), r["content_hash"] is None)
+            PendingVersion(
+                r["tenant"],
+                r["doc_id"],
+                int(r["version"]),
+                r["content_hash"] is None,
+                float(r["created_at"]),
+            )
             for r in rows
         ]
 
@@ -525,4 +593,9 @@ def _version(row: sqlite3.Row) -> VersionInfo:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        content_type=row["content_type"],
+        title=row["title"],
+        commit_position=row["commit_position"],
+        reused_vectors=int(row["reused_vectors"]),
+        embedded_chunks=int(row["embedded_chunks"]),
     )

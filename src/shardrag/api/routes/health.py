@@ -26,7 +26,7 @@ def readyz(svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
     if svc.rag.closed:
         raise Unavailable("the data dir is closed")
     tenants = len(svc.rag.tenants())
-    return {"status": "ready", "tenants": tenants, "backlog": svc.rag.backlog.depth()}
+    return {"status": "ready", "tenants": tenants, "pending_writes": svc.rag.pending_writes()}
 
 
 @router.get("/metrics", response_class=Response)

@@ -1,0 +1,38 @@
+"""Retries: exponential backoff with jitter, and which failures are worth one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from shardrag.errors import InternalError, ShardragError
+
+
+@dataclass(frozen=True)
+class Retry:
+    """``max_attempts`` deliveries, the n-th retry after ~``base * 2**(n-1)`` seconds.
+
+    The delay is drawn from [d/2, d] ("equal jitter"): retries of many events that failed
+    together spread out instead of hitting a recovering dependency at the same instant.
+    """
+
+    max_attempts: int = 5
+    base_seconds: float = 0.5
+    max_seconds: float = 30.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed delivery."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def as_error(exc: BaseException) -> ShardragError:
+    """The ``ShardragError`` to record for a failure (unexpected ones become internal)."""
+    if isinstance(exc, ShardragError):
+        return exc
+    return InternalError(f"{type(exc).__name__}: {exc}")
+
+
+def permanent(error: ShardragError) -> bool:
+    """A failure a retry cannot fix: the input itself is refused (a 4xx)."""
+    return error.status < 500

@@ -1,0 +1,212 @@
+"""The ingestion and embedding workers: durable consumers around the stages.
+
+Each worker fetches a batch from its consumer, runs its stage, appends the output with
+deterministic message ids, and only then acks: a crash anywhere redelivers the event and the
+repeated appends are deduplicated. Failures:
+
+* the input itself is refused (``InvalidInput``: a broken PDF, no text) → the version is
+  ``failed`` with that error at once; retrying cannot help;
+* anything else → nak with exponential backoff and jitter; after ``max_attempts`` deliveries
+  the log moves the event to the dead letters, and the version is marked ``failed`` with the
+  last error and an ``abort`` op removes whatever points it left (the previous version stays
+  live). ``POST .../dead-letters/{id}/redrive`` puts it back in the stream once fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from shardrag.errors import ShardragError
+from shardrag.log import Consumer, Log, LogMessage
+from shardrag.pipeline.events import (
+    CHUNK_EMBED,
+    DOC_INGEST,
+    EmbedEvent,
+    IngestEvent,
+    OpKind,
+    ShardOp,
+    VersionRef,
+    shard_subject,
+)
+from shardrag.pipeline.retry import Retry, as_error, permanent
+from shardrag.pipeline.stages import EmbedStage, IngestStage
+from shardrag.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+class StageWorker:
+    """Shared mechanics of a worker: its consumer, retries, failing a version."""
+
+    subject: str = ""
+    name: str = ""
+    batch: int = 8
+
+    def __init__(
+        self, log: Log, registry: Registry, changed: threading.Condition, retry: Retry
+    ) -> None:
+        self.log = log
+        self.registry = registry
+        self.changed = changed
+        self.retry = retry
+        self.consumer: Consumer = log.consumer(
+            self.name, self.subject, max_attempts=retry.max_attempts, ack_wait=120.0
+        )
+
+    def step(self, timeout: float = 0.5) -> int:
+        """Handle the next batch of events (waiting up to ``timeout`` for one); how many."""
+        messages = self.consumer.fetch(self.batch, timeout=timeout)
+        if messages:
+            self.handle(messages)
+        return len(messages)
+
+    def handle(self, messages: list[LogMessage]) -> None:
+        raise NotImplementedError
+
+    def _undecodable(self, message: LogMessage, exc: Exception) -> None:
+        # No retry can make these bytes an event: straight to the dead letters.
+        self.log.bury(self.name, message, f"undecodable {self.subject} event: {exc}")
+        self.consumer.ack(message)
+
+    def _failed(self, message: LogMessage, ref: VersionRef, exc: BaseException) -> None:
+        error = as_error(exc)
+        if permanent(error):
+            self._fail_version(ref, error.code, error.message)
+            self.consumer.ack(message)
+            return
+        logger.warning(
+            "%s: %s v%s failed on attempt %d: %s",
+            self.name,
+            ref.doc_id,
+            ref.version,
+            message.attempts,
+            error.message,
+            exc_info=not isinstance(exc, ShardragError),
+        )
+        reason = f"{error.code}: {error.message}"
+        if self.consumer.nak(message, reason, delay=self.retry.delay(message.attempts)):
+            self._fail_version(
+                ref,
+                error.code,
+                f"{error.message} (dead-lettered after {message.attempts} attempts)",
+            )
+            # Compensate: whatever points this version has anywhere must go.
+            abort = ShardOp(OpKind.ABORT, ref)
+            self.log.append(shard_subject(ref.shard_id), abort.encode())
+
+    def _fail_version(self, ref: VersionRef, code: str, message: str) -> None:
+        self.registry.mark_failed(ref.tenant, ref.doc_id, ref.version, code, message)
+        with self.changed:
+            self.changed.notify_all()
+
+
+class IngestWorker(StageWorker):
+    """``doc.ingest`` → parse + chunk → ``chunk.embed``."""
+
+    subject = DOC_INGEST
+    name = "ingest"
+
+    def __init__(
+        self,
+        log: Log,
+        registry: Registry,
+        stage: IngestStage,
+        changed: threading.Condition,
+        retry: Retry,
+    ) -> None:
+        super().__init__(log, registry, changed, retry)
+        self.stage = stage
+
+    def handle(self, messages: list[LogMessage]) -> None:
+        for message in messages:
+            try:
+                event = IngestEvent.decode(message.data)
+            except Exception as exc:
+                self._undecodable(message, exc)
+                continue
+            try:
+                out = self.stage.run(event)
+                if out is not None:
+                    self.log.append(
+                        CHUNK_EMBED, out.encode(), message_id=event.ref.message_id("embed")
+                    )
+            except Exception as exc:
+                self._failed(message, event.ref, exc)
+                continue
+            self.consumer.ack(message)
+
+
+class EmbedWorker(StageWorker):
+    """``chunk.embed`` → vectors → upsert ops and the commit on ``shard.<id>``."""
+
+    subject = CHUNK_EMBED
+    name = "embed"
+    batch = 32
+
+    def __init__(
+        self,
+        log: Log,
+        registry: Registry,
+        stage: EmbedStage,
+        changed: threading.Condition,
+        retry: Retry,
+    ) -> None:
+        super().__init__(log, registry, changed, retry)
+        self.stage = stage
+
+    def handle(self, messages: list[LogMessage]) -> None:
+        events: list[tuple[LogMessage, EmbedEvent]] = []
+        for message in messages:
+            try:
+                events.append((message, EmbedEvent.decode(message.data)))
+            except Exception as exc:
+                self._undecodable(message, exc)
+        if not events:
+            return
+        try:
+            results = self.stage.run([e for _, e in events])
+        except Exception:
+            if len(events) == 1:
+                message, event = events[0]
+                self._run_alone(message, event)
+                return
+            # One bad event must not fail its batch-mates: try each on its own.
+            for message, event in events:
+                self._run_alone(message, event)
+            return
+        for (message, event), ops in zip(events, results, strict=True):
+            self._publish(message, event, ops)
+
+    def _run_alone(self, message: LogMessage, event: EmbedEvent) -> None:
+        try:
+            (ops,) = self.stage.run([event])
+        except Exception as exc:
+            self._failed(message, event.ref, exc)
+            return
+        self._publish(message, event, ops)
+
+    def _publish(self, message: LogMessage, event: EmbedEvent, ops: list[ShardOp] | None) -> None:
+        ref = event.ref
+        try:
+            for op in ops or []:
+                position = self.log.append(
+                    shard_subject(ref.shard_id), op.encode(), message_id=op.message_id()
+                )
+                if op.kind is OpKind.COMMIT:
+                    self.registry.record_commit(ref.tenant, ref.doc_id, ref.version, position)
+        except Exception as exc:
+            self._failed(message, ref, exc)
+            return
+        self.consumer.ack(message)
+
+
+def run_until(stopped: threading.Event, step: Callable[[float], int], name: str) -> None:
+    """Call ``step`` until ``stopped`` is set; a step that raises is logged and retried."""
+    while not stopped.is_set():
+        try:
+            step(0.5)
+        except Exception:
+            logger.exception("the %s worker failed a step; continuing", name)
+            stopped.wait(1.0)

@@ -1,0 +1,81 @@
+"""``shardrag worker --stage S``: one stage of the write path alone, against the NATS log.
+
+A worker shares the data dir's registry and blob store with the api process (both are safe
+for several processes: SQLite in WAL mode, content-addressed files) and consumes its stage's
+subject on JetStream with the same durable consumer the embedded pipeline uses, so any number
+of workers of one stage share its events. The index stage owns the shards it applies to, so a
+worker of that stage takes the data dir's lock (the api then must not host the shards).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from shardrag.blobs import open_blob_store
+from shardrag.config import Settings
+from shardrag.datadir import DataDirLock
+from shardrag.embed import EmbeddingCache, open_embedder
+from shardrag.engine import EngineSettings, ShardSet
+from shardrag.errors import InvalidParameter
+from shardrag.ingest import Chunker
+from shardrag.log import open_log
+from shardrag.pipeline import STAGES, ChunkVectorizer, Pipeline, Retry
+from shardrag.registry import open_registry
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None:
+    """Run ``stage`` until ``stopped`` is set (SIGTERM in the CLI)."""
+    if stage not in STAGES:
+        raise InvalidParameter(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    if not settings.nats_url:
+        raise InvalidParameter(
+            "a worker of its own needs the NATS log (SHARDRAG_NATS_URL): the embedded SQLite "
+            "log is consumed by the serve process itself"
+        )
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data_dir) if stage == "index" else None
+    registry = open_registry(data_dir)
+    embedder = open_embedder(settings)
+    cache = EmbeddingCache(data_dir / "embeddings.sqlite3", settings.embedding_cache_entries)
+    shards = ShardSet(
+        data_dir / "shards",
+        EngineSettings(dimension=_dimension(data_dir, embedder.dimension)),
+        settings.optimize_threshold,
+    )
+    log = open_log(data_dir, settings.nats_url, settings.log_prefix)
+    try:
+        pipeline = Pipeline(
+            log=log,
+            registry=registry,
+            blobs=open_blob_store(data_dir),
+            chunker=Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens),
+            vectorizer=ChunkVectorizer(embedder, cache),
+            shard=shards.shard if stage == "index" else None,
+            state_dir=data_dir / "shards",
+            stages=frozenset({stage}),
+            retry=Retry(settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds),
+        )
+        pipeline.start()
+        logger.info("worker %s running against %s", stage, settings.nats_url)
+        stopped.wait()
+        pipeline.stop()
+    finally:
+        log.close()
+        shards.close()
+        cache.close()
+        registry.close()
+        if lock is not None:
+            lock.release()
+
+
+def _dimension(data_dir: Path, default: int) -> int:
+    layout = data_dir / "shardrag.json"
+    if layout.exists():
+        return int(json.loads(layout.read_text())["dimension"])
+    return default
