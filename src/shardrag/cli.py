@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -386,6 +388,114 @@ def tenants(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> 
     console.print(table)
 
 
+# -- the write pipeline ---------------------------------------------------------------------
+
+
+@app.command("dead-letters")
+def dead_letters(
+    tenant: TenantOpt,
+    redrive: Annotated[
+        int | None, typer.Option("--redrive", help="Put this dead letter back in its stream.")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a tenant's dead letters (events a pipeline stage gave up on), or re-drive one."""
+    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+        if redrive is not None:
+            dead = rag.redrive(tenant, redrive)
+            if as_json:
+                _print_json(dead.to_dict())
+            else:
+                console.print(
+                    f"re-drove dead letter {dead.dead_letter_id}: {dead.doc_id} "
+                    f"v{dead.version} is pending again at the {dead.stage} stage"
+                )
+            return
+        found = rag.dead_letters(tenant)
+    if as_json:
+        _print_json({"dead_letters": [d.to_dict() for d in found]})
+        return
+    table = Table("id", "stage", "document", "version", "attempts", "error")
+    for d in found:
+        table.add_row(
+            str(d.dead_letter_id),
+            d.stage,
+            d.doc_id,
+            str(d.version),
+            str(d.attempts),
+            escape(d.error),
+        )
+    console.print(table)
+
+
+@app.command()
+def reconcile(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, repair nothing.")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare the registry with the shards; repair orphaned vectors and phantom documents.
+
+    With --url, the server does it (the root key).
+    """
+    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+        found = rag.reconcile(dry_run)
+    report = found if isinstance(found, dict) else found.to_dict()
+    if as_json:
+        _print_json(report)
+        return
+    verb = "would repair" if report["dry_run"] else "repaired"
+    console.print(
+        f"checked {report['versions_checked']} stored versions and "
+        f"{report['documents_checked']} documents on shards {report['shards']} "
+        f"in {report['seconds']} s; {verb} {report['repaired']}"
+    )
+    if report["repairs"]:
+        table = Table("kind", "tenant", "document", "version", "shard", "points", "action")
+        for r in report["repairs"]:
+            table.add_row(
+                r["kind"],
+                r["tenant"],
+                r["doc_id"],
+                str(r["version"]),
+                str(r["shard_id"]),
+                str(r["points"]),
+                r["action"],
+            )
+        console.print(table)
+
+
+@app.command()
+def worker(
+    stage: Annotated[str, typer.Option("--stage", help="ingest, embed or index.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="SHARDRAG_DATA_DIR", help="Data directory."),
+    ] = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", envvar="SHARDRAG_NATS_URL", help="NATS server.")
+    ] = None,
+) -> None:
+    """Run one stage of the write pipeline alone against NATS (until SIGTERM or Ctrl-C)."""
+    from shardrag.config import Settings
+    from shardrag.observability.logging import configure_json_logging
+    from shardrag.worker import run_worker
+
+    configure_json_logging()
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    with _errors_reported(False):
+        settings = Settings.load(data_dir=data_dir, nats_url=nats_url)
+        err_console.print(f"shardrag worker: stage {stage} on {settings.nats_url}")
+        run_worker(settings, stage, stopped)
+
+
 # -- serve ----------------------------------------------------------------------------------
 
 
@@ -405,6 +515,7 @@ def serve(
     from shardrag.api.server import serve as serve_app
     from shardrag.config import Settings
     from shardrag.observability.logging import configure_json_logging
+    from shardrag.pipeline.reconcile import PeriodicReconciler
 
     configure_json_logging()
     with _errors_reported(False):
@@ -420,7 +531,12 @@ def serve(
                 f"shardrag serving {settings.data_dir} on http://{settings.host}:{settings.port}"
                 " (console at /, API docs at /docs)"
             )
-            serve_app(api, settings.host, settings.port)
+            reconciler = PeriodicReconciler(rag.reconcile, settings.reconcile_interval_seconds)
+            reconciler.start()
+            try:
+                serve_app(api, settings.host, settings.port)
+            finally:
+                reconciler.stop()
 
 
 # -- eval -----------------------------------------------------------------------------------

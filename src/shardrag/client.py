@@ -20,7 +20,15 @@ import httpx
 
 from shardrag.context import Answer, AnswerResult, Citation
 from shardrag.errors import ShardragError, Unavailable, error_from
-from shardrag.models import DocumentInput, Hit, Metadata, SearchMode, VersionState, WriteResult
+from shardrag.models import (
+    DeadLetterInfo,
+    DocumentInput,
+    Hit,
+    Metadata,
+    SearchMode,
+    VersionState,
+    WriteResult,
+)
 
 
 def _error_from(response: httpx.Response) -> ShardragError:
@@ -192,6 +200,27 @@ class ShardragClient:
         )
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    def dead_letters(self, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:
+        """The tenant's dead letters (a tenant admin key, or the root key)."""
+        body = self._call(
+            "GET", f"/v1/tenants/{quote(tenant, safe='')}/dead-letters", params={"limit": limit}
+        )
+        return [DeadLetterInfo(**d) for d in body["dead_letters"]]
+
+    def redrive(self, tenant: str, dead_letter_id: int) -> DeadLetterInfo:
+        """Put a dead letter back in its stream."""
+        body = self._call(
+            "POST", f"/v1/tenants/{quote(tenant, safe='')}/dead-letters/{dead_letter_id}/redrive"
+        )
+        return DeadLetterInfo(**body)
+
+    def reconcile(self, dry_run: bool = False) -> dict[str, Any]:
+        """One reconciliation pass on the server (the root key); its report."""
+        report: dict[str, Any] = self._call(
+            "POST", "/v1/admin/reconcile", params={"dry_run": str(dry_run).lower()}
+        )
+        return report
 
     def close(self) -> None:
         """Close the connection pool."""

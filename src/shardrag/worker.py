@@ -54,12 +54,16 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
             log=log,
             registry=registry,
             blobs=open_blob_store(data_dir),
-            chunker=Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens),
+            chunker=Chunker(
+                embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens
+            ),
             vectorizer=ChunkVectorizer(embedder, cache),
             shard=shards.shard if stage == "index" else None,
             state_dir=data_dir / "shards",
             stages=frozenset({stage}),
-            retry=Retry(settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds),
+            retry=Retry(
+                settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+            ),
         )
         pipeline.start()
         logger.info("worker %s running against %s", stage, settings.nats_url)

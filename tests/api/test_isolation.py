@@ -132,7 +132,12 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 def _path_values(world: World, tenant: str) -> dict[str, str]:
     """A value for every path parameter a tenant route may have: A's own ids."""
-    return {"t": tenant, "doc_id": A_ONLY_DOC, "key_id": world.a_key_ids["admin"]}
+    return {
+        "t": tenant,
+        "doc_id": A_ONLY_DOC,
+        "key_id": world.a_key_ids["admin"],
+        "dead_letter_id": "1",
+    }
 
 
 def _field_values(world: World) -> dict[str, Any]:

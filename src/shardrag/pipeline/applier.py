@@ -142,7 +142,7 @@ class IndexApplier:
         failures = 0
         while True:
             try:
-                record_outcome(self.registry, op, outcome)
+                record_outcome(self.registry, op, outcome, message.sequence)
                 return
             except Exception:
                 failures += 1
@@ -193,9 +193,14 @@ class IndexApplier:
                 logger.exception("aborting %s failed; the reconciler will remove its points", ref)
 
 
-def record_outcome(registry: Registry, op: ShardOp, outcome: CommitOutcome | None) -> None:
+def record_outcome(
+    registry: Registry, op: ShardOp, outcome: CommitOutcome | None, position: int | None = None
+) -> None:
     """The registry learns what the shard now shows (every replica may tell it again)."""
     ref = op.ref
+    if position is not None and op.kind in (OpKind.COMMIT, OpKind.DELETE):
+        # Before the state: whoever sees the version decided finds where its commit is.
+        registry.record_commit(ref.tenant, ref.doc_id, ref.version, position)
     if outcome is CommitOutcome.SUPERSEDED:
         registry.mark_superseded(ref.tenant, ref.doc_id, ref.version)
     elif outcome is CommitOutcome.APPLIED and op.kind is OpKind.COMMIT:

@@ -19,6 +19,8 @@ already live or overtaken changes nothing.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +34,8 @@ from shardrag.pipeline.events import DOC_INGEST, OpKind, ShardOp, VersionRef, sh
 from shardrag.pipeline.stages import ShardLookup
 from shardrag.pipeline.writer import DocumentWriter
 from shardrag.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 # Entries listed per kind in a report (the counts are always complete).
 _LISTED = 100
@@ -204,3 +208,34 @@ class Reconciler:
         self.log.append(
             shard_subject(ref.shard_id), op.encode(), message_id=f"repair-{uuid.uuid4()}"
         )
+
+
+class PeriodicReconciler:
+    """Runs a reconciliation pass every ``interval`` seconds on a thread of its own."""
+
+    def __init__(self, run: Callable[[], ReconcileReport], interval: float) -> None:
+        self.run = run
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                report = self.run()
+            except Exception:
+                logger.exception("a reconciliation pass failed")
+                continue
+            if report.counts:
+                logger.warning("reconciler repaired %s", report.counts)
+            else:
+                logger.info("reconciler found nothing to repair in %.3f s", report.seconds)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
