@@ -82,6 +82,8 @@ class Settings:
     max_attempts: int = 5
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 30.0
+    #: A delivery not acknowledged within this long goes to another worker (its worker died).
+    ack_wait_seconds: float = 60.0
     #: How long a waiting write (``wait=True``) waits for its version to be decided.
     write_timeout_seconds: float = 600.0
     #: Seconds between reconciliation passes in ``shardrag serve`` (0 turns them off).

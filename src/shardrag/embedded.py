@@ -58,6 +58,7 @@ from shardrag.models import (
     WriteResult,
     WriteToken,
 )
+from shardrag.observability.metrics import PipelineStats
 from shardrag.pipeline import (
     Accepted,
     ChunkVectorizer,
@@ -134,9 +135,7 @@ class Shardrag:
             shard=self.shards.shard,
             state_dir=self.data_dir / "shards",
             stages=parse_stages(settings.stages),
-            retry=Retry(
-                settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
-            ),
+            retry=Retry.from_settings(settings),
         )
         self.reconciler = Reconciler(
             self.registry,
@@ -548,6 +547,17 @@ class Shardrag:
     def pending_writes(self) -> int:
         """Versions accepted and not yet decided (live, failed or superseded), all tenants."""
         return len(self.registry.pending_versions())
+
+    def pipeline_stats(self) -> PipelineStats:
+        """Pending writes, dead letters, and how far each shard's log is applied (metrics)."""
+        shards = range(int(self._layout["shards"]))
+        applier = self.pipeline.applier
+        return PipelineStats(
+            pending_writes=self.pending_writes(),
+            dead_letters=len(self.log.dead_letters(limit=100_000)),
+            applied=applier.applied_offsets() if applier else {},
+            log_head={s: self.log.last_sequence(shard_subject(s)) for s in shards},
+        )
 
     def dead_letters(self, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:
         """The tenant's events that a stage gave up on, oldest first."""

@@ -61,9 +61,7 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
             shard=shards.shard if stage == "index" else None,
             state_dir=data_dir / "shards",
             stages=frozenset({stage}),
-            retry=Retry(
-                settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
-            ),
+            retry=Retry.from_settings(settings),
         )
         pipeline.start()
         logger.info("worker %s running against %s", stage, settings.nats_url)

@@ -41,7 +41,7 @@ def create_app(rag: Shardrag) -> FastAPI:
     keys = ApiKeys(rag.registry, settings.admin_key)
     metrics = Metrics(
         documents=lambda: {s.value: n for s, n in rag.document_counts().items()},
-        backlog=rag.pending_writes,
+        pipeline=rag.pipeline_stats,
         cache=lambda: rag.result_cache.stats() if rag.result_cache else None,
     )
     app = FastAPI(

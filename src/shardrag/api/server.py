@@ -13,7 +13,7 @@ class GracefulServer(uvicorn.Server):
     """A uvicorn server whose ``run`` returns after a stop signal.
 
     Plain uvicorn re-raises the signal once it has shut down, which kills the process
-    before the caller can close the data dir (drain the index backlog, flush the shards).
+    before the caller can close the data dir (stop the pipeline's workers, flush the shards).
     """
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

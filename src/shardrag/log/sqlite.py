@@ -79,6 +79,11 @@ class SqliteLog:
         self._appended = threading.Condition(self._lock)
         with self._lock:
             self._db = open_durable(path, _SCHEMA)
+            # One process owns the file (the data dir's lock): deliveries still in flight
+            # were leased by a process that is gone, so they are due again now rather than
+            # after their ack_wait.
+            with self._tx() as db:
+                db.execute("UPDATE in_flight SET available_at = 0")
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         # The caller holds self._lock.

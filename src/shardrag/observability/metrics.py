@@ -1,7 +1,7 @@
 """Prometheus metrics: request latency per route, cache counters, documents by state.
 
 Each ``Metrics`` has its own collector registry, so several apps in one process (tests)
-never share or clash over series. Gauges of state (documents, backlog, cache) are read when
+never share or clash over series. Gauges of state (documents, write pipeline, cache) are read when
 /metrics is scraped, from the components that own them, never kept in two places.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,17 +24,27 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+@dataclass(frozen=True)
+class PipelineStats:
+    """The write pipeline's state as the metrics show it."""
+
+    pending_writes: int
+    dead_letters: int
+    applied: dict[int, int] = field(default_factory=dict)
+    log_head: dict[int, int] = field(default_factory=dict)
+
+
 class _StateCollector(Collector):
     """Reads the state gauges and cache counters at scrape time."""
 
     def __init__(
         self,
         documents: Callable[[], Mapping[str, int]],
-        backlog: Callable[[], int],
+        pipeline: Callable[[], PipelineStats],
         cache: Callable[[], CacheStats | None],
     ) -> None:
         self.documents = documents
-        self.backlog = backlog
+        self.pipeline = pipeline
         self.cache = cache
 
     def collect(self) -> Iterator[Metric]:
@@ -43,11 +54,31 @@ class _StateCollector(Collector):
         for state, count in self.documents().items():
             docs.add_metric([state], count)
         yield docs
+        pipeline = self.pipeline()
         yield GaugeMetricFamily(
-            "shardrag_index_backlog",
-            "Versions accepted and not yet live or failed",
-            value=self.backlog(),
+            "shardrag_pending_writes",
+            "Versions accepted and not yet decided (live, failed or superseded)",
+            value=pipeline.pending_writes,
         )
+        yield GaugeMetricFamily(
+            "shardrag_dead_letters",
+            "Events the write pipeline gave up on, awaiting a re-drive",
+            value=pipeline.dead_letters,
+        )
+        applied = GaugeMetricFamily(
+            "shardrag_shard_applied_offset",
+            "Log sequence of the last op this process's replica of a shard applied",
+            labels=["shard"],
+        )
+        head = GaugeMetricFamily(
+            "shardrag_shard_log_head", "Log sequence of a shard's newest op", labels=["shard"]
+        )
+        for shard_id, offset in sorted(pipeline.applied.items()):
+            applied.add_metric([str(shard_id)], offset)
+        for shard_id, sequence in sorted(pipeline.log_head.items()):
+            head.add_metric([str(shard_id)], sequence)
+        yield applied
+        yield head
         stats = self.cache()
         if stats is None:
             return
@@ -79,7 +110,7 @@ class Metrics:
     def __init__(
         self,
         documents: Callable[[], Mapping[str, int]],
-        backlog: Callable[[], int],
+        pipeline: Callable[[], PipelineStats],
         cache: Callable[[], CacheStats | None],
     ) -> None:
         self.registry = CollectorRegistry()
@@ -90,7 +121,7 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(documents, backlog, cache))
+        self.registry.register(_StateCollector(documents, pipeline, cache))
 
     def exposition(self) -> bytes:
         """The text format for ``GET /metrics``."""

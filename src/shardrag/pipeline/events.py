@@ -56,10 +56,15 @@ class VersionRef:
     doc_id: str
     version: int
     shard_id: int
+    #: A repair's own round (the reconciler re-driving a version): its events get ids of
+    #: their own instead of being dropped as repeats of the first round's.
+    round: str = ""
 
     def message_id(self, step: str) -> str:
         """The dedupe id of this version's ``step`` (same version, same step → same id)."""
-        key = json.dumps([self.tenant, self.doc_id, self.version], separators=(",", ":"))
+        key = json.dumps(
+            [self.tenant, self.doc_id, self.version, self.round], separators=(",", ":")
+        )
         return f"{step}-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 

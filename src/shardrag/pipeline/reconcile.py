@@ -30,7 +30,7 @@ from typing import Any
 from shardrag.engine import StoredVersion
 from shardrag.log import Log
 from shardrag.models import DocumentInfo, VersionState
-from shardrag.pipeline.events import DOC_INGEST, OpKind, ShardOp, VersionRef, shard_subject
+from shardrag.pipeline.events import OpKind, ShardOp, VersionRef, ref_of, shard_subject
 from shardrag.pipeline.stages import ShardLookup
 from shardrag.pipeline.writer import DocumentWriter
 from shardrag.registry import Registry
@@ -97,6 +97,7 @@ class Reconciler:
         """One pass over every shard; with ``dry_run``, report without repairing."""
         started = time.monotonic()
         report = ReconcileReport(shards=sorted(self.shard_ids()), dry_run=dry_run)
+        self._buried(report)
         for shard_id in report.shards:
             stored = self.shard(shard_id).stored_versions()  # before the registry: see module doc
             report.versions_checked += len(stored)
@@ -104,6 +105,32 @@ class Reconciler:
             self._phantoms(shard_id, stored, report)
         report.seconds = round(time.monotonic() - started, 3)
         return report
+
+    def _buried(self, report: ReconcileReport) -> None:
+        """Versions still pending whose event the log buried on its own (every lease expired)."""
+        for dead in self.log.dead_letters(limit=100_000):
+            ref = ref_of(dead.subject, dead.data)
+            if ref is None:
+                continue
+            info = self.registry.version(ref.tenant, ref.doc_id, ref.version)
+            if info is None or info.state is not VersionState.PENDING:
+                continue
+            repair = Repair(
+                "dead_lettered_pending",
+                ref.tenant,
+                ref.doc_id,
+                ref.version,
+                ref.shard_id,
+                action="mark failed with the dead letter's error; abort its points",
+            )
+            report.add(repair)
+            if report.dry_run:
+                continue
+            self.registry.mark_failed(
+                ref.tenant, ref.doc_id, ref.version, "dead_lettered", dead.error
+            )
+            abort = ShardOp(OpKind.ABORT, ref)
+            self.log.append(shard_subject(ref.shard_id), abort.encode())
 
     def _orphans(self, shard_id: int, stored: list[StoredVersion], report: ReconcileReport) -> None:
         gone_tenants: set[str] = set()
@@ -177,10 +204,12 @@ class Reconciler:
                 )
                 report.add(repair)
                 if not report.dry_run:
-                    ref = VersionRef(tenant.tenant, doc.doc_id, live.version, shard_id)
+                    ref = VersionRef(
+                        tenant.tenant, doc.doc_id, live.version, shard_id, f"repair-{uuid.uuid4()}"
+                    )
                     event = self.writer.event_of(ref)
                     if event is not None:
-                        self.log.append(DOC_INGEST, event.encode())
+                        self.writer.submit(event)
             for doc in self._documents(tenant.tenant, VersionState.DELETED):
                 if (tenant.tenant, doc.doc_id) not in live_docs:
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from shardrag.config import Settings
 from shardrag.errors import InternalError, ShardragError
 
 
@@ -19,6 +20,19 @@ class Retry:
     max_attempts: int = 5
     base_seconds: float = 0.5
     max_seconds: float = 30.0
+    #: A delivery neither acked nor nak'd within this long is delivered again (a worker
+    #: that died with it); it also bounds how long one batch of a stage may take.
+    ack_wait: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retry:
+        """The policy the settings name (max_attempts, retry_*_seconds, ack_wait_seconds)."""
+        return cls(
+            settings.max_attempts,
+            settings.retry_base_seconds,
+            settings.retry_max_seconds,
+            settings.ack_wait_seconds,
+        )
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed delivery."""

@@ -52,7 +52,7 @@ class StageWorker:
         self.changed = changed
         self.retry = retry
         self.consumer: Consumer = log.consumer(
-            self.name, self.subject, max_attempts=retry.max_attempts, ack_wait=120.0
+            self.name, self.subject, max_attempts=retry.max_attempts, ack_wait=retry.ack_wait
         )
 
     def step(self, timeout: float = 0.5) -> int:

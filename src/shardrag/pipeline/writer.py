@@ -25,6 +25,7 @@ from shardrag.log import Log
 from shardrag.models import DocumentInput, Metadata, VersionState, WriteResult
 from shardrag.pipeline.events import DOC_INGEST, IngestEvent, OpKind, ShardOp, VersionRef
 from shardrag.pipeline.events import shard_subject as subject_of
+from shardrag.pipeline.retry import as_error
 from shardrag.registry import NewVersion, Registry
 
 #: Documents a client should hand to ``put_documents`` at once: the embedding worker sorts
@@ -109,7 +110,13 @@ class DocumentWriter:
         event = IngestEvent(
             ref, content_hash, upload.filename, upload.content_type, upload.title, upload.metadata
         )
-        self.submit(event)
+        try:
+            self.submit(event)
+        except Exception as exc:
+            # Not accepted: the caller hears the error, and the version must not wait forever.
+            error = as_error(exc)
+            self.registry.mark_failed(tenant, doc_id, version, error.code, error.message)
+            raise
         result = WriteResult(tenant, doc_id, version, VersionState.PENDING, 0)
         return Accepted(ref, result, event)
 

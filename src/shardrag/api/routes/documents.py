@@ -105,9 +105,11 @@ async def put_document(
 ) -> JSONResponse:
     """Store a new version of a document (writer).
 
-    202 with the ``pending`` version and its ``write_token``; 200 when ``wait=true`` (the
-    version is live) or when the bytes, name and metadata are unchanged. Bad documents are
-    refused at once (4xx), whether or not ``wait`` is set, and the live version stays.
+    202 with the ``pending`` version and its ``write_token`` as soon as it is durably in the
+    log; 200 when ``wait=true`` (the version is live) or when the bytes, name and metadata are
+    unchanged. What needs no parsing is refused at once (empty, too large, unsupported
+    format); a document that cannot be parsed fails its version in the ingestion worker
+    (``GET`` shows the error; with ``wait=true`` this answers it). The live version stays.
     """
     validation.doc_id(doc_id)
     upload = await _Upload.read(request)
