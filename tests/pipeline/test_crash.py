@@ -8,20 +8,14 @@ document, no duplicated chunk, nothing left pending — on the SQLite log and on
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from shardrag import Shardrag, VersionState
-from tests.api.conftest import ROOT_KEY, bearer, free_port
-from tests.pipeline.conftest import as_env
+from tests.api.conftest import ROOT_KEY, bearer
+from tests.pipeline.conftest import Server
 
 TENANT = "crash"
 DOCS = 300
@@ -34,49 +28,6 @@ def text_of(i: int) -> bytes:
         f"Paragraph {p} of record {i} describes marker zq{i}x in detail." for p in range(60)
     )
     return f"# Record {i}\n\n{body}\n".encode()
-
-
-class Server:
-    def __init__(self, data_dir: Path, settings: dict[str, Any]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "SHARDRAG_DATA_DIR": str(data_dir),
-            "SHARDRAG_PORT": str(self.port),
-            "SHARDRAG_ADMIN_KEY": ROOT_KEY,
-            "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
-            "SHARDRAG_RECONCILE_INTERVAL_SECONDS": "0",
-            "HF_HUB_OFFLINE": "1",
-            **as_env(settings),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "shardrag", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(data_dir.parent / f"serve-{self.port}.log", "w"),  # noqa: SIM115
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, "serve exited on start"
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.client.close()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=120) == 0
-        self.client.close()
 
 
 @pytest.mark.timeout(600)

@@ -166,6 +166,11 @@ class Reconciler:
                 continue
             if points == 0:
                 continue
+            if sv.live and not self._newer_committed(sv, stored):
+                # Still what the shard shows for the document: a purge would keep it. Either
+                # a delete never reached the shard (a lost tombstone, repaired below) or a
+                # newer version is still on its way.
+                continue
             repair = Repair("orphaned_vectors", sv.tenant, sv.doc_id, sv.version, shard_id, points)
             self._op(report, repair, OpKind.PURGE, "purge the version's points")
 
