@@ -265,7 +265,7 @@ class Shardrag:
         """
         document = DocumentInput(doc_id, bytes(data), filename, metadata or {}, content_type, title)
         tenant = validation.tenant_id(tenant)
-        accepted = self.writer.accept(tenant, self._checked(document))
+        accepted = self.writer.accept(tenant, self._checked(document), submit=self._through_log)
         if isinstance(accepted, WriteResult):
             return self._with_token(accepted)
         if self.settings.write_path == "direct":
@@ -293,7 +293,7 @@ class Shardrag:
         accepted: list[Accepted | WriteResult | ShardragError] = []
         for document in checked:
             try:
-                accepted.append(self.writer.accept(tenant, document))
+                accepted.append(self.writer.accept(tenant, document, submit=self._through_log))
             except ShardragError as exc:
                 accepted.append(exc)
         if self.settings.write_path == "direct":
@@ -309,6 +309,10 @@ class Shardrag:
             else:
                 outcomes.append(item)
         return outcomes
+
+    @property
+    def _through_log(self) -> bool:
+        return self.settings.write_path == "log"
 
     def _checked(self, document: DocumentInput) -> DocumentInput:
         self._check_open()

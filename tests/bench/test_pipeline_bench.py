@@ -22,7 +22,7 @@ from bench import pipeline as bench  # noqa: E402
 from shardrag import DocumentInput  # noqa: E402
 
 QUICK = bench.QUICK
-CORES = ("shardrag_cores", "nats_server_cores", "other_processes_cores")
+CORES = bench.CORES
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,14 @@ def test_throughput_ingested_every_document(run: tuple[dict[str, Any], Path]) ->
         assert row["documents_per_second"] > 0 and row["chunks_per_second"] > 0
         assert row["shardrag_cores"] > 0
         assert all(row[c] >= 0 for c in CORES)
+    # The baseline ran before and after the log paths; its figures are of the mean time.
+    direct = scenarios["direct"]
+    assert len(direct["runs"]) == 2
+    for before_or_after in direct["runs"]:
+        assert before_or_after["documents"] == before_or_after["live_documents"] == QUICK["docs"]
+        assert before_or_after["chunks"] == direct["chunks"]
+    runs_seconds = [r["seconds"] for r in direct["runs"]]
+    assert direct["seconds"] == pytest.approx(sum(runs_seconds) / 2, abs=1e-3)
     # Same documents, same chunker: every write path made the same chunks.
     assert len({row["chunks"] for row in scenarios.values()}) == 1
     ratios = report["throughput"]["log_over_direct"]

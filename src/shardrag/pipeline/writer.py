@@ -64,11 +64,14 @@ class DocumentWriter:
         self.place = place
         self.max_document_bytes = max_document_bytes
 
-    def accept(self, tenant: str, upload: DocumentInput) -> Accepted | WriteResult:
+    def accept(
+        self, tenant: str, upload: DocumentInput, submit: bool = True
+    ) -> Accepted | WriteResult:
         """Accept a new version (pending, in the log), or return the unchanged live one.
 
         Raises at once what needs no parsing: ``EmptyDocument``, ``DocumentTooLarge``,
-        ``UnsupportedFormat``.
+        ``UnsupportedFormat``. Without ``submit`` the event is not appended: the caller runs
+        the stages itself (the direct path); if it dies first, ``resubmit_pending`` appends it.
         """
         doc_id = upload.doc_id
         if not upload.data:
@@ -111,7 +114,8 @@ class DocumentWriter:
             ref, content_hash, upload.filename, upload.content_type, upload.title, upload.metadata
         )
         try:
-            self.submit(event)
+            if submit:
+                self.submit(event)
         except Exception as exc:
             # Not accepted: the caller hears the error, and the version must not wait forever.
             error = as_error(exc)
