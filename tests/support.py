@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,18 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CISI_DIR = REPO_ROOT.parent / "shared" / "datasets" / "cisi"
+
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def nats_is_up() -> bool:
+    """Whether the machine's NATS server answers on 127.0.0.1:4222."""
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def require(condition: bool, reason: str) -> None:

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.support import require
+from tests.support import NATS_URL, nats_is_up, require
 
 from shardrag.errors import InvalidParameter
 from shardrag.log import Log, SqliteLog, subject_matches
 from shardrag.log.nats import NatsLog
 
 OpenLog = Callable[[], Log]
-NATS_URL = "nats://127.0.0.1:4222"
-
-
-def _nats_is_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["sqlite", "nats"])
@@ -35,7 +25,7 @@ def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenLog
     """
     opened: list[Log] = []
     if request.param == "nats":
-        require(_nats_is_up(), f"NATS JetStream at {NATS_URL}")
+        require(nats_is_up(), f"NATS JetStream at {NATS_URL}")
         prefix = f"test-{secrets.token_hex(4)}"
 
         def opener() -> Log:

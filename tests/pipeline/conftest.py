@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import ROOT_KEY, free_port
-from tests.support import require
-
-NATS_URL = "nats://127.0.0.1:4222"
-
-
-def nats_is_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
-            return True
-    except OSError:
-        return False
+from tests.support import NATS_URL, nats_is_up, require
 
 
 @pytest.fixture(params=["sqlite", "nats"])

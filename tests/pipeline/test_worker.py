@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from shardrag.cli import app as cli
 from tests.api.conftest import ROOT_KEY, bearer
-from tests.pipeline.conftest import NATS_URL, Server, as_env, nats_is_up
-from tests.support import require
+from tests.pipeline.conftest import Server, as_env
+from tests.support import NATS_URL, nats_is_up, require
 
 
 def start_worker(

@@ -192,25 +192,7 @@ class NatsLog:
 
     def bury(self, consumer: str, message: LogMessage, error: str) -> None:
         """Record a dead letter for a reader that gave up on ``message``."""
-        headers = dict(message.headers)
-        headers.update(
-            {
-                _DL["subject"]: message.subject,
-                _DL["consumer"]: consumer,
-                _DL["error"]: error[:4000],
-                _DL["attempts"]: str(message.attempts),
-                _DL["seq"]: str(message.sequence),
-                _DL["at"]: repr(time.time()),
-            }
-        )
-        self._run(
-            self._js.publish(
-                f"{self.prefix}_dlq.{consumer}",
-                message.data,
-                headers=headers,
-                stream=self.dead_stream,
-            )
-        )
+        self._run(self._publish_dead(consumer, message, error))
 
     def last_sequence(self, subject: str) -> int:
         """The sequence of the newest message on ``subject`` (0 if none)."""
@@ -225,22 +207,32 @@ class NatsLog:
         return self._run(last())
 
     async def _bury(self, consumer: str, msg: Msg, attempts: int, error: str) -> None:
-        meta = msg.metadata
-        headers = _user_headers(msg.headers)
+        # A consumer's delivery: copied to the dead letters, then never delivered again.
+        message = LogMessage(
+            subject=self._unprefixed(msg.subject),
+            data=msg.data,
+            sequence=int(msg.metadata.sequence.stream),
+            attempts=attempts,
+            headers=_user_headers(msg.headers),
+        )
+        await self._publish_dead(consumer, message, error)
+        await msg.term()
+
+    async def _publish_dead(self, consumer: str, message: LogMessage, error: str) -> None:
+        headers = dict(message.headers)
         headers.update(
             {
-                _DL["subject"]: self._unprefixed(msg.subject),
+                _DL["subject"]: message.subject,
                 _DL["consumer"]: consumer,
                 _DL["error"]: error[:4000],
-                _DL["attempts"]: str(attempts),
-                _DL["seq"]: str(meta.sequence.stream),
+                _DL["attempts"]: str(message.attempts),
+                _DL["seq"]: str(message.sequence),
                 _DL["at"]: repr(time.time()),
             }
         )
         await self._js.publish(
-            f"{self.prefix}_dlq.{consumer}", msg.data, headers=headers, stream=self.dead_stream
+            f"{self.prefix}_dlq.{consumer}", message.data, headers=headers, stream=self.dead_stream
         )
-        await msg.term()
 
     def dead_letters(self, consumer: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """Dead letters, oldest first."""

@@ -167,20 +167,7 @@ class SqliteLog:
     def bury(self, consumer: str, message: LogMessage, error: str) -> None:
         """Record a dead letter for a reader that gave up on ``message``."""
         with self._lock, self._tx() as db:
-            db.execute(
-                "INSERT INTO dead_letters(consumer, seq, subject, data, headers, attempts, error, "
-                "failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    consumer,
-                    message.sequence,
-                    message.subject,
-                    message.data,
-                    json.dumps(message.headers),
-                    message.attempts,
-                    error,
-                    time.time(),
-                ),
-            )
+            self._bury(db, consumer, message, error, time.time())
 
     def last_sequence(self, subject: str) -> int:
         """The sequence of the newest message on ``subject`` (0 if none)."""
@@ -263,7 +250,7 @@ class SqliteLog:
             for row in due:
                 if row["attempts"] >= config.max_attempts:
                     error = row["last_error"] or f"not acknowledged within {config.ack_wait:g} s"
-                    self._bury(db, config.name, row, int(row["attempts"]), error, now)
+                    self._bury(db, config.name, _message(row, int(row["attempts"])), error, now)
                     continue
                 attempts = int(row["attempts"]) + 1
                 db.execute(
@@ -301,29 +288,25 @@ class SqliteLog:
         return taken
 
     def _bury(
-        self,
-        db: sqlite3.Connection,
-        consumer: str,
-        row: sqlite3.Row,
-        attempts: int,
-        error: str,
-        now: float,
+        self, db: sqlite3.Connection, consumer: str, message: LogMessage, error: str, now: float
     ) -> None:
         db.execute(
             "INSERT INTO dead_letters(consumer, seq, subject, data, headers, attempts, error, "
             "failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 consumer,
-                row["seq"],
-                row["subject"],
-                row["data"],
-                row["headers"],
-                attempts,
+                message.sequence,
+                message.subject,
+                message.data,
+                json.dumps(message.headers),
+                message.attempts,
                 error,
                 now,
             ),
         )
-        db.execute("DELETE FROM in_flight WHERE consumer = ? AND seq = ?", (consumer, row["seq"]))
+        db.execute(
+            "DELETE FROM in_flight WHERE consumer = ? AND seq = ?", (consumer, message.sequence)
+        )
 
     def _ack(self, config: _ConsumerConfig, message: LogMessage) -> None:
         with self._lock, self._tx() as db:
@@ -343,7 +326,7 @@ class SqliteLog:
             if row is None:
                 return False  # acked or buried already: a late nak changes nothing
             if int(row["attempts"]) >= config.max_attempts:
-                self._bury(db, config.name, row, int(row["attempts"]), error, now)
+                self._bury(db, config.name, _message(row, int(row["attempts"])), error, now)
                 return True
             db.execute(
                 "UPDATE in_flight SET available_at = ?, last_error = ? "

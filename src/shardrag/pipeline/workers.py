@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from shardrag.errors import ShardragError
 from shardrag.log import Consumer, Log, LogMessage
@@ -35,20 +36,27 @@ from shardrag.pipeline.stages import EmbedStage, IngestStage
 from shardrag.registry import Registry
 
 logger = logging.getLogger(__name__)
+StageT = TypeVar("StageT")
 
 
-class StageWorker:
-    """Shared mechanics of a worker: its consumer, retries, failing a version."""
+class StageWorker(Generic[StageT]):
+    """Shared mechanics of a worker: its stage and consumer, retries, failing a version."""
 
     subject: str = ""
     name: str = ""
     batch: int = 8
 
     def __init__(
-        self, log: Log, registry: Registry, changed: threading.Condition, retry: Retry
+        self,
+        log: Log,
+        registry: Registry,
+        stage: StageT,
+        changed: threading.Condition,
+        retry: Retry,
     ) -> None:
         self.log = log
         self.registry = registry
+        self.stage = stage
         self.changed = changed
         self.retry = retry
         self.consumer: Consumer = log.consumer(
@@ -102,22 +110,11 @@ class StageWorker:
             self.changed.notify_all()
 
 
-class IngestWorker(StageWorker):
+class IngestWorker(StageWorker[IngestStage]):
     """``doc.ingest`` → parse + chunk → ``chunk.embed``."""
 
     subject = DOC_INGEST
     name = "ingest"
-
-    def __init__(
-        self,
-        log: Log,
-        registry: Registry,
-        stage: IngestStage,
-        changed: threading.Condition,
-        retry: Retry,
-    ) -> None:
-        super().__init__(log, registry, changed, retry)
-        self.stage = stage
 
     def handle(self, messages: list[LogMessage]) -> None:
         for message in messages:
@@ -138,23 +135,12 @@ class IngestWorker(StageWorker):
             self.consumer.ack(message)
 
 
-class EmbedWorker(StageWorker):
+class EmbedWorker(StageWorker[EmbedStage]):
     """``chunk.embed`` → vectors → upsert ops and the commit on ``shard.<id>``."""
 
     subject = CHUNK_EMBED
     name = "embed"
     batch = 32
-
-    def __init__(
-        self,
-        log: Log,
-        registry: Registry,
-        stage: EmbedStage,
-        changed: threading.Condition,
-        retry: Retry,
-    ) -> None:
-        super().__init__(log, registry, changed, retry)
-        self.stage = stage
 
     def handle(self, messages: list[LogMessage]) -> None:
         events: list[tuple[LogMessage, EmbedEvent]] = []
