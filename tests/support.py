@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
+import redis
+from psycopg import sql
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CISI_DIR = REPO_ROOT.parent / "shared" / "datasets" / "cisi"
@@ -26,6 +31,44 @@ def nats_is_up() -> bool:
             return True
     except OSError:
         return False
+
+
+REDIS_URL = os.environ.get("SHARDRAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_is_up() -> bool:
+    """Whether the Redis server at ``REDIS_URL`` answers a PING."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+POSTGRES_URL = os.environ.get("SHARDRAG_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/postgres")
+
+
+def postgres_is_up() -> bool:
+    """Whether the PostgreSQL server of ``POSTGRES_URL`` accepts a connection."""
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """Create a fresh database on ``POSTGRES_URL``'s server; yield its URL; drop it after."""
+    name = f"shardrag_test_{secrets.token_hex(6)}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield urlsplit(POSTGRES_URL)._replace(path=f"/{name}").geturl()
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def require(condition: bool, reason: str) -> None:

@@ -7,7 +7,6 @@ input, 1 for anything else; ``ingest`` exits 1 when any file failed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,15 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shardrag.client import ShardragClient
+from shardrag.clikit import console, err_console, errors_reported, print_json
+from shardrag.cluster.commands import cluster_app
 from shardrag.context import AnswerResult
 from shardrag.embedded import Shardrag
-from shardrag.errors import InvalidInput, InvalidParameter, ShardragError
+from shardrag.errors import InvalidParameter, ShardragError
 from shardrag.ingest import SUPPORTED_EXTENSIONS
 from shardrag.models import DocumentInput, Hit, SearchMode, WriteResult
 from shardrag.pipeline import DOCUMENTS_PER_BATCH
@@ -40,8 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+app.add_typer(cluster_app)
 
 DataDir = Annotated[
     Path,
@@ -69,19 +68,6 @@ DEFAULT_DATA_DIR = Path("./shardrag-data")
 INGEST_BATCH_BYTES = 16 * 1024 * 1024
 
 
-@contextmanager
-def _errors_reported(as_json: bool) -> Iterator[None]:
-    """Turn a ShardragError into its code and message on stderr (or JSON) and an exit code."""
-    try:
-        yield
-    except ShardragError as exc:
-        if as_json:
-            print(json.dumps({"error": exc.to_dict()}))
-        else:
-            err_console.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
-        raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
-
-
 def _open(data_dir: Path) -> Shardrag:
     return Shardrag.open(data_dir)
 
@@ -97,10 +83,6 @@ def _backend(data_dir: Path, url: str | None, api_key: str | None) -> Iterator[B
         raise InvalidParameter("--url needs --api-key (or SHARDRAG_API_KEY)")
     with ShardragClient(url, api_key) as client:
         yield client
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _progress() -> Progress:
@@ -195,7 +177,7 @@ def ingest(
     as_json: JsonFlag = False,
 ) -> None:
     """Ingest files and folders (txt, md, html, pdf); doc id = path relative to the folder."""
-    with _errors_reported(as_json):
+    with errors_reported(as_json):
         files = collect_files(paths)
         with _backend(data_dir, url, api_key) as rag:
             if as_json:
@@ -205,7 +187,7 @@ def ingest(
                     outcomes = ingest_files(rag, tenant, files, progress)
     failed = [o for o in outcomes if o["outcome"] == "failed"]
     if as_json:
-        _print_json({"files": outcomes, "failed": len(failed)})
+        print_json({"files": outcomes, "failed": len(failed)})
     else:
         table = Table("document", "outcome", "version", "chunks", "detail")
         for o in outcomes:
@@ -277,10 +259,10 @@ def query(
     as_json: JsonFlag = False,
 ) -> None:
     """Search a tenant's documents."""
-    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         hits = rag.search(tenant, text, k=k, mode=mode, filters=parse_filters(filters or []))
     if as_json:
-        _print_json({"hits": [h.to_dict() for h in hits]})
+        print_json({"hits": [h.to_dict() for h in hits]})
     else:
         print_hits(hits)
 
@@ -309,10 +291,10 @@ def ask(
     as_json: JsonFlag = False,
 ) -> None:
     """Answer a question from a tenant's documents, with numbered citations."""
-    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         result = rag.answer(tenant, question, k=k, max_context_tokens=max_context_tokens)
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print_answer(result)
 
@@ -330,10 +312,10 @@ def delete(
     as_json: JsonFlag = False,
 ) -> None:
     """Delete a document (every chunk of it)."""
-    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         result = rag.delete_document(tenant, doc_id)
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         console.print(f"deleted {doc_id} (tombstone version {result.version})")
 
@@ -350,13 +332,13 @@ def docs(
     as_json: JsonFlag = False,
 ) -> None:
     """List a tenant's documents with versions and states."""
-    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         rows = [
             d if isinstance(d, dict) else d.to_dict()
             for d in rag.list_documents(tenant, state=state, limit=limit, after=after)
         ]
     if as_json:
-        _print_json({"documents": rows})
+        print_json({"documents": rows})
         return
     table = Table("document", "version", "state", "chunks", "latest", "error")
     for row in rows:
@@ -377,10 +359,10 @@ def docs(
 @app.command()
 def tenants(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
     """List the tenants of the data dir."""
-    with _errors_reported(as_json), _open(data_dir) as rag:
+    with errors_reported(as_json), _open(data_dir) as rag:
         records = rag.tenants()
     if as_json:
-        _print_json({"tenants": [{"tenant": r.tenant, "shard": r.shard_id} for r in records]})
+        print_json({"tenants": [{"tenant": r.tenant, "shard": r.shard_id} for r in records]})
         return
     table = Table("tenant", "shard")
     for r in records:
@@ -403,11 +385,11 @@ def dead_letters(
     as_json: JsonFlag = False,
 ) -> None:
     """List a tenant's dead letters (events a pipeline stage gave up on), or re-drive one."""
-    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         if redrive is not None:
             dead = rag.redrive(tenant, redrive)
             if as_json:
-                _print_json(dead.to_dict())
+                print_json(dead.to_dict())
             else:
                 console.print(
                     f"re-drove dead letter {dead.dead_letter_id}: {dead.doc_id} "
@@ -416,7 +398,7 @@ def dead_letters(
             return
         found = rag.dead_letters(tenant)
     if as_json:
-        _print_json({"dead_letters": [d.to_dict() for d in found]})
+        print_json({"dead_letters": [d.to_dict() for d in found]})
         return
     table = Table("id", "stage", "document", "version", "attempts", "error")
     for d in found:
@@ -443,11 +425,11 @@ def reconcile(
 
     With --url, the server does it (the root key).
     """
-    with _errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         found = rag.reconcile(dry_run)
     report = found if isinstance(found, dict) else found.to_dict()
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
     verb = "would repair" if report["dry_run"] else "repaired"
     console.print(
@@ -490,10 +472,39 @@ def worker(
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
-    with _errors_reported(False):
+    with errors_reported(False):
         settings = Settings.load(data_dir=data_dir, nats_url=nats_url)
         err_console.print(f"shardrag worker: stage {stage} on {settings.nats_url}")
         run_worker(settings, stage, stopped)
+
+
+@app.command()
+def node(
+    node_id: Annotated[str, typer.Option("--id", help="This index node's id (e.g. node-1).")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="SHARDRAG_DATA_DIR", help="Where its replicas live."),
+    ] = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", envvar="SHARDRAG_NATS_URL", help="NATS servers.")
+    ] = None,
+) -> None:
+    """Run an index node of a cluster: host its shard replicas, apply their logs, answer
+    searches over NATS (until SIGTERM or Ctrl-C)."""
+    from shardrag.cluster.node import run_node
+    from shardrag.config import Settings
+    from shardrag.observability.logging import configure_json_logging
+
+    configure_json_logging()
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    with errors_reported(False):
+        settings = Settings.load(
+            data_dir=data_dir, nats_url=nats_url, node_id=node_id, cluster=True
+        )
+        err_console.print(f"shardrag node {node_id} on {settings.nats_url}")
+        run_node(settings, stopped)
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -518,7 +529,7 @@ def serve(
     from shardrag.pipeline.reconcile import PeriodicReconciler
 
     configure_json_logging()
-    with _errors_reported(False):
+    with errors_reported(False):
         settings = Settings.load(data_dir=data_dir, host=host, port=port)
         with Shardrag(settings) as rag:
             api = create_app(rag)
@@ -531,10 +542,12 @@ def serve(
                 f"shardrag serving {settings.data_dir} on http://{settings.host}:{settings.port}"
                 " (console at /, API docs at /docs)"
             )
-            reconciler = PeriodicReconciler(rag.reconcile, settings.reconcile_interval_seconds)
+            # The reconciler needs the shards in this process: not in the distributed mode.
+            interval = 0.0 if settings.cluster else settings.reconcile_interval_seconds
+            reconciler = PeriodicReconciler(rag.reconcile, interval)
             reconciler.start()
             try:
-                serve_app(api, settings.host, settings.port)
+                serve_app(api, settings.host, settings.port, settings.reuse_port)
             finally:
                 reconciler.stop()
 
@@ -560,7 +573,7 @@ def evaluate(
     """nDCG@10 and recall@100 of every mode on a BEIR dataset, ingested into a fresh tenant."""
     from shardrag.evaluation.runner import run_evaluation
 
-    with _errors_reported(as_json):
+    with errors_reported(as_json):
         workdir = Path(tempfile.mkdtemp(prefix="shardrag-eval-")) if data_dir is None else None
         try:
             with Shardrag.open(data_dir or workdir) as rag:
@@ -574,7 +587,7 @@ def evaluate(
                 shutil.rmtree(workdir, ignore_errors=True)
     chosen = report.modes[mode.value]
     if as_json:
-        _print_json(
+        print_json(
             {
                 "mode": mode.value,
                 "ndcg@10": chosen.ndcg_at_10,
@@ -613,7 +626,7 @@ def demo(
     from shardrag.demo import CORPUS_DIR, DEMO_QUESTION
 
     question = question or DEMO_QUESTION
-    with _errors_reported(as_json), _open(data_dir) as rag:
+    with errors_reported(as_json), _open(data_dir) as rag:
         files = collect_files([CORPUS_DIR])
         if as_json:
             outcomes = ingest_files(rag, "demo", files, None)
@@ -623,7 +636,7 @@ def demo(
         hits = rag.search("demo", question, k=k)
         answer = rag.answer("demo", question)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "ingested": outcomes,
                 "question": question,

@@ -222,6 +222,11 @@ class ShardragClient:
         )
         return report
 
+    def cluster_status(self) -> dict[str, Any]:
+        """The server's cluster status (the root key): layout, shards, live nodes and lag."""
+        status: dict[str, Any] = self._call("GET", "/v1/admin/cluster")
+        return status
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()

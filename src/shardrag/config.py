@@ -88,6 +88,34 @@ class Settings:
     write_timeout_seconds: float = 600.0
     #: Seconds between reconciliation passes in ``shardrag serve`` (0 turns them off).
     reconcile_interval_seconds: float = 600.0
+    # -- the distributed mode (docs/cluster.md) -------------------------------------------------
+    #: This process belongs to a cluster: the shard map lives in NATS key-value, searches go
+    #: through the router to the index nodes over NATS, and no shard is opened here.
+    cluster: bool = False
+    #: Backends shared by every process of a cluster (unset: the data dir's own files).
+    #: ``postgresql://...``; ``redis://...``; ``s3://bucket/prefix`` or ``file:///shared/dir``.
+    registry_url: str | None = None
+    redis_url: str | None = None
+    cache_prefix: str = "shardrag"
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    #: JetStream replicas of the log's streams and the shard map's buckets (3 on a 3-server
+    #: NATS cluster: losing one server loses nothing).
+    log_replicas: int = 1
+    #: Replicas per shard when a cluster's layout is first written (``cluster up``).
+    replicas: int = 1
+    #: An index node's id (``shardrag node --id``) and how long its heartbeat counts.
+    node_id: str | None = None
+    node_ttl_seconds: float = 6.0
+    #: Seconds between snapshots of a node's shards to the blob store (0: never).
+    snapshot_interval_seconds: float = 300.0
+    #: The router: a query's deadline, and how long one replica may take before the router
+    #: asks another.
+    search_timeout_seconds: float = 10.0
+    replica_timeout_seconds: float = 1.0
+    #: Bind the API's port with SO_REUSEPORT, so several api processes share one port.
+    reuse_port: bool = False
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -138,11 +166,21 @@ class Settings:
             "rate_limit_per_second": self.rate_limit_per_second >= 0,
             "rate_limit_burst": self.rate_limit_burst >= 1,
             "read_concern_timeout_seconds": self.read_concern_timeout_seconds > 0,
+            "log_replicas": 1 <= self.log_replicas <= 5,
+            "replicas": self.replicas >= 1,
+            "node_ttl_seconds": self.node_ttl_seconds > 0,
+            "snapshot_interval_seconds": self.snapshot_interval_seconds >= 0,
+            "search_timeout_seconds": self.search_timeout_seconds > 0,
+            "replica_timeout_seconds": self.replica_timeout_seconds > 0,
         }
         for name, ok in checks.items():
             if not ok:
                 shown = "<hidden>" if name == "admin_key" else repr(getattr(self, name))
                 raise InvalidParameter(f"setting {name}={shown} is out of range")
+        if self.cluster and not self.nats_url:
+            raise InvalidParameter(
+                "the distributed mode (SHARDRAG_CLUSTER) needs SHARDRAG_NATS_URL"
+            )
         if self.embedder == "http" and not self.embed_url:
             raise InvalidParameter("embedder 'http' needs SHARDRAG_EMBED_URL")
 

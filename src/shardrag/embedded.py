@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +22,9 @@ from typing import Any
 from shardrag import validation
 from shardrag.blobs import open_blob_store
 from shardrag.cache import CacheKey, CacheKind, open_result_cache
+from shardrag.cluster import LOCAL_NODE, ClusterStatus, Layout, NodeInfo, open_shard_map
+from shardrag.cluster.router import RoutedSearch, Router
+from shardrag.cluster.status import collect_status
 from shardrag.config import Settings
 from shardrag.context import (
     Answerer,
@@ -31,7 +36,7 @@ from shardrag.context import (
 )
 from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
-from shardrag.engine import EngineSettings, ShardEngine, ShardSet
+from shardrag.engine import EngineSettings, ShardSet
 from shardrag.errors import (
     DeadLetterNotFound,
     DocumentNotFound,
@@ -58,6 +63,7 @@ from shardrag.models import (
     WriteResult,
     WriteToken,
 )
+from shardrag.natsconn import NatsConnection
 from shardrag.observability.metrics import PipelineStats
 from shardrag.pipeline import (
     Accepted,
@@ -71,7 +77,7 @@ from shardrag.pipeline import (
 )
 from shardrag.pipeline.events import VersionRef, ref_of, shard_subject
 from shardrag.registry import TenantRecord, open_registry
-from shardrag.retrieval import Searcher
+from shardrag.retrieval import Routed, Searcher
 
 log = logging.getLogger(__name__)
 _LAYOUT_FILE = "shardrag.json"
@@ -92,6 +98,7 @@ class Shardrag:
         self.data_dir = settings.data_dir
         self._lock = DataDirLock(self.data_dir)
         self._closed = False
+        self._opened_at = time.time()
         try:
             self._open_parts()
         except BaseException:
@@ -101,22 +108,34 @@ class Shardrag:
     def _open_parts(self) -> None:
         settings = self.settings
         self.embedder = open_embedder(settings)
-        self._layout = self._check_layout()
-        self.registry = open_registry(self.data_dir)
-        self.blobs = open_blob_store(self.data_dir)
+        self.shard_map = open_shard_map(settings)
+        self.layout = self._check_layout()
+        self.registry = open_registry(self.data_dir, settings.registry_url)
+        self.blobs = open_blob_store(
+            self.data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
+        )
         self.embedding_cache = EmbeddingCache(
             self.data_dir / "embeddings.sqlite3", settings.embedding_cache_entries
         )
-        self.shards = ShardSet(
-            self.data_dir / "shards",
-            EngineSettings(dimension=int(self._layout["dimension"])),
-            settings.optimize_threshold,
-        )
-        if settings.write_path not in ("log", "direct"):
-            raise InvalidParameter(
-                f"write_path must be 'log' or 'direct', not {settings.write_path!r}"
+        # The distributed mode hosts no shard here: index nodes do, behind the router.
+        self.shards = (
+            None
+            if settings.cluster
+            else ShardSet(
+                self.data_dir / "shards",
+                EngineSettings(dimension=self.layout.dimension),
+                settings.optimize_threshold,
             )
-        self.log = open_log(self.data_dir, settings.nats_url, settings.log_prefix)
+        )
+        if settings.write_path not in ("log", "direct") or (
+            settings.cluster and settings.write_path != "log"
+        ):
+            raise InvalidParameter(
+                f"write_path must be 'log' or (embedded only) 'direct', not {settings.write_path!r}"
+            )
+        self.log = open_log(
+            self.data_dir, settings.nats_url, settings.log_prefix, settings.log_replicas
+        )
         self.writer = DocumentWriter(
             registry=self.registry,
             blobs=self.blobs,
@@ -132,21 +151,41 @@ class Shardrag:
                 self.embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens
             ),
             vectorizer=ChunkVectorizer(self.embedder, self.embedding_cache),
-            shard=self.shards.shard,
+            shard=self.shards.shard if self.shards else None,
             state_dir=self.data_dir / "shards",
-            stages=parse_stages(settings.stages),
+            stages=self._stages(),
             retry=Retry.from_settings(settings),
         )
-        self.reconciler = Reconciler(
-            self.registry,
-            self.log,
-            self.writer,
-            self.shards.shard,
-            lambda: range(int(self._layout["shards"])),
+        self.reconciler = (
+            Reconciler(
+                self.registry,
+                self.log,
+                self.writer,
+                self.shards.shard,
+                lambda: range(self.layout.shards),
+            )
+            if self.shards
+            else None
         )
         self.result_cache = (
-            open_result_cache(settings.result_cache_entries, settings.result_cache_ttl_seconds)
+            open_result_cache(
+                settings.result_cache_entries,
+                settings.result_cache_ttl_seconds,
+                settings.redis_url,
+                settings.cache_prefix,
+            )
             if settings.result_cache_entries > 0
+            else None
+        )
+        self.router = (
+            Router(
+                NatsConnection(settings.nats_url, name="router"),
+                self.shard_map,
+                settings.log_prefix,
+                settings.search_timeout_seconds,
+                settings.replica_timeout_seconds,
+            )
+            if settings.cluster and settings.nats_url
             else None
         )
         self.searcher = Searcher(self.embedder, self._route, self.result_cache)
@@ -169,22 +208,54 @@ class Shardrag:
             log.info("resubmitted %d pending version(s) to the write pipeline", resubmitted)
         self.pipeline.start()
 
-    def _check_layout(self) -> dict[str, Any]:
-        """Pin the data dir to its embedding model and shard count on first open."""
+    def _check_layout(self) -> Layout:
+        """Pin the data dir (or the cluster) to its embedding model and shard count.
+
+        Embedded: the data dir's ``shardrag.json`` is written on first open, and the shard
+        count it holds wins over the setting. Cluster: the shard map's layout (written by
+        ``shardrag cluster init``, or here if it is missing) must agree with the model.
+        """
+        wanted = Layout(
+            self.settings.shards,
+            self.settings.replicas,
+            self.embedder.model_id,
+            self.embedder.dimension,
+        )
+        if self.settings.cluster:
+            return self.shard_map.init_layout(wanted)
         path = self.data_dir / _LAYOUT_FILE
-        wanted = {"model": self.embedder.model_id, "shards": self.settings.shards}
         if path.exists():
-            layout: dict[str, Any] = json.loads(path.read_text())
-            if layout["model"] != wanted["model"]:
+            stored: dict[str, Any] = json.loads(path.read_text())
+            if stored["model"] != wanted.model:
                 raise InvalidParameter(
-                    f"data dir {self.data_dir} holds vectors of {layout['model']}, not "
-                    f"{wanted['model']}; use another data dir for another model",
-                    stored=layout["model"],
+                    f"data dir {self.data_dir} holds vectors of {stored['model']}, not "
+                    f"{wanted.model}; use another data dir for another model",
+                    stored=stored["model"],
                 )
-            return layout
-        layout = {**wanted, "dimension": self.embedder.dimension}
-        path.write_text(json.dumps(layout))
+            wanted = Layout(int(stored["shards"]), 1, stored["model"], int(stored["dimension"]))
+        else:
+            path.write_text(
+                json.dumps(
+                    {"model": wanted.model, "shards": wanted.shards, "dimension": wanted.dimension}
+                )
+            )
+        layout = self.shard_map.init_layout(dataclasses.replace(wanted, replicas=1))
+        for shard_id in range(layout.shards):
+            if not self.shard_map.replicas(shard_id).nodes:
+                self.shard_map.set_replicas(shard_id, [LOCAL_NODE], 0)
         return layout
+
+    def _stages(self) -> frozenset[str]:
+        """The write-path stages this process runs (never the index stage in a cluster)."""
+        stages = parse_stages(self.settings.stages)
+        if self.settings.cluster:
+            if "index" in stages and self.settings.stages.strip().lower() != "all":
+                raise InvalidParameter(
+                    "in the distributed mode the index stage runs on index nodes "
+                    "(shardrag node), not in this process"
+                )
+            stages = stages - {"index"}
+        return stages
 
     @classmethod
     def open(cls, data_dir: str | Path | None = None, **settings: Any) -> Shardrag:
@@ -194,8 +265,10 @@ class Shardrag:
     # -- tenants ------------------------------------------------------------------------------
 
     def _place(self, tenant: str) -> int:
-        # Stable placement by hash; the registry records it so a later rebalance can move it.
-        return zlib.crc32(tenant.encode()) % int(self._layout["shards"])
+        # Stable placement by hash, recorded in the shard map (compare-and-set: two api
+        # processes creating the same tenant agree) and in the registry.
+        wanted = zlib.crc32(tenant.encode()) % self.layout.shards
+        return self.shard_map.place_tenant(tenant, [wanted])[0]
 
     def create_tenant(
         self, tenant: str, name: str | None = None, exist_ok: bool = True
@@ -227,6 +300,7 @@ class Shardrag:
         """Delete a tenant with every document and chunk it has."""
         record = self.tenant(tenant)
         position = self.writer.drop_tenant(tenant, record.shard_id)
+        self.shard_map.forget_tenant(tenant)
         self.pipeline.wait_until(
             lambda: self._applied(record.shard_id) >= position,
             self.settings.write_timeout_seconds,
@@ -237,9 +311,25 @@ class Shardrag:
     def _shard_id_creating_tenant(self, tenant: str) -> int:
         return self.create_tenant(tenant).shard_id
 
-    def _route(self, tenant: str) -> tuple[ShardEngine, int]:
+    def _shards_of(self, tenant: str) -> list[int]:
+        shards = self.shard_map.tenant_shards(tenant)
+        if shards is None:  # placed before the shard map held placements
+            shards = self.shard_map.place_tenant(tenant, [self.tenant(tenant).shard_id])
+        return shards
+
+    def _route(self, tenant: str, positions: Mapping[int, int]) -> Routed:
         record = self.tenant(tenant)
-        return self.shards.shard(record.shard_id), record.generation
+        if self.router is None:
+            assert self.shards is not None
+            return Routed(self.shards.shard(record.shard_id), record.generation)
+        search = RoutedSearch(
+            self.router,
+            self._shards_of(tenant),
+            positions,
+            self.settings.read_concern_timeout_seconds,
+            heads=lambda shard_id: self.log.last_sequence(shard_subject(shard_id), timeout=0.5),
+        )
+        return Routed(search, record.generation, search.cacheable)
 
     # -- documents ----------------------------------------------------------------------------
 
@@ -421,7 +511,7 @@ class Shardrag:
         (waits for every write of the tenant accepted so far).
         """
         self._check_open()
-        self._await_concern(tenant, read_concern, write_token)
+        positions = self._read_positions(tenant, read_concern, write_token)
         request = SearchRequest(
             tenant=validation.tenant_id(tenant),
             query=validation.query_text(query),
@@ -430,7 +520,7 @@ class Shardrag:
             filters=validation.metadata(filters),
             fusion=validation.fusion(fusion or self.settings.fusion),
         )
-        return self.searcher.run(request)
+        return self.searcher.run(request, positions)
 
     def answer(
         self,
@@ -447,7 +537,7 @@ class Shardrag:
         without one, answers with the best-supported sentences of the passages.
         """
         budget = self._answer_budget(max_context_tokens)
-        _, generation = self._route(validation.tenant_id(tenant))
+        generation = self.tenant(tenant).generation
         key = CacheKey.for_search(
             tenant,
             generation,
@@ -492,25 +582,28 @@ class Shardrag:
             raise InvalidParameter("max_context_tokens must be at least 1")
         return budget
 
-    def _await_concern(
+    def _read_positions(
         self, tenant: str, read_concern: ReadConcern | str, write_token: str | None
-    ) -> None:
+    ) -> dict[int, int]:
+        """The log offset per shard a replica must have applied to serve this read.
+
+        ``session``: the position of the token's commit, once its version is decided (a
+        failed or overtaken version needs nothing). ``strong``: every write of the tenant
+        accepted before now decided, then each of the tenant's shards at its log head. In
+        the embedded mode this process's replicas are waited for here; in a cluster the
+        router sends the positions along and only a replica that far answers.
+        """
         concern = validation.read_concern(read_concern)
         if concern is ReadConcern.EVENTUAL:
-            return
+            return {}
         timeout = self.settings.read_concern_timeout_seconds
-        shard_id = self.tenant(tenant).shard_id
+        deadline = time.monotonic() + timeout
         if concern is ReadConcern.STRONG:
-            # Every write accepted before now is decided, and the shard's log is applied up
-            # to its head as it is now.
             since = time.time()
-            head = self.log.last_sequence(shard_subject(shard_id))
 
-            def ready() -> bool:
+            def decided() -> bool:
                 pending = self.registry.pending_versions(tenant)
-                if any(p.created_at <= since for p in pending):
-                    return False
-                return self._applied(shard_id) >= head
+                return not any(p.created_at <= since for p in pending)
 
             what = f"the writes of tenant {tenant!r}"
         else:
@@ -520,31 +613,83 @@ class Shardrag:
             if token.tenant != tenant:
                 raise InvalidParameter("write_token belongs to another tenant")
 
-            def ready() -> bool:
-                return self._token_applied(token, shard_id)
+            def decided() -> bool:
+                info = self.registry.version(token.tenant, token.doc_id, token.version)
+                return info is None or info.state is not VersionState.PENDING
 
             what = "the write of the token"
-        if not self.pipeline.wait_until(ready, timeout):
+        self.tenant(tenant)
+        if not self.pipeline.wait_until(decided, timeout):
             raise ReadConcernTimeout(
-                f"waited {timeout:g} s for {what} to be applied", timeout_seconds=timeout
+                f"waited {timeout:g} s for {what} to be decided", timeout_seconds=timeout
             )
+        if concern is ReadConcern.STRONG:
+            positions = {
+                s: self.log.last_sequence(shard_subject(s)) for s in self._shards_of(tenant)
+            }
+        else:
+            positions = self._token_position(token, self.tenant(tenant).shard_id)
+        if self.router is None:
+            ready = self.pipeline.wait_until(
+                lambda: all(self._applied(s) >= p for s, p in positions.items()),
+                max(0.0, deadline - time.monotonic()),
+            )
+            if not ready:
+                raise ReadConcernTimeout(
+                    f"waited {timeout:g} s for {what} to be applied", timeout_seconds=timeout
+                )
+        return positions
 
-    def _token_applied(self, token: WriteToken, shard_id: int) -> bool:
-        """Whether this process's replica shows the token's write (or what overtook it)."""
+    def _token_position(self, token: WriteToken, shard_id: int) -> dict[int, int]:
+        """Where the token's commit is in its shard's log ({} if it never reached it)."""
         info = self.registry.version(token.tenant, token.doc_id, token.version)
         if info is None:
-            return True  # gone with its tenant
-        if info.state is VersionState.PENDING:
-            return False
+            return {}  # gone with its tenant
         position = token.position or info.commit_position
         if position is None:
-            return True  # failed before its commit reached the shard log: nothing to show
-        return self._applied(token.shard_id if token.shard_id is not None else shard_id) >= position
+            return {}  # failed before its commit reached the shard log: nothing to show
+        return {token.shard_id if token.shard_id is not None else shard_id: position}
 
     def _applied(self, shard_id: int) -> int | float:
-        """How far this process's replica of a shard has applied its log (∞ if none here)."""
+        """How far the shard's replicas have applied its log (∞ if none is known).
+
+        Embedded: this process's replica. Cluster: the slowest live replica, as the nodes'
+        heartbeats report it (so a wait on it lasts at least one heartbeat).
+        """
+        if self.router is not None:
+            applied = self._cluster_applied().get(shard_id, [])
+            return min(applied) if applied else float("inf")
         applier = self.pipeline.applier
         return applier.applied(shard_id) if applier is not None else float("inf")
+
+    def _cluster_applied(self) -> dict[int, list[int]]:
+        """Per shard, the applied offsets of its live replicas (from their heartbeats)."""
+        found: dict[int, list[int]] = {}
+        for node in self.shard_map.nodes():
+            for shard_id, applied in node.applied.items():
+                found.setdefault(shard_id, []).append(applied)
+        return found
+
+    def cluster_status(self) -> ClusterStatus:
+        """The layout, each shard's replicas and each live node with its lag (``cluster status``).
+
+        Embedded, the one node is this process (``local``), reporting its applier's offsets.
+        """
+        if self.router is not None:
+            return collect_status(self.layout, self.shard_map, self.log)
+        shards = range(self.layout.shards)
+        applier = self.pipeline.applier
+        heads = {s: self.log.last_sequence(shard_subject(s)) for s in shards}
+        local = NodeInfo(
+            LOCAL_NODE,
+            os.getpid(),
+            socket.gethostname(),
+            {s: applier.applied(s) if applier else heads[s] for s in shards},
+            self._opened_at,
+            time.time(),
+            heads,
+        )
+        return collect_status(self.layout, self.shard_map, self.log, [local])
 
     # -- the pipeline's operations --------------------------------------------------------------
 
@@ -554,12 +699,16 @@ class Shardrag:
 
     def pipeline_stats(self) -> PipelineStats:
         """Pending writes, dead letters, and how far each shard's log is applied (metrics)."""
-        shards = range(int(self._layout["shards"]))
+        shards = range(self.layout.shards)
         applier = self.pipeline.applier
+        if self.router is not None:
+            applied = {s: min(offsets) for s, offsets in self._cluster_applied().items()}
+        else:
+            applied = applier.applied_offsets() if applier else {}
         return PipelineStats(
             pending_writes=self.pending_writes(),
             dead_letters=len(self.log.dead_letters(limit=100_000)),
-            applied=applier.applied_offsets() if applier else {},
+            applied=applied,
             log_head={s: self.log.last_sequence(shard_subject(s)) for s in shards},
         )
 
@@ -604,6 +753,11 @@ class Shardrag:
     def reconcile(self, dry_run: bool = False) -> ReconcileReport:
         """Compare the registry with the shards and repair what drifted (see pipeline/reconcile)."""
         self._check_open()
+        if self.reconciler is None:
+            raise Unavailable(
+                "the reconciler compares the registry with shards of this process; in the "
+                "distributed mode it does not run yet (docs/cluster.md)"
+            )
         return self.reconciler.run(dry_run)
 
     def document_counts(self) -> dict[VersionState, int]:
@@ -614,7 +768,7 @@ class Shardrag:
 
     def optimize(self) -> None:
         """Build the indexes of every open shard now (pauses the process while it runs)."""
-        for engine in self.shards.open_shards().values():
+        for engine in self.shards.open_shards().values() if self.shards else []:
             engine.optimize()
 
     @property
@@ -633,8 +787,12 @@ class Shardrag:
         self._closed = True
         try:
             self.pipeline.stop()
+            if self.router is not None:
+                self.router.conn.close()
             self.log.close()
-            self.shards.close()
+            if self.shards is not None:
+                self.shards.close()
+            self.shard_map.close()
             self.embedding_cache.close()
             self.registry.close()
         finally:

@@ -28,11 +28,13 @@ and an HTTP-style ``status`` used by the API layer (the only place that maps err
     ├── Conflict                       conflict           409
     │   ├── DataDirLocked              data_dir_locked    409
     │   ├── TenantExists               tenant_exists      409
-    │   └── IdempotencyConflict        idempotency_conflict 409
+    │   ├── IdempotencyConflict        idempotency_conflict 409
+    │   └── ShardMapConflict           shard_map_conflict 409
     ├── RateLimited                    rate_limited       429
     ├── Unavailable                    unavailable        503
     │   ├── EmbedderUnavailable        embedder_unavailable 503
-    │   └── ReadConcernTimeout         read_concern_timeout 503
+    │   ├── ReadConcernTimeout         read_concern_timeout 503
+    │   └── ShardUnavailable           shard_unavailable  503
     └── InternalError                  internal_error     500
 """
 
@@ -217,6 +219,12 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+class ShardMapConflict(Conflict):
+    """A compare-and-set on the shard map lost: someone changed the entry first; re-read."""
+
+    code = "shard_map_conflict"
+
+
 class RateLimited(ShardragError):
     """The key sent more requests than its rate limit allows; retry after ``retry_after``."""
 
@@ -241,6 +249,12 @@ class ReadConcernTimeout(Unavailable):
     """A session or strong read waited longer than allowed for its writes to be applied."""
 
     code = "read_concern_timeout"
+
+
+class ShardUnavailable(Unavailable):
+    """No replica of a shard answered in time (every one was tried before the deadline)."""
+
+    code = "shard_unavailable"
 
 
 class InternalError(ShardragError):

@@ -1,7 +1,8 @@
 """``shardrag worker --stage S``: one stage of the write path alone, against the NATS log.
 
-A worker shares the data dir's registry and blob store with the api process (both are safe
-for several processes: SQLite in WAL mode, content-addressed files) and consumes its stage's
+A worker shares the registry and blob store with the api process: the data dir's (safe for
+several processes on one machine: SQLite in WAL mode, content-addressed files), or the
+cluster's (``SHARDRAG_REGISTRY_URL``, ``SHARDRAG_BLOB_URL``) and consumes its stage's
 subject on JetStream with the same durable consumer the embedded pipeline uses, so any number
 of workers of one stage share its events. The index stage owns the shards it applies to, so a
 worker of that stage takes the data dir's lock (the api then must not host the shards).
@@ -37,10 +38,14 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
             "a worker of its own needs the NATS log (SHARDRAG_NATS_URL): the embedded SQLite "
             "log is consumed by the serve process itself"
         )
+    if stage == "index" and settings.cluster:
+        raise InvalidParameter(
+            "in the distributed mode shards are applied by index nodes: run `shardrag node`"
+        )
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(data_dir) if stage == "index" else None
-    registry = open_registry(data_dir)
+    registry = open_registry(data_dir, settings.registry_url)
     embedder = open_embedder(settings)
     cache = EmbeddingCache(data_dir / "embeddings.sqlite3", settings.embedding_cache_entries)
     shards = ShardSet(
@@ -48,12 +53,14 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
         EngineSettings(dimension=_dimension(data_dir, embedder.dimension)),
         settings.optimize_threshold,
     )
-    log = open_log(data_dir, settings.nats_url, settings.log_prefix)
+    log = open_log(data_dir, settings.nats_url, settings.log_prefix, settings.log_replicas)
     try:
         pipeline = Pipeline(
             log=log,
             registry=registry,
-            blobs=open_blob_store(data_dir),
+            blobs=open_blob_store(
+                data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
+            ),
             chunker=Chunker(
                 embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens
             ),

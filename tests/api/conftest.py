@@ -1,7 +1,15 @@
-"""Fixtures of the API tests: an app over a fresh data dir, in-process or on a real port."""
+"""Fixtures of the API tests: an app over a fresh data dir, in-process or on a real port.
+
+With ``SHARDRAG_TEST_CLUSTER=<dir>`` (a directory of ``shardrag cluster up``, holding
+cluster.json) the ``api`` and ``live_server`` fixtures target that cluster instead: requests go
+over HTTP to its api processes, with its root key, and ``.rag`` is an api core of this process
+connected to the same cluster (it hosts no shard and runs no stage), for the tests that read
+the registry or the app's schema. Tests marked ``in_process`` are skipped there.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -18,8 +26,13 @@ from fastapi.testclient import TestClient
 
 from shardrag import Shardrag
 from shardrag.api import create_app
+from shardrag.cluster.launcher import ClusterState
+from shardrag.config import Settings
 
 ROOT_KEY = "root-key-for-the-test-suite-0123456789"
+#: A directory of ``shardrag cluster up``: when set, the API tests run against that cluster.
+CLUSTER_DIR = os.environ.get("SHARDRAG_TEST_CLUSTER") or None
+HERE = Path(__file__).resolve().parent
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -27,14 +40,33 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Against a cluster, skip the tests of this directory marked ``in_process``."""
+    if CLUSTER_DIR is None:
+        return
+    for item in items:
+        marker = item.get_closest_marker("in_process")
+        if marker is None or HERE not in Path(item.path).resolve().parents:
+            continue
+        why = marker.kwargs.get("reason", "it needs the served app in this process")
+        item.add_marker(pytest.mark.skip(reason=f"in_process, not against a cluster: {why}"))
+
+
 @dataclass
 class ApiUnderTest:
-    """An app over its own data dir, a client of it, and helpers to make tenants and keys."""
+    """An app over its own data dir, a client of it, and helpers to make tenants and keys.
+
+    Against a cluster: ``client`` is an ``httpx.Client`` of the cluster's api (``url``),
+    ``root`` bears the cluster's admin key, and ``rag``/``app`` are this process's api core
+    of the same cluster (not the processes that answer ``client``).
+    """
 
     rag: Shardrag
     app: FastAPI
-    client: TestClient
+    client: httpx.Client
     root: dict[str, str] = field(default_factory=lambda: bearer(ROOT_KEY))
+    #: The base URL of the api processes that ``client`` talks to; None: in-process.
+    url: str | None = None
 
     def tenant(self, tenant_id: str) -> dict[str, dict[str, str]]:
         """Create ``tenant_id`` with one key per role; the headers of each role's key."""
@@ -62,9 +94,82 @@ def open_api(data_dir: Path, **settings: Any) -> ApiUnderTest:
     return ApiUnderTest(rag, app, TestClient(app, raise_server_exceptions=False))
 
 
+@dataclass
+class Cluster:
+    """The cluster under test and this process's api core connected to it."""
+
+    state: ClusterState
+    rag: Shardrag
+
+
+def cluster_settings(state: ClusterState, data_dir: Path, **overrides: Any) -> Settings:
+    """The settings of an api core of ``state``'s cluster over ``data_dir`` (its own files)."""
+    values = {
+        name.removeprefix("SHARDRAG_").lower(): value
+        for name, value in state.env_overrides.items()
+        if name.startswith("SHARDRAG_")
+    }
+    return Settings.load(**{**values, "data_dir": data_dir, **overrides})
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster | None]:
+    """The cluster of ``SHARDRAG_TEST_CLUSTER`` (None without it), with an api core of it here."""
+    if CLUSTER_DIR is None:
+        yield None
+        return
+    state = ClusterState.load(Path(CLUSTER_DIR))
+    data_dir = tmp_path_factory.mktemp("cluster-core") / "data"
+    rag = Shardrag(cluster_settings(state, data_dir, stages="none"))
+    try:
+        yield Cluster(state, rag)
+    finally:
+        rag.close()
+
+
+def _tenants(client: httpx.Client, root: dict[str, str]) -> set[str]:
+    listed = client.get("/v1/tenants", headers=root)
+    assert listed.status_code == 200, listed.text
+    return {t["id"] for t in listed.json()["tenants"]}
+
+
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiUnderTest]:
+def cluster_cleanup(cluster: Cluster | None) -> Iterator[None]:
+    """Against a cluster: delete, after the module, every tenant it created (root key).
+
+    The cluster outlives the module, and another module may use the same tenant ids.
+    """
+    if cluster is None:
+        yield
+        return
+    root = bearer(cluster.state.admin_key)
+    with httpx.Client(base_url=cluster.state.api_url, timeout=120) as client:
+        before = _tenants(client, root)
+        yield
+        for tenant in sorted(_tenants(client, root) - before):
+            gone = client.delete(f"/v1/tenants/{tenant}", headers=root)
+            assert gone.status_code in (200, 404), f"deleting tenant {tenant}: {gone.text}"
+
+
+@pytest.fixture(scope="module")
+def api(
+    tmp_path_factory: pytest.TempPathFactory, cluster: Cluster | None, cluster_cleanup: None
+) -> Iterator[ApiUnderTest]:
     """One app per test module (the model loads once); tests use their own tenants."""
+    if cluster is not None:
+        state = cluster.state
+        client = httpx.Client(base_url=state.api_url, timeout=120)
+        try:
+            yield ApiUnderTest(
+                cluster.rag,
+                create_app(cluster.rag),
+                client,
+                root=bearer(state.admin_key),
+                url=state.api_url,
+            )
+        finally:
+            client.close()
+        return
     under_test = open_api(tmp_path_factory.mktemp("api") / "data")
     try:
         yield under_test
@@ -75,7 +180,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiUnderTest]:
 
 @dataclass
 class LiveServer:
-    """A real HTTP server (uvicorn on a loopback port) over its own data dir."""
+    """A real HTTP server (uvicorn on a loopback port) over its own data dir.
+
+    Against a cluster: the cluster's api, its admin key, and this process's api core of it.
+    """
 
     url: str
     admin_key: str
@@ -91,8 +199,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """``shardrag serve`` in-process on a free port (uvicorn in a thread)."""
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, cluster: Cluster | None, cluster_cleanup: None
+) -> Iterator[LiveServer]:
+    """``shardrag serve`` in-process on a free port (uvicorn in a thread), or the cluster's."""
+    if cluster is not None:
+        yield LiveServer(cluster.state.api_url, cluster.state.admin_key, cluster.rag)
+        return
     rag = Shardrag.open(
         tmp_path_factory.mktemp("live") / "data",
         shards=2,

@@ -99,7 +99,11 @@ def _pinning(fuzz: Fuzzed, as_root: bool) -> Callable[[HookContext, dict[str, An
 
 
 def _schema(api: ApiUnderTest, fuzz: Fuzzed, as_root: bool = False) -> Any:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    # In-process: the app itself (ASGI). Against a cluster: its api processes over HTTP.
+    if api.url is not None:
+        schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+    else:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
     schema.hook(_pinning(fuzz, as_root))
     return schema
 

@@ -267,3 +267,49 @@ class ReconcileOut(BaseModel):
     repairs: list[RepairOut]
     dry_run: bool
     seconds: float
+
+
+class LayoutOut(BaseModel):
+    """The shape of the cluster."""
+
+    shards: int
+    replicas: int
+    model: str
+    dimension: int
+    revision: int
+
+
+class ShardStatusOut(BaseModel):
+    """A shard: the nodes that hold it and the head of its log."""
+
+    shard: int
+    replicas: list[str]
+    log_head: int
+
+
+class ReplicaStatusOut(BaseModel):
+    """A node's replica of a shard: how far it applied the log, and how far behind it is."""
+
+    shard: int
+    applied: int
+    lag: int
+
+
+class NodeStatusOut(BaseModel):
+    """A live node, from its last heartbeat."""
+
+    id: str
+    pid: int
+    address: str
+    healthy: bool
+    heartbeat_age_seconds: float
+    shards: list[ReplicaStatusOut]
+    lag: int
+
+
+class ClusterStatusOut(BaseModel):
+    """``shardrag cluster status``: layout, shards, live nodes."""
+
+    layout: LayoutOut
+    shards: list[ShardStatusOut]
+    nodes: list[NodeStatusOut]

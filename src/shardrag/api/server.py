@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -24,6 +25,23 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Serve ``app`` on ``host:port`` until stopped."""
-    GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+def serve(app: FastAPI, host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve ``app`` on ``host:port`` until stopped.
+
+    ``reuse_port``: bind with SO_REUSEPORT, so several api processes listen on one port and
+    the kernel spreads new connections over them (``shardrag cluster up`` runs two).
+    """
+    server = GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    if not reuse_port:
+        server.run()
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

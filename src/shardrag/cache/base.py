@@ -109,6 +109,20 @@ class CacheStats(CacheCounts):
         )
 
 
+def check_ttl(ttl_seconds: float | None) -> None:
+    """Refuse a lifetime that is not positive (None, no expiry, is fine)."""
+    # Written as "not > 0" so that NaN is refused too.
+    if ttl_seconds is not None and not ttl_seconds > 0:
+        raise InvalidParameter(f"a cache TTL must be positive, not {ttl_seconds!r}")
+
+
+def check_entry(value: Any, ttl_seconds: float | None) -> None:
+    """Refuse what no cache stores: None (``get`` answers None for a miss), or a bad TTL."""
+    if value is None:
+        raise InvalidParameter("None cannot be cached: get answers None for a miss")
+    check_ttl(ttl_seconds)
+
+
 class ResultCache(Protocol):
     """The hot tier: computed results by ``CacheKey``, bounded, each entry with a lifetime.
 

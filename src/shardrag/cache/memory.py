@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from shardrag.cache.base import CacheCounts, CacheKey, CacheStats
+from shardrag.cache.base import CacheCounts, CacheKey, CacheStats, check_entry, check_ttl
 from shardrag.errors import InvalidParameter
 
 
@@ -30,12 +30,6 @@ class _Counters:
         return CacheCounts(self.hits, self.misses, self.entries, self.evictions)
 
 
-def _check_ttl(ttl_seconds: float | None) -> None:
-    # Written as "not > 0" so that NaN is refused too.
-    if ttl_seconds is not None and not ttl_seconds > 0:
-        raise InvalidParameter(f"a cache TTL must be positive, not {ttl_seconds!r}")
-
-
 class MemoryResultCache:
     """Up to ``max_entries`` values in this process; the least recently used go first.
 
@@ -53,7 +47,7 @@ class MemoryResultCache:
     ) -> None:
         if max_entries < 1:
             raise InvalidParameter(f"a cache needs room for an entry, not {max_entries!r}")
-        _check_ttl(ttl_seconds)
+        check_ttl(ttl_seconds)
         self.max_entries = max_entries
         self.ttl_seconds = ttl_seconds
         self._clock = clock
@@ -86,9 +80,7 @@ class MemoryResultCache:
 
     def put(self, key: CacheKey, value: Any, ttl_seconds: float | None = None) -> None:
         """Store ``value`` under ``key``, evicting the least recently used entry when full."""
-        if value is None:
-            raise InvalidParameter("None cannot be cached: get answers None for a miss")
-        _check_ttl(ttl_seconds)
+        check_entry(value, ttl_seconds)
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         with self._lock:
             now = self._clock()

@@ -95,8 +95,9 @@ class Log(Protocol):
         """
         ...
 
-    def last_sequence(self, subject: str) -> int:
-        """The sequence of the newest message on ``subject`` (0 if none)."""
+    def last_sequence(self, subject: str, timeout: float | None = None) -> int:
+        """The sequence of the newest message on ``subject`` (0 if none); ``Unavailable``
+        if the log does not answer within ``timeout`` seconds (None: its default)."""
         ...
 
     def bury(self, consumer: str, message: LogMessage, error: str) -> None:

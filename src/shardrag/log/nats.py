@@ -7,8 +7,9 @@ acks. JetStream counts deliveries; this backend decides when a message is dead (
 it, so both backends bury at the same point. Deduplication of appends uses ``Nats-Msg-Id``
 within the stream's duplicate window (2 minutes by default).
 
-nats-py is asyncio; this class owns an event loop on a thread of its own and offers the same
-blocking methods as the SQLite backend.
+nats-py is asyncio; this class drives it through a ``NatsConnection`` (an event loop on a
+thread of its own) and offers the same blocking methods as the SQLite backend. With
+``replicas`` > 1 (a NATS cluster) both streams are replicated: losing a server loses nothing.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import nats
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from shardrag.errors import InvalidParameter, NotFound, Unavailable
+from shardrag.errors import InvalidParameter, NotFound
 from shardrag.log.base import DeadLetter, LogMessage, check_subject
+from shardrag.natsconn import NatsConnection
 
 _T = TypeVar("_T")
 _MSG_ID = "Nats-Msg-Id"
@@ -45,34 +46,30 @@ _DL = {
 class NatsLog:
     """A log on a JetStream server (or cluster) reachable at ``url``."""
 
-    def __init__(self, url: str, prefix: str = "shardrag", timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, prefix: str = "shardrag", timeout: float = 5.0, replicas: int = 1
+    ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
             raise InvalidParameter(f"log prefix {prefix!r} must be letters, digits, _ or -")
         self.prefix = prefix
         self.stream = prefix.upper().replace("-", "_")
         self.dead_stream = f"{self.stream}_DLQ"
         self.timeout = timeout
+        self.replicas = replicas
         # Ordered readers by filter: (subscription, last stream seq, last consumer seq).
         self._readers: dict[str, tuple[Any, int, int]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-log", daemon=True)
-        self._thread.start()
+        self._conn = NatsConnection(url, timeout, name="nats-log")
+        self._js = self._conn.js
         try:
-            self._run(self._connect(url))
+            self._conn.run_patiently(self._create_streams)
         except BaseException:
-            self._stop_loop()
+            self._conn.close()
             raise
 
     def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result(timeout=(timeout or self.timeout) + 5)
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise Unavailable(f"NATS: {type(exc).__name__}: {exc}") from exc
+        return self._conn.run(coroutine, timeout)
 
-    async def _connect(self, url: str) -> None:
-        self._nc = await nats.connect(url, connect_timeout=self.timeout, max_reconnect_attempts=-1)
-        self._js = self._nc.jetstream(timeout=self.timeout)
+    async def _create_streams(self) -> None:
         for name, subjects in (
             (self.stream, [f"{self.prefix}.>"]),
             (self.dead_stream, [f"{self.prefix}_dlq.>"]),
@@ -80,7 +77,9 @@ class NatsLog:
             try:
                 await self._js.stream_info(name)
             except NotFoundError:
-                await self._js.add_stream(name=name, subjects=subjects, storage="file")
+                await self._js.add_stream(
+                    name=name, subjects=subjects, storage="file", num_replicas=self.replicas
+                )
 
     def _subject(self, subject: str) -> str:
         return f"{self.prefix}.{subject}"
@@ -194,17 +193,21 @@ class NatsLog:
         """Record a dead letter for a reader that gave up on ``message``."""
         self._run(self._publish_dead(consumer, message, error))
 
-    def last_sequence(self, subject: str) -> int:
-        """The sequence of the newest message on ``subject`` (0 if none)."""
+    def last_sequence(self, subject: str, timeout: float | None = None) -> int:
+        """The sequence of the newest message on ``subject`` (0 if none); ``Unavailable``
+        if the log does not answer within ``timeout`` seconds (None: its default)."""
 
         async def last() -> int:
             try:
-                found = await self._js.get_last_msg(self.stream, self._subject(subject))
+                found = await asyncio.wait_for(
+                    self._js.get_last_msg(self.stream, self._subject(subject)),
+                    timeout or self.timeout,
+                )
             except NotFoundError:
                 return 0
             return int(found.seq or 0)
 
-        return self._run(last())
+        return self._run(last(), timeout=timeout)
 
     async def _bury(self, consumer: str, msg: Msg, attempts: int, error: str) -> None:
         # A consumer's delivery: copied to the dead letters, then never delivered again.
@@ -288,17 +291,7 @@ class NatsLog:
 
     def close(self) -> None:
         """Close the connection and stop the loop."""
-        if self._loop.is_closed():
-            return
-        try:
-            self._run(self._nc.close())
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+        self._conn.close()
 
 
 class NatsConsumer:

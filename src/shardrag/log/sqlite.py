@@ -169,8 +169,9 @@ class SqliteLog:
         with self._lock, self._tx() as db:
             self._bury(db, consumer, message, error, time.time())
 
-    def last_sequence(self, subject: str) -> int:
-        """The sequence of the newest message on ``subject`` (0 if none)."""
+    def last_sequence(self, subject: str, timeout: float | None = None) -> int:
+        """The sequence of the newest message on ``subject`` (0 if none); ``Unavailable``
+        if the log does not answer within ``timeout`` seconds (None: its default)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT max(seq) AS seq FROM messages WHERE subject = ?", (subject,)

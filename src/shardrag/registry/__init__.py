@@ -1,7 +1,9 @@
-"""Tenants, documents, versions, keys, audit: the protocol and its SQLite implementation."""
+"""Tenants, documents, versions, keys, audit: the protocol and its SQLite and PostgreSQL stores."""
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from shardrag.errors import InvalidParameter
 from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import (
     ManifestEntry,
@@ -10,12 +12,26 @@ from shardrag.registry.base import (
     Registry,
     TenantRecord,
 )
+from shardrag.registry.postgres import PostgresRegistry
 from shardrag.registry.sqlite import SqliteRegistry
 
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
-def open_registry(data_dir: Path) -> Registry:
-    """The registry of an embedded data dir."""
-    return SqliteRegistry(data_dir / "registry.sqlite3")
+
+def open_registry(data_dir: Path, url: str | None = None) -> Registry:
+    """The registry at ``url`` (setting ``registry_url``), else the SQLite file of the data dir."""
+    if url is None:
+        return SqliteRegistry(data_dir / "registry.sqlite3")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _POSTGRES_SCHEMES:
+        # Only the scheme is repeated: the rest of a URL may hold a password.
+        raise InvalidParameter(
+            "registry_url must be a postgresql:// or postgres:// URL, or unset for the data "
+            f"dir's SQLite file (its scheme: {scheme!r})",
+            setting="registry_url",
+            scheme=scheme,
+        )
+    return PostgresRegistry(url)
 
 
 __all__ = [
@@ -24,6 +40,7 @@ __all__ = [
     "ManifestEntry",
     "NewVersion",
     "PendingVersion",
+    "PostgresRegistry",
     "Registry",
     "Role",
     "StoredResponse",

@@ -1,7 +1,9 @@
 """The registry protocol: tenants, documents, versions and their chunk manifests.
 
 The registry is the source of truth for what *should* be searchable; the shards hold what is.
-Implementations: ``registry/sqlite.py`` (embedded). PostgreSQL follows with the distributed mode.
+Implementations: ``registry/sqlite.py`` (one file in the data dir, embedded mode) and
+``registry/postgres.py`` (one database shared by every process, distributed mode); the contract
+tests in ``tests/registry/test_registry_contract.py`` hold both to the same behaviour.
 """
 
 from __future__ import annotations

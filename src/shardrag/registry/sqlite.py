@@ -317,8 +317,15 @@ class SqliteRegistry:
             if row is None:
                 return  # dropped with its tenant while the version was on its way
             previous = row["live_version"]
-            if previous is not None and previous > version:
-                # A newer version is already live: this one was overtaken, never shown.
+            newer = db.execute(
+                "SELECT 1 FROM versions WHERE tenant = ? AND doc_id = ? AND version > ? "
+                "AND state IN ('live', 'deleted') LIMIT 1",
+                (tenant, doc_id, version),
+            ).fetchone()
+            if newer is not None or (previous is not None and previous > version):
+                # A newer version is already live (or deleted the document): this one was
+                # overtaken. Replicas apply the same log at their own pace, so a lagging one
+                # reports old commits after a newer one was recorded; they change nothing.
                 db.execute(
                     "UPDATE versions SET state = 'superseded', updated_at = ? "
                     "WHERE tenant = ? AND doc_id = ? AND version = ?",

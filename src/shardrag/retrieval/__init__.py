@@ -1,5 +1,5 @@
-"""Query planning: validate, embed the query, ask the tenant's shard, return hits."""
+"""Query planning: validate, embed the query, ask the tenant's shards, return hits."""
 
-from shardrag.retrieval.searcher import Searcher
+from shardrag.retrieval.searcher import Routed, Searcher, SearchTarget
 
-__all__ = ["Searcher"]
+__all__ = ["Routed", "SearchTarget", "Searcher"]

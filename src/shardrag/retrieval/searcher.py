@@ -4,16 +4,50 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from shardrag.cache import CacheKey, CacheKind, ResultCache
 from shardrag.embed import Embedder
-from shardrag.engine import ShardEngine
-from shardrag.models import Hit, SearchMode, SearchRequest
+from shardrag.models import Fusion, Hit, Metadata, SearchMode, SearchRequest
 
-# Given an existing tenant, the engine of its shard and the tenant's cache generation
-# (raising TenantNotFound otherwise).
-Route = Callable[[str], tuple[ShardEngine, int]]
+
+class SearchTarget(Protocol):
+    """What answers a tenant's search: its shard's engine (embedded) or the router (cluster)."""
+
+    def search(
+        self,
+        tenant: str,
+        mode: SearchMode,
+        k: int,
+        dense: list[float] | None = None,
+        text: str = "",
+        filters: Metadata | None = None,
+        fusion: Fusion = Fusion.DBSF,
+    ) -> list[Hit]:
+        """The top-k live chunks of the tenant."""
+        ...
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Where a tenant's search runs, and the tenant's cache generation read before it."""
+
+    target: SearchTarget
+    generation: int
+    #: Asked after the search: may its result be cached under ``generation``? (A replica
+    #: behind the commits that made the generation would otherwise cache stale hits.)
+    cacheable: Callable[[], bool] = _always
+
+
+# Given an existing tenant and the log positions a read concern needs per shard, where its
+# search runs (raising TenantNotFound for an unknown tenant).
+Route = Callable[[str, Mapping[int, int]], Routed]
 
 
 class Searcher:
@@ -30,14 +64,19 @@ class Searcher:
         self.route = route
         self.cache = cache
 
-    def run(self, request: SearchRequest) -> list[Hit]:
-        """The top ``request.k`` hits, at most one version per document."""
-        engine, generation = self.route(request.tenant)
+    def run(self, request: SearchRequest, positions: Mapping[int, int] | None = None) -> list[Hit]:
+        """The top ``request.k`` hits, at most one version per document.
+
+        ``positions``: per shard, the log offset a replica must have applied to answer (the
+        request's read concern, resolved by the caller).
+        """
+        routed = self.route(request.tenant, positions or {})
+        engine = routed.target
         if self.cache is None:
             return self._search(engine, request, request.query)
         key = CacheKey.for_search(
             request.tenant,
-            generation,
+            routed.generation,
             CacheKind.SEARCH,
             request.query,
             {
@@ -52,11 +91,12 @@ class Searcher:
             # Computed from the normalised text, so every spelling that shares the key
             # would have produced this value.
             cached = tuple(self._search(engine, request, key.query))
-            self.cache.put(key, cached)
+            if routed.cacheable():
+                self.cache.put(key, cached)
         # Callers may mutate what they get; the cached hits must stay as computed.
         return [dataclasses.replace(h, metadata=copy.deepcopy(h.metadata)) for h in cached]
 
-    def _search(self, engine: ShardEngine, request: SearchRequest, text: str) -> list[Hit]:
+    def _search(self, engine: SearchTarget, request: SearchRequest, text: str) -> list[Hit]:
         dense = (
             None if request.mode is SearchMode.KEYWORD else self._query_vector(request.tenant, text)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -15,9 +16,9 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is alive (it answers)."""
-    return {"status": "ok"}
+def healthz() -> dict[str, Any]:
+    """The process is alive (it answers); its pid tells api processes behind one port apart."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @router.get("/readyz")

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
 from shardrag.api.deps import Caller, root_caller, tenant_caller
-from shardrag.api.schemas import DeadLetterList, DeadLetterOut, ErrorOut, ReconcileOut
+from shardrag.api.schemas import (
+    ClusterStatusOut,
+    DeadLetterList,
+    DeadLetterOut,
+    ErrorOut,
+    ReconcileOut,
+)
 from shardrag.registry import Role
 
 router = APIRouter(tags=["pipeline"])
@@ -50,3 +56,13 @@ async def reconcile(
     """Compare the registry with the shards and repair drift (root key only)."""
     report = await run_in_threadpool(who.service.rag.reconcile, dry_run)
     return report.to_dict()
+
+
+@router.get("/v1/admin/cluster", response_model=ClusterStatusOut, tags=["operations"])
+async def cluster_status(who: Root) -> Any:
+    """Shards, their replicas and log heads; live nodes with applied offsets and lag (root).
+
+    Embedded, the one node is this process (``local``).
+    """
+    status = await run_in_threadpool(who.service.rag.cluster_status)
+    return status.to_dict()

@@ -1,0 +1,36 @@
+"""What every ``shardrag`` command shares: its consoles, error reporting and JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from shardrag.errors import InvalidInput, ShardragError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def errors_reported(as_json: bool) -> Iterator[None]:
+    """Turn a ShardragError into its code and message on stderr (or JSON) and an exit code:
+    2 for bad input, 1 for anything else."""
+    try:
+        yield
+    except ShardragError as exc:
+        if as_json:
+            print(json.dumps({"error": exc.to_dict()}))
+        else:
+            err_console.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
+        raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout."""
+    print(json.dumps(value, indent=2, ensure_ascii=False))

@@ -1,0 +1,235 @@
+"""``shardrag cluster ...``: start and stop the distributed mode on one machine.
+
+Errors print the stable error code and message (as ``{"error": {...}}`` with ``--json``) and
+exit with 2 for bad input, 1 for anything else, as every shardrag command does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from shardrag.clikit import console, err_console, errors_reported, print_json
+from shardrag.cluster.shardmap import Layout
+from shardrag.config import Settings
+from shardrag.errors import Unavailable
+
+cluster_app = typer.Typer(
+    name="cluster",
+    help="Run the distributed mode (NATS, PostgreSQL, Redis, nodes, workers, api) on this machine.",
+    no_args_is_help=True,
+)
+
+ClusterDir = Annotated[
+    Path, typer.Option("--dir", help="The cluster's directory: logs, data, cluster.json.")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DEFAULT_DIR = Path("./shardrag-cluster")
+
+
+@cluster_app.command()
+def up(
+    dir: ClusterDir = DEFAULT_DIR,
+    name: Annotated[
+        str, typer.Option(help="Letters, digits, _: NATS streams, database, Redis keys.")
+    ] = "shardrag",
+    shards: Annotated[int, typer.Option(help="Shards in the layout.")] = 2,
+    replicas: Annotated[int, typer.Option(help="Replicas per shard.")] = 2,
+    nodes: Annotated[int, typer.Option(help="Index nodes.")] = 3,
+    port: Annotated[int, typer.Option(help="The api's port (0: a free one).")] = 8080,
+    postgres_url: Annotated[
+        str, typer.Option(help="PostgreSQL admin URL; the cluster's database is created there.")
+    ] = "postgresql://127.0.0.1:5432/postgres",
+    redis_url: Annotated[str, typer.Option(help="Redis for the cache.")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    blob_url: Annotated[
+        str | None, typer.Option(help="Blob store (default: file://<dir>/blobs).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start a cluster: 3 NATS servers, index nodes, workers and 2 api processes."""
+    from shardrag.cluster.launcher import ClusterSpec
+    from shardrag.cluster.launcher import up as start_cluster
+
+    spec = ClusterSpec(
+        dir=dir,
+        name=name,
+        shards=shards,
+        replicas=replicas,
+        nodes=nodes,
+        api_port=port,
+        postgres_url=postgres_url,
+        redis_url=redis_url,
+        blob_url=blob_url,
+    )
+    with errors_reported(as_json):
+        if as_json:
+            state = start_cluster(spec)
+        else:
+            with err_console.status("starting the cluster") as status:
+                state = start_cluster(spec, on_step=status.update)
+    if as_json:
+        print_json(
+            {
+                "api_url": state.api_url,
+                "admin_key": state.admin_key,
+                "nats_urls": state.nats_urls,
+                "registry_url": state.registry_url,
+                "processes": [
+                    {"name": p.name, "role": p.role, "pid": p.pid, "log": str(p.log)}
+                    for p in state.processes
+                ],
+            }
+        )
+        return
+    table = Table("role", "name", "pid", "log", title=f"cluster {state.name} in {state.dir}")
+    for p in state.processes:
+        table.add_row(p.role, p.name, str(p.pid), str(p.log))
+    console.print(table)
+    console.print(f"[bold]api[/]       {state.api_url}")
+    console.print(f"[bold]admin key[/] {state.admin_key}", highlight=False)
+    console.print(f"stop it with: shardrag cluster down --dir {state.dir}", highlight=False)
+
+
+@cluster_app.command()
+def down(
+    dir: ClusterDir = DEFAULT_DIR,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also drop the database, Redis keys and the dir.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Stop a cluster (api, workers, nodes, then NATS); its data stays unless --purge."""
+    from shardrag.cluster.launcher import down as stop_cluster
+
+    with errors_reported(as_json):
+        if as_json:
+            report = stop_cluster(dir, purge=purge)
+        else:
+            with err_console.status(f"stopping the cluster in {dir}"):
+                report = stop_cluster(dir, purge=purge)
+    if as_json:
+        print_json(
+            {
+                "dir": str(report.dir),
+                "purged": report.purged,
+                "processes": [
+                    {"name": p.name, "role": p.role, "pid": p.pid, "outcome": p.outcome}
+                    for p in report.processes
+                ],
+            }
+        )
+        return
+    table = Table("role", "name", "pid", "outcome")
+    for p in report.processes:
+        style = {"killed": "yellow", "not running": "dim"}.get(p.outcome, "green")
+        table.add_row(p.role, p.name, str(p.pid), f"[{style}]{p.outcome}[/]")
+    console.print(table)
+    if report.purged:
+        console.print(f"purged: the database, the Redis keys and {report.dir}", highlight=False)
+
+
+@cluster_app.command()
+def init(
+    nodes: Annotated[
+        str, typer.Option("--nodes", help="Comma-separated node ids to spread replicas over.")
+    ],
+) -> None:
+    """Write the cluster's layout (SHARDRAG_SHARDS, SHARDRAG_REPLICAS, the embedding model)
+    and each shard's replicas into the shard map. Idempotent: what is there stays."""
+    from shardrag.embed import open_embedder
+
+    with errors_reported(False):
+        settings = Settings.load(cluster=True)
+        node_ids = [n.strip() for n in nodes.split(",") if n.strip()]
+        embedder = open_embedder(settings)
+        wanted = Layout(settings.shards, settings.replicas, embedder.model_id, embedder.dimension)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                layout = _write_layout(settings, wanted, node_ids)
+                break
+            except Unavailable:
+                # Right after the servers (re)start, a replicated bucket has no leader yet.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+    console.print(f"layout: {layout.shards} shards x {layout.replicas} replicas", highlight=False)
+
+
+def _write_layout(settings: Settings, wanted: Layout, node_ids: list[str]) -> Layout:
+    from shardrag.cluster import initial_replicas, open_shard_map
+
+    shard_map = open_shard_map(settings)
+    try:
+        layout = shard_map.init_layout(wanted)
+        for shard_id, replicas in initial_replicas(
+            layout.shards, layout.replicas, node_ids
+        ).items():
+            if not shard_map.replicas(shard_id).nodes:
+                shard_map.set_replicas(shard_id, replicas, 0)
+        return layout
+    finally:
+        shard_map.close()
+
+
+@cluster_app.command()
+def status(
+    dir: ClusterDir = DEFAULT_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Shards, replicas, applied offsets, replication lag and node health of a cluster.
+
+    Reads the shard map of the cluster started in --dir (or, without a cluster.json there,
+    of the one SHARDRAG_NATS_URL and SHARDRAG_LOG_PREFIX name).
+    """
+    from shardrag.cluster.status import read_status
+
+    with errors_reported(as_json):
+        found = read_status(dir)
+    if as_json:
+        print_json(found.to_dict())
+        return
+    report = found.to_dict()
+    layout = report["layout"]
+    console.print(
+        f"[bold]{layout['shards']} shards x {layout['replicas']} replicas[/], "
+        f"model {layout['model']}",
+        highlight=False,
+    )
+    shards = Table("shard", "replicas", "log head", title="shards")
+    for shard in report["shards"]:
+        shards.add_row(str(shard["shard"]), ", ".join(shard["replicas"]), str(shard["log_head"]))
+    console.print(shards)
+    nodes = Table("node", "pid", "address", "health", "shard: applied (lag)", title="nodes")
+    live = {n["id"] for n in report["nodes"]}
+    for node in report["nodes"]:
+        placed = ", ".join(f"{s['shard']}: {s['applied']} ({s['lag']})" for s in node["shards"])
+        nodes.add_row(node["id"], str(node["pid"]), node["address"], "[green]up[/]", placed or "-")
+    for missing in sorted({n for s in report["shards"] for n in s["replicas"]} - live):
+        nodes.add_row(missing, "-", "-", "[red]down[/]", "-")
+    console.print(nodes)
+
+
+@cluster_app.command("add-replica")
+def add_replica(
+    shard: Annotated[int, typer.Option("--shard", help="The shard to replicate.")],
+    node: Annotated[str, typer.Option("--node", help="The node to hold the new replica.")],
+    dir: ClusterDir = DEFAULT_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give a node a replica of a shard: it starts from the newest snapshot in the blob store
+    and catches up from the snapshot's log offset (watch it with `cluster status`)."""
+    from shardrag.cluster.status import add_replica as assign
+
+    with errors_reported(as_json):
+        replicas = assign(dir, shard, node)
+    if as_json:
+        print_json({"shard": shard, "replicas": list(replicas.nodes)})
+        return
+    console.print(f"shard {shard}: replicas {', '.join(replicas.nodes)}", highlight=False)

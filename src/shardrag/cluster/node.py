@@ -1,0 +1,363 @@
+"""An index node (``shardrag node --id N``): the stateful service that holds shard replicas.
+
+For every shard the shard map assigns to it, a node
+
+- applies the shard's log in order (the durable pipeline's ``IndexApplier``, reading only
+  ``shard.<id>``, from the offset it saved: a restarted node catches up from where it was);
+- answers searches on ``<prefix>.search.<id>`` in the shard's queue group, and on
+  ``<prefix>.search.<id>.<node>`` for a router that asks it by name;
+- snapshots the replica to the blob store now and then, so that a *new* replica starts from
+  the newest snapshot and applies the log only from the snapshot's position.
+
+It beats its heart into the shard map (pid, address, applied offset and log head per shard)
+and re-reads its assignment on every beat, so a replica added with ``cluster add-replica``
+starts within one beat. It needs no embedding model: the router sends the query vector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shardrag.blobs import BlobStore, open_blob_store
+from shardrag.cluster import open_shard_map
+from shardrag.cluster.protocol import (
+    SearchCall,
+    SearchReply,
+    queue_group,
+    search_subject,
+)
+from shardrag.cluster.shardmap import Layout, NodeInfo, ShardMap
+from shardrag.cluster.snapshot import restore_snapshot, take_snapshot
+from shardrag.config import Settings
+from shardrag.datadir import DataDirLock
+from shardrag.engine import EngineSettings, ShardEngine, ShardSet
+from shardrag.errors import InvalidParameter, ShardragError, Unavailable
+from shardrag.log import Log, open_log
+from shardrag.natsconn import NatsConnection
+from shardrag.pipeline import Retry
+from shardrag.pipeline.applier import IndexApplier
+from shardrag.pipeline.events import shard_subject
+from shardrag.pipeline.workers import run_until
+from shardrag.registry import Registry, open_registry
+
+logger = logging.getLogger(__name__)
+# Searches answered at once per node (qdrant-edge runs one query at a time per process).
+_SEARCH_THREADS = 4
+
+
+@dataclass
+class HostedReplica:
+    """One shard replica on this node: its engine, applier, thread and subscriptions."""
+
+    shard_id: int
+    engine: ShardEngine
+    applier: IndexApplier
+    stopped: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    subscriptions: list[Subscription] = field(default_factory=list)
+    snapshot_position: int = 0
+    snapshot_at: float = field(default_factory=time.monotonic)
+
+
+class IndexNode:
+    """The shard replicas a node hosts, kept in step with the shard map."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.cluster or not settings.nats_url:
+            raise InvalidParameter("an index node needs the distributed mode (SHARDRAG_CLUSTER)")
+        if not settings.node_id:
+            raise InvalidParameter("an index node needs an id (shardrag node --id N)")
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.prefix = settings.log_prefix
+        self.data_dir = settings.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(self.data_dir)
+        self._opened: list[Any] = []
+        try:
+            self.shard_map: ShardMap = self._keep(open_shard_map(settings))
+            self.layout = self._wait_for_layout()
+            self.registry: Registry = self._keep(
+                open_registry(self.data_dir, settings.registry_url)
+            )
+            self.blobs: BlobStore = open_blob_store(
+                self.data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
+            )
+            self.log: Log = self._keep(
+                open_log(self.data_dir, settings.nats_url, self.prefix, settings.log_replicas)
+            )
+            self.shards = self._keep(
+                ShardSet(
+                    self.data_dir / "shards",
+                    EngineSettings(dimension=self.layout.dimension),
+                    settings.optimize_threshold,
+                )
+            )
+            self.conn = self._keep(NatsConnection(settings.nats_url, name=f"node-{self.node_id}"))
+        except BaseException:
+            self._close_opened()
+            self._lock.release()
+            raise
+        self.retry = Retry.from_settings(settings)
+        self.changed = threading.Condition()
+        self.hosted: dict[int, HostedReplica] = {}
+        self._hosting = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(_SEARCH_THREADS, "node-search")
+        self._stopped = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self.started_at = time.time()
+
+    def _keep(self, part: Any) -> Any:
+        self._opened.append(part)
+        return part
+
+    def _close_opened(self) -> None:
+        for part in reversed(self._opened):
+            try:
+                part.close()
+            except Exception:
+                logger.exception("closing %s failed", type(part).__name__)
+
+    def _wait_for_layout(self, timeout: float = 60.0) -> Layout:
+        deadline = time.monotonic() + timeout
+        while (layout := self.shard_map.layout()) is None:
+            if time.monotonic() > deadline:
+                raise Unavailable("the shard map has no layout yet (run `shardrag cluster init`)")
+            time.sleep(0.2)
+        return layout
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Host the assigned replicas, then beat and follow the map until ``stop``."""
+        self.sync()
+        self.beat()
+        self._beat_thread = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
+        self._beat_thread.start()
+        logger.info("node %s hosts shards %s", self.node_id, sorted(self.hosted))
+
+    def stop(self) -> None:
+        """Leave the map, stop answering and applying, close everything. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self.shard_map.leave(self.node_id)
+        except ShardragError:
+            logger.warning("could not remove node %s from the map; its heartbeat expires")
+        for shard_id in list(self.hosted):
+            self._unhost(shard_id)
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=30)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close_opened()
+        self._lock.release()
+
+    # -- following the map --------------------------------------------------------------------
+
+    def assigned(self) -> set[int]:
+        """The shards the map gives this node."""
+        return {
+            shard_id
+            for shard_id in range(self.layout.shards)
+            if self.node_id in self.shard_map.replicas(shard_id).nodes
+        }
+
+    def sync(self) -> None:
+        """Start hosting newly assigned shards; stop hosting those taken away."""
+        wanted = self.assigned()
+        with self._hosting:
+            for shard_id in sorted(wanted - set(self.hosted)):
+                self._host(shard_id)
+            for shard_id in sorted(set(self.hosted) - wanted):
+                self._unhost(shard_id)
+
+    def _host(self, shard_id: int) -> None:
+        state_path = self.data_dir / "shards" / f"shard-{shard_id:04d}.applied.json"
+        engine_dir = self.shards.root / f"shard-{shard_id:04d}"
+        if not engine_dir.exists():
+            self._start_from_snapshot(shard_id, engine_dir, state_path)
+        applier = IndexApplier(
+            self.log,
+            self.shards.shard,
+            self.registry,
+            state_path,
+            self.changed,
+            self.retry,
+            name=f"index-{self.node_id}",
+            subjects=shard_subject(shard_id),
+        )
+        replica = HostedReplica(shard_id, self.shards.shard(shard_id), applier)
+        replica.snapshot_position = applier.applied(shard_id)
+        replica.thread = threading.Thread(
+            target=run_until,
+            args=(replica.stopped, lambda timeout: self._apply_step(replica, timeout), "index"),
+            name=f"apply-{shard_id}",
+            daemon=True,
+        )
+        replica.thread.start()
+        replica.subscriptions = self.conn.run(self._subscribe(shard_id))
+        self.hosted[shard_id] = replica
+        logger.info("node %s hosts shard %d from %d", self.node_id, shard_id, applier.position)
+
+    def _start_from_snapshot(self, shard_id: int, engine_dir: Path, state_path: Path) -> None:
+        snapshot = self.shard_map.snapshot(shard_id)
+        if snapshot is None:
+            return  # no snapshot yet: the log from its start
+        restore_snapshot(snapshot, self.blobs, engine_dir)
+        state = {"position": snapshot.position, "shards": {str(shard_id): snapshot.position}}
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(state))
+        logger.info(
+            "shard %d restored from snapshot %s at offset %d",
+            shard_id,
+            snapshot.digest[:12],
+            snapshot.position,
+        )
+
+    def _unhost(self, shard_id: int) -> None:
+        replica = self.hosted.pop(shard_id)
+        for sub in replica.subscriptions:
+            # A failure means the connection is gone, and the subscription with it.
+            with contextlib.suppress(ShardragError):
+                self.conn.run(sub.unsubscribe())
+        replica.applier.stop()
+        replica.stopped.set()
+        if replica.thread is not None:
+            replica.thread.join(timeout=60)
+
+    def _apply_step(self, replica: HostedReplica, timeout: float) -> int:
+        done = replica.applier.step(timeout)
+        interval = self.settings.snapshot_interval_seconds
+        position = replica.applier.applied(replica.shard_id)
+        if (
+            interval > 0
+            and position > replica.snapshot_position
+            and time.monotonic() - replica.snapshot_at >= interval
+        ):
+            self.snapshot(replica)
+        return done
+
+    def snapshot(self, replica: HostedReplica) -> None:
+        """Snapshot a replica to the blob store (from its applier's thread, between ops)."""
+        position = replica.applier.applied(replica.shard_id)
+        ref = take_snapshot(replica.engine, replica.shard_id, position, self.node_id, self.blobs)
+        self.shard_map.record_snapshot(ref)
+        replica.snapshot_position = position
+        replica.snapshot_at = time.monotonic()
+        logger.info("shard %d snapshot at offset %d (%d bytes)", ref.shard_id, position, ref.size)
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def _beat_loop(self) -> None:
+        every = self.settings.node_ttl_seconds / 3
+        while not self._stopped.wait(every):
+            try:
+                self.sync()
+                self.beat()
+            except Exception:
+                logger.exception("heartbeat of node %s failed", self.node_id)
+
+    def beat(self) -> NodeInfo:
+        """Tell the map this node is alive, with its applied offsets and the log heads."""
+        hosted = dict(self.hosted)
+        info = NodeInfo(
+            node_id=self.node_id,
+            pid=os.getpid(),
+            address=socket.gethostname(),
+            applied={s: r.applier.applied(s) for s, r in hosted.items()},
+            heads={s: self.log.last_sequence(shard_subject(s)) for s in hosted},
+            started_at=self.started_at,
+            heartbeat_at=time.time(),
+        )
+        self.shard_map.heartbeat(info)
+        return info
+
+    # -- answering searches -------------------------------------------------------------------
+
+    async def _subscribe(self, shard_id: int) -> list[Subscription]:
+        client = self.conn.client
+
+        async def on_request(msg: Msg) -> None:
+            # A task per request: a subscription's callbacks run one at a time otherwise.
+            asyncio.get_running_loop().create_task(self._respond(msg))
+
+        return [
+            await client.subscribe(
+                search_subject(self.prefix, shard_id), queue=queue_group(shard_id), cb=on_request
+            ),
+            await client.subscribe(
+                search_subject(self.prefix, shard_id, self.node_id), cb=on_request
+            ),
+        ]
+
+    async def _respond(self, msg: Msg) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            body = await loop.run_in_executor(self._pool, self.answer, msg.data)
+            await msg.respond(body)
+        except Exception:
+            logger.exception("answering a search on %s failed", msg.subject)
+
+    def answer(self, data: bytes) -> bytes:
+        """The reply to one search request (errors are replies too, never exceptions)."""
+        try:
+            call = SearchCall.decode(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            return SearchReply(self.node_id, 0, None, "invalid_request", str(exc)).encode()
+        replica = self.hosted.get(call.shard_id)
+        if replica is None:
+            message = f"node {self.node_id} does not host shard {call.shard_id}"
+            return SearchReply(self.node_id, 0, None, "shard_unavailable", message).encode()
+        applied = self._caught_up(replica, call)
+        if applied < call.min_applied:
+            message = f"replica at offset {applied}, the read needs {call.min_applied}"
+            return SearchReply(self.node_id, applied, None, "replica_behind", message).encode()
+        try:
+            hits = replica.engine.search(
+                call.tenant,
+                call.mode,
+                call.k,
+                dense=call.dense,
+                text=call.text,
+                filters=call.filters,
+                fusion=call.fusion,
+            )
+        except ShardragError as exc:
+            return SearchReply(self.node_id, applied, None, exc.code, exc.message).encode()
+        return SearchReply(self.node_id, applied, hits).encode()
+
+    def _caught_up(self, replica: HostedReplica, call: SearchCall) -> int:
+        """This replica's applied offset, after waiting (bounded) for ``min_applied``."""
+        deadline = time.monotonic() + call.wait_seconds
+        with self.changed:
+            while (applied := replica.applier.applied(call.shard_id)) < call.min_applied:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.changed.wait(min(remaining, 0.05))
+        return applied
+
+
+def run_node(settings: Settings, stopped: threading.Event) -> None:
+    """Run an index node until ``stopped`` is set (SIGTERM in the CLI)."""
+    node = IndexNode(settings)
+    try:
+        node.start()
+        stopped.wait()
+    finally:
+        node.stop()

@@ -1,0 +1,95 @@
+"""What the router and the index nodes say to each other over NATS request-reply.
+
+Subjects: ``<prefix>_rpc.search.<shard>`` is answered by one replica of the shard (a queue
+group per shard: NATS picks one subscriber; a dead node's subscription is gone with its
+connection) and ``<prefix>_rpc.search.<shard>.<node>`` by that node only (the router's
+failover to a chosen replica). They stay outside ``<prefix>.>``, the log stream's subjects:
+a request there would be stored in the log and answered by JetStream. Bodies are JSON; the
+query vector travels as base64 float32.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from shardrag.models import Fusion, Hit, Metadata, SearchMode
+
+
+def search_subject(prefix: str, shard_id: int, node_id: str | None = None) -> str:
+    """The subject a shard's replicas (or one node's replica) answer searches on."""
+    base = f"{prefix}_rpc.search.{shard_id}"
+    return f"{base}.{node_id}" if node_id else base
+
+
+def queue_group(shard_id: int) -> str:
+    """The queue group of a shard's replicas: each request goes to one of them."""
+    return f"search-{shard_id}"
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    """One shard's part of a query, as the router sends it to a replica."""
+
+    tenant: str
+    shard_id: int
+    mode: SearchMode
+    k: int
+    dense: list[float] | None
+    text: str
+    filters: Metadata
+    fusion: Fusion
+    #: Only a replica that has applied the shard's log up to here may answer (read concerns).
+    min_applied: int = 0
+    #: How long a replica behind ``min_applied`` may wait to catch up before refusing.
+    wait_seconds: float = 0.0
+
+    def encode(self) -> bytes:
+        """The request body."""
+        values: dict[str, Any] = asdict(self)
+        values["mode"] = self.mode.value
+        values["fusion"] = self.fusion.value
+        if self.dense is not None:
+            raw = np.asarray(self.dense, dtype="<f4").tobytes()
+            values["dense"] = base64.b64encode(raw).decode()
+        return json.dumps(values).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SearchCall:
+        """A request body read back (ValueError / KeyError / TypeError if malformed)."""
+        values: dict[str, Any] = json.loads(data)
+        dense = values.get("dense")
+        if dense is not None:
+            values["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()
+        values["mode"] = SearchMode(values["mode"])
+        values["fusion"] = Fusion(values["fusion"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SearchReply:
+    """A replica's answer: its hits, or the error it hit; with how far it had applied."""
+
+    node_id: str
+    applied: int
+    hits: list[Hit] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def encode(self) -> bytes:
+        """The reply body."""
+        values = asdict(self)
+        return json.dumps(values).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SearchReply:
+        """A reply body read back."""
+        values: dict[str, Any] = json.loads(data)
+        hits = values.get("hits")
+        if hits is not None:
+            values["hits"] = [Hit(**h) for h in hits]
+        return cls(**values)
