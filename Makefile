@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline eval-cisi clean
+.PHONY: install system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster eval-cisi clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-http: install system-deps
 
 bench-pipeline: install
 	$(BIN)/python bench/pipeline.py
+
+bench-cluster: install
+	$(BIN)/python bench/cluster.py
 
 eval-cisi: install
 	$(BIN)/python bench/cisi_to_beir.py bench/data/cisi

@@ -116,6 +116,7 @@ from shardrag.config import Settings  # noqa: E402
 from shardrag.models import Fusion, SearchMode, VersionState  # noqa: E402
 from shardrag.natsconn import NatsConnection  # noqa: E402
 from shardrag.pipeline import DOCUMENTS_PER_BATCH  # noqa: E402
+from shardrag.pipeline.events import VersionRef  # noqa: E402
 
 # Wide enough for the tables when the output is not a terminal (make, CI logs).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -127,10 +128,10 @@ WRITE_TENANT = "bench-writes"
 #: The setups, baselines first.
 SETUPS = ("in_process", "serve", "cluster_1x1", "cluster_2x2")
 LABELS = {
-    "in_process": "in-process Shardrag (baseline)",
-    "serve": "shardrag serve, 1 process (baseline)",
-    "cluster_1x1": "cluster: 1 node, 1 shard x 1 replica",
-    "cluster_2x2": "cluster: 3 nodes, 2 shards x 2 replicas",
+    "in_process": "in-process (baseline)",
+    "serve": "serve, 1 process (baseline)",
+    "cluster_1x1": "cluster 1 node, 1x1",
+    "cluster_2x2": "cluster 3 nodes, 2x2",
 }
 #: (shards, replicas, index nodes) of each cluster.
 SHAPES = {"cluster_1x1": (1, 1, 1), "cluster_2x2": (2, 2, 3)}
@@ -145,8 +146,6 @@ INGEST_THREADS = 4
 INGEST_TIMEOUT = 900.0
 #: How long replicas may take to apply everything after the last put.
 DRAIN_TIMEOUT = 120.0
-#: Readers running session reads at once (each waits for its write).
-SESSION_READERS = 8
 #: Log lines quoted per cluster in the report.
 QUOTED_LOG_LINES = 20
 DEFAULTS = {
@@ -456,8 +455,8 @@ def write_documents(source: list[DocumentInput], count: int) -> list[tuple[Docum
     return out
 
 
-#: ``put(document) -> write_token`` and ``visible(doc_id, word, token) -> bool``.
-Put = Callable[[DocumentInput], str]
+#: ``put(document) -> (write_token, version)`` and ``visible(doc_id, word, token) -> bool``.
+Put = Callable[[DocumentInput], tuple[str, int]]
 Visible = Callable[[str, str, str], bool]
 
 
@@ -470,9 +469,11 @@ def steady_ingest(
 ) -> dict[str, Any]:
     """Put ``documents`` at ``rate``/s on a schedule; session-read every ``session_every``-th.
 
-    Returns the put calls, put → visible, how late the readers started and the failures.
+    Returns the put calls, put → visible, how late the readers started and the failures;
+    ``writes`` holds each write's version and times (``perf_counter``) for ``stage_split``.
     """
     puts: list[float] = []
+    writes: list[dict[str, Any]] = []
     visible_seconds: list[float] = []
     reader_delays: list[float] = []
     failures: Counter[str] = Counter()
@@ -486,7 +487,8 @@ def steady_ingest(
             if len(samples) < 5:
                 samples.append(f"{kind}: {detail[:300]}")
 
-    def read(doc_id: str, word: str, token: str, began: float, returned: float) -> None:
+    def read(write: dict[str, Any], word: str, token: str) -> None:
+        doc_id, began, returned = write["doc_id"], write["began"], write["returned"]
         start = time.perf_counter()
         try:
             found = visible(doc_id, word, token)
@@ -498,10 +500,13 @@ def steady_ingest(
             failed("session read missed the document", doc_id)
             return
         with lock:
+            write["visible"] = end
             visible_seconds.append(end - began)
             reader_delays.append(start - returned)
 
-    readers = concurrent.futures.ThreadPoolExecutor(SESSION_READERS, "bench-session")
+    # A thread per read, started as the put returns: a read waits for its write, and a pool
+    # of readers all waiting would delay the next read (and count the delay as latency).
+    readers: list[threading.Thread] = []
     start = time.perf_counter()
     try:
         for n, (document, word) in enumerate(documents):
@@ -510,17 +515,32 @@ def steady_ingest(
             began = time.perf_counter()
             behind = max(behind, began - due)
             try:
-                token = put(document)
+                token, version = put(document)
             except Exception as exc:
                 failed(f"put {error_name(exc)}", str(exc))
                 continue
             returned = time.perf_counter()
             puts.append(returned - began)
+            write = {
+                "doc_id": document.doc_id,
+                "version": version,
+                "began": began,
+                "returned": returned,
+                "visible": None,
+            }
+            writes.append(write)
             if n % session_every == 0:
-                readers.submit(read, document.doc_id, word, token, began, returned)
+                reader = threading.Thread(
+                    target=read,
+                    args=(write, word, token),
+                    name=f"bench-session-{n}",
+                )
+                reader.start()
+                readers.append(reader)
         put_seconds = time.perf_counter() - start
     finally:
-        readers.shutdown(wait=True)
+        for reader in readers:
+            reader.join()
     return {
         "documents": len(documents),
         "rate_per_s": rate,
@@ -533,7 +553,54 @@ def steady_ingest(
         "failures": sum(failures.values()),
         "failures_by_kind": dict(failures),
         "failure_samples": samples,
+        "writes": writes,
     }
+
+
+#: The stages of a write between the put and a session read that shows it, as the log sees
+#: them: (name, the event that ends it).
+STAGES = (
+    ("accept", "ingest"),  # the put until its doc.ingest event is in the log
+    ("ingest", "embed"),  # the ingest worker: until its chunk.embed event is in the log
+    ("embed", "commit"),  # the embed worker: until the version's commit op is in the log
+    ("apply_and_read", None),  # a replica applies it, marks it live; the session read returns
+)
+
+
+def stage_split(tenant: str, writes: list[dict[str, Any]], seen: dict[str, float]) -> dict:
+    """Put → visible of every write seen through, split where its events reached the log.
+
+    ``seen`` maps a log message's ``Nats-Msg-Id`` to when this process received it (the
+    ordered consumer of ``LagProbe``, milliseconds after the append).
+    """
+    split: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    for write in writes:
+        if write["visible"] is None:
+            continue
+        ref = VersionRef(tenant, write["doc_id"], write["version"], 0)
+        times = [write["began"]]
+        for _, event in STAGES:
+            times.append(write["visible"] if event is None else seen.get(ref.message_id(event), -1))
+        if min(times) < 0:
+            continue  # an event not seen (an id this script does not know how to make)
+        for (name, _), begin, end in zip(STAGES, times, times[1:], strict=False):
+            split[name].append(max(0.0, end - begin))
+    return {name: latency_summary(values) for name, values in split.items()}
+
+
+def compact_writes(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The writes of ``steady_ingest`` for the report: put call and put → visible in ms."""
+    return [
+        {
+            "doc_id": w["doc_id"],
+            "version": w["version"],
+            "put_ms": round((w["returned"] - w["began"]) * 1000, 2),
+            "visible_ms": None
+            if w["visible"] is None
+            else round((w["visible"] - w["began"]) * 1000, 2),
+        }
+        for w in writes
+    ]
 
 
 class LagProbe:
@@ -552,22 +619,30 @@ class LagProbe:
         assert layout is not None, "the launcher writes the layout"
         self.replicas = {s: list(self.shard_map.replicas(s).nodes) for s in range(layout.shards)}
         self._sequences: dict[int, list[int]] = {s: [] for s in self.replicas}
+        #: ``Nats-Msg-Id`` of every message of the log → when it reached this process.
+        self.arrived: dict[str, float] = {}
         self._seen = threading.Condition()
         self.probe_failures = 0
         self._subscription = self.conn.run(self._follow())
 
     async def _follow(self) -> Any:
-        """An ordered consumer of every shard op from the log's start, headers only."""
+        """An ordered consumer of the whole log from its start, headers only."""
+        shard_subject = f"{self.prefix}.shard."
 
-        async def on_op(msg: Any) -> None:
-            shard = int(msg.subject.rsplit(".", 1)[1])
+        async def on_message(msg: Any) -> None:
+            now = time.perf_counter()
+            message_id = (msg.headers or {}).get("Nats-Msg-Id")
             with self._seen:
-                self._sequences[shard].append(int(msg.metadata.sequence.stream))
-                self._seen.notify_all()
+                if message_id:
+                    self.arrived.setdefault(message_id, now)
+                if msg.subject.startswith(shard_subject):
+                    shard = int(msg.subject.removeprefix(shard_subject))
+                    self._sequences[shard].append(int(msg.metadata.sequence.stream))
+                    self._seen.notify_all()
 
         return await self.conn.js.subscribe(
-            f"{self.prefix}.shard.*",
-            cb=on_op,
+            f"{self.prefix}.>",
+            cb=on_message,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
             headers_only=True,
@@ -756,7 +831,7 @@ def in_process_setup(
         )
         rag.create_tenant(WRITE_TENANT)
 
-        def put(document: DocumentInput) -> str:
+        def put(document: DocumentInput) -> tuple[str, int]:
             result = rag.put_document(
                 WRITE_TENANT,
                 document.doc_id,
@@ -766,7 +841,7 @@ def in_process_setup(
                 wait=False,
             )
             assert result.write_token is not None
-            return result.write_token
+            return result.write_token, result.version
 
         def visible(doc_id: str, word: str, token: str) -> bool:
             hits = rag.search(
@@ -783,6 +858,7 @@ def in_process_setup(
         meter = CpuMeter()
         writing = steady_ingest(put, visible, writes, args.ingest_rate, args.session_every)
         writing["cores"] = meter.cores()
+        writing["writes"] = compact_writes(writing["writes"])
         writing["live"] = sum(
             rag.get_document(WRITE_TENANT, d.doc_id).state is VersionState.LIVE for d, _ in writes
         )
@@ -862,20 +938,38 @@ _PROBLEM = re.compile(
 )
 
 
+#: What three NATS servers started at once log until their routes are up: counted apart.
+_NATS_STARTUP = re.compile(
+    r"Error trying to connect to route \(attempt \d+\)|Waiting for routing to be established"
+)
+
+
 def log_problems(logs: dict[str, Path]) -> dict[str, Any]:
-    """Warnings, errors and tracebacks in the logs: a count per log and the first lines."""
+    """Warnings, errors and tracebacks in the logs: a count per log and the first lines.
+
+    The NATS servers' start-up route retries are counted apart (``nats_startup``).
+    """
     counts: dict[str, int] = {}
     quoted: list[str] = []
+    startup = 0
     for name, path in sorted(logs.items()):
         try:
             lines = path.read_text(errors="replace").splitlines()
         except OSError:
             continue
         found = [line for line in lines if _PROBLEM.search(line)]
+        noise = [line for line in found if _NATS_STARTUP.search(line)]
+        startup += len(noise)
+        found = [line for line in found if not _NATS_STARTUP.search(line)]
         if found:
             counts[name] = len(found)
             quoted += [f"{name}: {line[:400]}" for line in found[:5]]
-    return {"lines": sum(counts.values()), "by_log": counts, "first": quoted[:QUOTED_LOG_LINES]}
+    return {
+        "lines": sum(counts.values()),
+        "by_log": counts,
+        "first": quoted[:QUOTED_LOG_LINES],
+        "nats_startup": startup,
+    }
 
 
 def make_tenant(root: httpx.Client, tenant: str) -> dict[str, str]:
@@ -957,9 +1051,9 @@ def cluster_writes(
     writer = http_client(url, keys["writer"])
     readers = threading.local()
 
-    def put(document: DocumentInput) -> str:
-        token: str = http_put(writer, WRITE_TENANT, document)["write_token"]
-        return token
+    def put(document: DocumentInput) -> tuple[str, int]:
+        written = http_put(writer, WRITE_TENANT, document)
+        return written["write_token"], written["version"]
 
     def visible(doc_id: str, word: str, token: str) -> bool:
         if not hasattr(readers, "client"):
@@ -986,6 +1080,8 @@ def cluster_writes(
             lambda: steady_ingest(put, visible, writes, args.ingest_rate, args.session_every),
         )
         writing["cores"] = meter.cores()
+        writing["stages"] = stage_split(WRITE_TENANT, writing["writes"], dict(probe.arrived))
+        writing["writes"] = compact_writes(writing["writes"])
     finally:
         probe.close()
         writer.close()
@@ -1016,6 +1112,8 @@ def cluster_setup(
         replicas=replicas,
         nodes=nodes,
         api_port=0,
+        postgres_url=args.postgres_url,
+        redis_url=args.redis_url,
         extra_env=dict(SERVICE_ENV),
         python=sys.executable,
     )
@@ -1028,7 +1126,7 @@ def cluster_setup(
     begin = time.perf_counter()
     state: ClusterState | None = None
     try:
-        progress(f"{name}: starting {LABELS[name]}")
+        progress(f"{name}: starting {nodes} node(s), {shards} shard(s) x {replicas} replica(s)")
         state = up(spec, on_step=lambda step: progress(f"{name}: {step}"))
         report["up_seconds"] = round(time.perf_counter() - begin, 2)
         report["api_pids"] = [p.pid for p in state.processes if p.role == "api"]
@@ -1095,7 +1193,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "cluster",
         "settings": {
-            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            **{
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in vars(args).items()
+                if k not in ("postgres_url", "redis_url")  # may hold a password
+            },
             "k": K,
             "service_env": SERVICE_ENV,
             "result_cache": "off",
@@ -1175,10 +1277,13 @@ def search_table(report: dict[str, Any]) -> Table:
     """Search: every setup beside the in-process baseline of the same run."""
     settings = report["settings"]
     table = Table(
-        title=f"search, tenant of {report['corpus']['documents']} CISI documents, "
-        f"{report['corpus']['queries']} CISI queries cycled, k={K}, {settings['clients']} "
-        f"concurrent clients for {settings['seconds']:g} s each, result cache OFF (every request "
-        "embeds its query and reaches the shard), rate limit off"
+        title=f"search: {settings['clients']} concurrent clients x {settings['seconds']:g} s per "
+        f"setup, tenant of {report['corpus']['documents']} CISI documents, "
+        f"{report['corpus']['queries']} CISI queries cycled, k={K}",
+        caption="RESULT CACHE OFF (SHARDRAG_RESULT_CACHE_ENTRIES=0 / result_cache_entries=0): "
+        "every request embeds its query and reaches the index nodes (the shard in-process); "
+        "rate limit off. Cluster NxM = shards x replicas. Cores: this process (the clients), "
+        "the service's processes by role, everything else.",
     )
     for column in (
         "setup",
@@ -1248,6 +1353,12 @@ def writes_table(report: dict[str, Any]) -> Table:
             f"({figures['nonzero_samples']}/{figures['samples']} > 0)"
         )
 
+    def split(name: str, stat: str) -> str:
+        stages = setups[name]["writes"].get("stages")
+        if stages is None:
+            return "—"
+        return " / ".join(f"{stages[s].get(stat, float('nan')):.0f}" for s, _ in STAGES)
+
     def replicas(name: str) -> str:
         part = setups[name]["writes"].get("lag")
         if part is None:
@@ -1277,6 +1388,11 @@ def writes_table(report: dict[str, Any]) -> Table:
             "put → visible max ms",
             lambda n: f"{setups[n]['writes']['put_to_visible'].get('max_ms', 0):.1f}",
         ),
+        (
+            "  split: " + " / ".join(name for name, _ in STAGES) + ", p50 ms",
+            lambda n: split(n, "p50_ms"),
+        ),
+        ("  same, p99 ms", lambda n: split(n, "p99_ms")),
         ("put call p50 / p99 ms", lambda n: _ms(setups[n]["writes"]["put_call"])),
         (
             "session reads started late, p99 ms",
@@ -1329,6 +1445,11 @@ def print_report(report: dict[str, Any]) -> None:
                 console.print(f"    {line}", markup=False, highlight=False)
         else:
             console.print("  logged problems: none")
+        if problems["nats_startup"]:
+            console.print(
+                f"  (and {problems['nats_startup']} NATS start-up lines: route connection "
+                "retries while the three servers come up)"
+            )
         if "logs_kept_in" in setup:
             console.print(f"  logs kept in {setup['logs_kept_in']}")
     serve = report["setups"].get("serve", {})
@@ -1354,6 +1475,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sample-interval", type=float, default=DEFAULTS["sample_interval"])
     parser.add_argument("--session-every", type=int, default=DEFAULTS["session_every"])
     parser.add_argument("--no-serve", action="store_true", help="skip the shardrag serve row")
+    parser.add_argument("--postgres-url", default=ClusterSpec.postgres_url, help="admin URL")
+    parser.add_argument("--redis-url", default=ClusterSpec.redis_url)
     parser.add_argument(
         "--logs-dir", type=Path, default=None, help="keep a copy of every cluster's logs here"
     )

@@ -81,6 +81,8 @@ from shardrag.retrieval import Routed, Searcher
 
 log = logging.getLogger(__name__)
 _LAYOUT_FILE = "shardrag.json"
+# How long a tenant's placement read from the shard map is trusted (seconds).
+_PLACEMENT_TTL = 5.0
 
 
 class Shardrag:
@@ -201,6 +203,7 @@ class Shardrag:
             else ExtractiveAnswerer()
         )
         self._tenant_lock = threading.Lock()
+        self._placements: dict[str, tuple[float, list[int]]] = {}
         # A crash between a version's registry row and its event leaves it pending without
         # one: append them again (deduplicated where the event made it into the log).
         resubmitted = self.writer.resubmit_pending()
@@ -301,6 +304,7 @@ class Shardrag:
         record = self.tenant(tenant)
         position = self.writer.drop_tenant(tenant, record.shard_id)
         self.shard_map.forget_tenant(tenant)
+        self._placements.pop(tenant, None)
         self.pipeline.wait_until(
             lambda: self._applied(record.shard_id) >= position,
             self.settings.write_timeout_seconds,
@@ -312,9 +316,26 @@ class Shardrag:
         return self.create_tenant(tenant).shard_id
 
     def _shards_of(self, tenant: str) -> list[int]:
-        shards = self.shard_map.tenant_shards(tenant)
-        if shards is None:  # placed before the shard map held placements
-            shards = self.shard_map.place_tenant(tenant, [self.tenant(tenant).shard_id])
+        """The tenant's shards from the shard map, remembered for a few seconds.
+
+        A placement changes only when the tenant is dropped (or, later, moved), so a search
+        need not ask the map each time, and a map that is briefly unavailable (its bucket
+        electing a leader after a NATS server died) does not fail searches.
+        """
+        now = time.monotonic()
+        known = self._placements.get(tenant)
+        if known is not None and now - known[0] < _PLACEMENT_TTL:
+            return known[1]
+        try:
+            shards = self.shard_map.tenant_shards(tenant)
+            if shards is None:  # placed before the shard map held placements
+                shards = self.shard_map.place_tenant(tenant, [self.tenant(tenant).shard_id])
+        except Unavailable:
+            if known is None:
+                raise
+            log.warning("shard map unavailable; using the placement of %s read before", tenant)
+            return known[1]
+        self._placements[tenant] = (now, shards)
         return shards
 
     def _route(self, tenant: str, positions: Mapping[int, int]) -> Routed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,7 +118,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         extra_env={
             "SHARDRAG_RESULT_CACHE_ENTRIES": "0",
             "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
-            "SHARDRAG_NODE_TTL_SECONDS": "3",
             "SHARDRAG_SNAPSHOT_INTERVAL_SECONDS": "2",
             "SHARDRAG_REPLICA_TIMEOUT_SECONDS": "1",
         },
@@ -140,6 +140,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     put(client, found, tenant, f"seed-{i}", wait=True)
         yield found
     finally:
+        # The logs outlive the cluster, for a failure's post-mortem.
+        shutil.copytree(
+            directory / "logs", tmp_path_factory.mktemp("cluster-logs"), dirs_exist_ok=True
+        )
         down(directory, purge=True)
 
 

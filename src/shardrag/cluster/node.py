@@ -115,6 +115,7 @@ class IndexNode:
         self.retry = Retry.from_settings(settings)
         self.changed = threading.Condition()
         self.hosted: dict[int, HostedReplica] = {}
+        self._heads: dict[int, int] = {}
         self._hosting = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(_SEARCH_THREADS, "node-search")
         self._stopped = threading.Event()
@@ -144,8 +145,7 @@ class IndexNode:
 
     def start(self) -> None:
         """Host the assigned replicas, then beat and follow the map until ``stop``."""
-        self.sync()
-        self.beat()
+        self._beat_once()
         self._beat_thread = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
         self._beat_thread.start()
         logger.info("node %s hosts shards %s", self.node_id, sorted(self.hosted))
@@ -209,8 +209,10 @@ class IndexNode:
             name=f"apply-{shard_id}",
             daemon=True,
         )
-        replica.thread.start()
+        # Subscribed before the applier starts: if NATS fails here nothing runs yet, and the
+        # next beat's sync tries again (never two appliers on one replica).
         replica.subscriptions = self.conn.run(self._subscribe(shard_id))
+        replica.thread.start()
         self.hosted[shard_id] = replica
         logger.info("node %s hosts shard %d from %d", self.node_id, shard_id, applier.position)
 
@@ -266,21 +268,33 @@ class IndexNode:
     def _beat_loop(self) -> None:
         every = self.settings.node_ttl_seconds / 3
         while not self._stopped.wait(every):
+            self._beat_once()
+
+    def _beat_once(self) -> None:
+        # The beat first, from what is known: a slow map read or log must not make this node
+        # look dead, and a failed step is tried again at the next beat.
+        for step in (self.beat, self.sync, self._refresh_heads):
             try:
-                self.sync()
-                self.beat()
+                step()
             except Exception:
-                logger.exception("heartbeat of node %s failed", self.node_id)
+                logger.exception("%s of node %s failed", step.__name__, self.node_id)
+
+    def _refresh_heads(self) -> None:
+        """Read each hosted shard's log head (briefly: an old head only delays the lag)."""
+        for shard_id in list(self.hosted):
+            self._heads[shard_id] = self.log.last_sequence(shard_subject(shard_id), timeout=1.0)
 
     def beat(self) -> NodeInfo:
         """Tell the map this node is alive, with its applied offsets and the log heads."""
         hosted = dict(self.hosted)
+        applied = {s: r.applier.applied(s) for s, r in hosted.items()}
         info = NodeInfo(
             node_id=self.node_id,
             pid=os.getpid(),
             address=socket.gethostname(),
-            applied={s: r.applier.applied(s) for s, r in hosted.items()},
-            heads={s: self.log.last_sequence(shard_subject(s)) for s in hosted},
+            applied=applied,
+            # A head older than the applied offset is simply not read yet.
+            heads={s: max(self._heads.get(s, 0), applied[s]) for s in hosted},
             started_at=self.started_at,
             heartbeat_at=time.time(),
         )

@@ -21,7 +21,13 @@ import nats.errors
 
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.cluster.shardmap import ShardMap
-from shardrag.errors import ReadConcernTimeout, ShardUnavailable, Unavailable, error_from
+from shardrag.errors import (
+    ReadConcernTimeout,
+    ShardragError,
+    ShardUnavailable,
+    Unavailable,
+    error_from,
+)
 from shardrag.models import Fusion, Hit, Metadata, SearchMode
 from shardrag.natsconn import NatsConnection
 
@@ -94,7 +100,9 @@ class Router:
                     subject, body, timeout=min(remaining, wait + self.replica_timeout)
                 )
                 reply = SearchReply.decode(msg.data)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            except (nats.errors.Error, TimeoutError) as exc:
+                # No answer in time, no replica subscribed, or the connection is moving to
+                # another NATS server: all worth another try.
                 last_error = f"{subject}: {type(exc).__name__}"
                 reply = None
             if reply is not None:
@@ -138,8 +146,12 @@ class Router:
         cached = self._candidates.get(shard_id)
         if cached is not None and time.monotonic() - cached[0] < _MAP_TTL:
             return cached[1]
-        alive = {node.node_id for node in self.shard_map.nodes()}
-        found = [n for n in self.shard_map.replicas(shard_id).nodes if n in alive]
+        try:
+            alive = {node.node_id for node in self.shard_map.nodes()}
+            found = [n for n in self.shard_map.replicas(shard_id).nodes if n in alive]
+        except ShardragError:
+            # The map is briefly unavailable: keep to what was read before (or the queue group).
+            return cached[1] if cached else []
         self._candidates[shard_id] = (time.monotonic(), found)
         return found
 

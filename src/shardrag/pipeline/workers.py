@@ -14,12 +14,14 @@ repeated appends are deduplicated. Failures:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from shardrag.errors import ShardragError
+from shardrag.errors import ShardragError, Unavailable
 from shardrag.log import Consumer, Log, LogMessage
 from shardrag.pipeline.events import (
     CHUNK_EMBED,
@@ -37,6 +39,7 @@ from shardrag.registry import Registry
 
 logger = logging.getLogger(__name__)
 StageT = TypeVar("StageT")
+_R = TypeVar("_R")
 
 
 class StageWorker(Generic[StageT]):
@@ -104,6 +107,22 @@ class StageWorker(Generic[StageT]):
             abort = ShardOp(OpKind.ABORT, ref)
             self.log.append(shard_subject(ref.shard_id), abort.encode())
 
+    def _patiently(self, action: Callable[[], _R], started: float) -> _R:
+        """``action()``, tried again while it meets an outage (``Unavailable``: NATS electing
+        a leader, the registry restarting) for most of the event's lease: an outage is not
+        the event's fault and must not spend the attempts that bury poison events."""
+        deadline = started + 0.8 * self.retry.ack_wait
+        failures = 0
+        while True:
+            try:
+                return action()
+            except Unavailable:
+                failures += 1
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("%s: outage, trying again (%d)", self.name, failures)
+                time.sleep(min(self.retry.delay(failures), max(0.0, deadline - time.monotonic())))
+
     def _fail_version(self, ref: VersionRef, code: str, message: str) -> None:
         self.registry.mark_failed(ref.tenant, ref.doc_id, ref.version, code, message)
         with self.changed:
@@ -123,12 +142,17 @@ class IngestWorker(StageWorker[IngestStage]):
             except Exception as exc:
                 self._undecodable(message, exc)
                 continue
+            started = time.monotonic()
             try:
                 out = self.stage.run(event)
                 if out is not None:
-                    self.log.append(
-                        CHUNK_EMBED, out.encode(), message_id=event.ref.message_id("embed")
+                    append = functools.partial(
+                        self.log.append,
+                        CHUNK_EMBED,
+                        out.encode(),
+                        message_id=event.ref.message_id("embed"),
                     )
+                    self._patiently(append, started)
             except Exception as exc:
                 self._failed(message, event.ref, exc)
                 continue
@@ -175,13 +199,21 @@ class EmbedWorker(StageWorker[EmbedStage]):
 
     def _publish(self, message: LogMessage, event: EmbedEvent, ops: list[ShardOp] | None) -> None:
         ref = event.ref
+        started = time.monotonic()
         try:
             for op in ops or []:
-                position = self.log.append(
-                    shard_subject(ref.shard_id), op.encode(), message_id=op.message_id()
+                append = functools.partial(
+                    self.log.append,
+                    shard_subject(ref.shard_id),
+                    op.encode(),
+                    message_id=op.message_id(),
                 )
+                position = self._patiently(append, started)
                 if op.kind is OpKind.COMMIT:
-                    self.registry.record_commit(ref.tenant, ref.doc_id, ref.version, position)
+                    record = functools.partial(
+                        self.registry.record_commit, ref.tenant, ref.doc_id, ref.version, position
+                    )
+                    self._patiently(record, started)
         except Exception as exc:
             self._failed(message, ref, exc)
             return
