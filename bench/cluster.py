@@ -3,6 +3,7 @@
     python bench/cluster.py [--docs 300] [--seconds 20] [--clients 4] [--warmup 3]
                             [--ingest-rate 5] [--ingest-seconds 30] [--sample-interval 0.5]
                             [--session-every 1] [--no-serve] [--logs-dir DIR] [--json]
+                            [--postgres-url URL] [--redis-url URL]
                             [--out bench/results/cluster.json]
 
 One run, four setups, one after the other, each over the first ``--docs`` CISI documents in
@@ -53,9 +54,12 @@ of every replica is sampled two ways:
   one stream for every subject (doc.ingest, chunk.embed, shard.*), so a sequence distance is
   not a count of shard ops, and a heartbeat up to 2 s old makes it larger still.
 
-The lag figures are over the replicas of the shard ``bench-writes`` lives on. After the last
-put, sampling goes on until every replica has applied everything (the drain time). Every
-written document is checked live at the end.
+The lag figures are over the replicas of the shard ``bench-writes`` lives on. The same
+consumer notes when each write's events reach the log (by their ``Nats-Msg-Id``), which splits
+put → visible into ``accept`` (put → ``doc.ingest``), ``ingest`` (→ ``chunk.embed``), ``embed``
+(→ the commit op on ``shard.<s>``) and ``apply_and_read`` (→ the session read returned).
+After the last put, sampling goes on until every replica has applied everything (the drain
+time). Every written document is checked live at the end.
 
 CPU: the machine has 2 cores shared by the load generator (this process), the service (every
 cluster process, by role) and anything else; the cores each used are beside the figures.
@@ -80,9 +84,11 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -284,6 +290,14 @@ def checked(response: httpx.Response, *statuses: int) -> Any:
     if response.status_code not in statuses:
         raise RequestFailed(response.status_code, response.text)
     return response.json()
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The ``error.code`` of an API error answer (None if it is not one)."""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class HttpSearcher:
@@ -1020,7 +1034,12 @@ def http_ingest(url: str, keys: dict[str, str], documents: list[DocumentInput]) 
             response = reader.post(f"/v1/tenants/{TENANT}/search", json=body)
             if response.status_code == 200:
                 break
-            if response.status_code != 504 or time.perf_counter() - begin > INGEST_TIMEOUT:
+            # A strong read waits read_concern_timeout_seconds (30 s) for the writes, then
+            # answers read_concern_timeout: ask again until INGEST_TIMEOUT.
+            if (
+                error_code(response) != "read_concern_timeout"
+                or time.perf_counter() - begin > INGEST_TIMEOUT
+            ):
                 raise RequestFailed(response.status_code, response.text)
         seconds = time.perf_counter() - begin
         chunks = live = 0
@@ -1151,6 +1170,11 @@ def cluster_setup(
             state, write_keys, writes, args, workdir / f"{name}-probe"
         )
         report["processes_alive"] = {p.name: p.alive() for p in state.processes}
+    except Exception as exc:
+        # Reported with what was measured before and what the cluster logged.
+        progress(f"[red]{name} failed: {exc!r}[/red]")
+        report["failed"] = repr(exc)
+        report["traceback"] = traceback.format_exc()
     finally:
         logs = sorted((spec.dir / "logs").glob("*.log"))
         report["log_problems"] = log_problems({p.stem: p for p in logs})
@@ -1216,13 +1240,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setups = report["setups"]
     try:
         data_dir = workdir / "embedded" / "data"
-        setups["in_process"] = in_process_setup(data_dir, searched, queries, writes, args)
+        # A setup that fails is reported as such and the others still run.
+        setups["in_process"] = attempt(
+            "in_process", lambda: in_process_setup(data_dir, searched, queries, writes, args)
+        )
         if args.no_serve:
             setups["serve"] = {"skipped": "--no-serve"}
+        elif "failed" in setups["in_process"]:
+            setups["serve"] = {"skipped": "the in-process setup (its data dir) failed"}
         else:
-            setups["serve"] = serve_setup(data_dir, queries, args)
+            setups["serve"] = attempt("serve", lambda: serve_setup(data_dir, queries, args))
         for name in ("cluster_1x1", "cluster_2x2"):
-            setups[name] = cluster_setup(name, workdir, searched, queries, writes, args)
+            setups[name] = attempt(
+                name, partial(cluster_setup, name, workdir, searched, queries, writes, args)
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["figures"] = figures(report)
@@ -1230,12 +1261,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def attempt(name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measure()``, or ``{"failed": ...}`` with the error and its traceback."""
+    try:
+        return measure()
+    except Exception as exc:
+        progress(f"[red]{name} failed: {exc!r}[/red]")
+        return {"failed": repr(exc), "traceback": traceback.format_exc()}
+
+
 def figures(report: dict[str, Any]) -> dict[str, float | None]:
     """The headline figures, flat: what the tables print and the tests check."""
     out: dict[str, float | None] = {}
     for name in SETUPS:
         setup = report["setups"].get(name, {})
-        if "skipped" in setup or not setup:
+        if not setup or "skipped" in setup or "failed" in setup:
             continue
         search = setup["search"]
         out[f"{name}.search.p50_ms"] = search.get("p50_ms")
@@ -1297,13 +1337,16 @@ def search_table(report: dict[str, Any]) -> Table:
         "cores used",
     ):
         table.add_column(column, justify="right")
-    base = report["setups"]["in_process"]["search"]
+    base = report["setups"]["in_process"].get("search", {})
     for name in SETUPS:
         setup = report["setups"].get(name)
         if setup is None:
             continue
         if "skipped" in setup:
             table.add_row(LABELS[name], f"skipped ({setup['skipped']})", *[""] * 7)
+            continue
+        if "failed" in setup:
+            table.add_row(LABELS[name], "FAILED", *[""] * 7)
             continue
         search = setup["search"]
         warm = search["warmup"]
@@ -1438,7 +1481,9 @@ def print_report(report: dict[str, Any]) -> None:
             + ", ".join(f"shard {s} ({', '.join(n)})" for s, n in placement.items())
             + f"; clients on api pids {setup.get('search', {}).get('served_by')}"
         )
-        problems = setup["log_problems"]
+        if "failed" in setup:
+            console.print(f"  FAILED: {setup['failed']}", markup=False, highlight=False)
+        problems = setup.get("log_problems", {"lines": 0, "nats_startup": 0})
         if problems["lines"]:
             console.print(f"  logged problems: {problems['by_log']}")
             for line in problems["first"]:
@@ -1502,4 +1547,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     # SIGTERM (a CI timeout, ``kill``) runs the finally blocks: the clusters are purged.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    main()
+    measured = main()
+    sys.exit(1 if any("failed" in s for s in measured["setups"].values()) else 0)

@@ -7,6 +7,7 @@ input, 1 for anything else; ``ingest`` exits 1 when any file failed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -532,6 +533,10 @@ def serve(
     with errors_reported(False):
         settings = Settings.load(data_dir=data_dir, host=host, port=port)
         with Shardrag(settings) as rag:
+            # Load the embedding model now: ready means a first query is not 5 s slow. An
+            # embedding endpoint that is down is not fatal: queries report it.
+            with contextlib.suppress(ShardragError):
+                rag.embedder.embed_query("warm up")
             api = create_app(rag)
             if api.state.bootstrap_key:
                 err_console.print(

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,10 @@ from fastapi.testclient import TestClient
 from shardrag import Shardrag
 from shardrag.api import create_app
 from shardrag.cluster.launcher import ClusterState
+from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.config import Settings
+from shardrag.models import Fusion, SearchMode
+from shardrag.pipeline.events import shard_subject
 
 ROOT_KEY = "root-key-for-the-test-suite-0123456789"
 #: A directory of ``shardrag cluster up``: when set, the API tests run against that cluster.
@@ -84,6 +87,70 @@ class ApiUnderTest:
         assert made.status_code == 201, made.text
         key: str = made.json()["key"]
         return key
+
+
+def settle_replicas(rag: Shardrag, timeout: float = 30.0) -> None:
+    """Wait until every live replica of every shard has applied its log up to the head.
+
+    A write is live once one replica of its shard applied it; the shard's other replica may
+    lag a moment, and an eventual search it answers shows the older state (and is not cached:
+    the router caches only results of replicas at the log head). Each replica is asked by
+    name, as the router does, with the head as the offset it must have applied.
+    """
+    router = rag.router
+    assert router is not None, "settle_replicas needs an api core of a cluster"
+    prefix = rag.settings.log_prefix
+    deadline = time.monotonic() + timeout
+    for shard_id in range(rag.layout.shards):
+        head = rag.log.last_sequence(shard_subject(shard_id))
+        alive = {node.node_id for node in rag.shard_map.nodes()}
+        for node_id in rag.shard_map.replicas(shard_id).nodes:
+            if node_id not in alive:
+                continue
+            while True:
+                wait = max(0.0, min(5.0, deadline - time.monotonic()))
+                probe = SearchCall(
+                    tenant="settle",
+                    shard_id=shard_id,
+                    mode=SearchMode.KEYWORD,
+                    k=1,
+                    dense=None,
+                    text="settle",
+                    filters={},
+                    fusion=Fusion.DBSF,
+                    min_applied=head,
+                    wait_seconds=wait,
+                )
+                subject = search_subject(prefix, shard_id, node_id)
+                message = router.conn.run(
+                    router.conn.client.request(subject, probe.encode(), timeout=wait + 2.0),
+                    timeout=wait + 5.0,
+                )
+                reply = SearchReply.decode(message.data)
+                if reply.applied >= head:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"{node_id} applied shard {shard_id} to {reply.applied}, the head is {head}"
+                )
+
+
+def _settle_after_a_write(rag: Shardrag) -> Callable[[httpx.Response], None]:
+    """An httpx response hook: after a decided document write, let every replica apply it.
+
+    The suite reads its waiting writes back with eventual searches, as a client of one
+    replica may; in a cluster each replica must have applied them first.
+    """
+
+    def hook(response: httpx.Response) -> None:
+        request = response.request
+        if (
+            request.method in ("PUT", "DELETE")
+            and "/documents/" in request.url.path
+            and response.status_code == 200
+        ):
+            settle_replicas(rag)
+
+    return hook
 
 
 def open_api(data_dir: Path, **settings: Any) -> ApiUnderTest:
@@ -158,7 +225,11 @@ def api(
     """One app per test module (the model loads once); tests use their own tenants."""
     if cluster is not None:
         state = cluster.state
-        client = httpx.Client(base_url=state.api_url, timeout=120)
+        client = httpx.Client(
+            base_url=state.api_url,
+            timeout=120,
+            event_hooks={"response": [_settle_after_a_write(cluster.rag)]},
+        )
         try:
             yield ApiUnderTest(
                 cluster.rag,
@@ -188,6 +259,14 @@ class LiveServer:
     url: str
     admin_key: str
     rag: Shardrag
+    #: Whether ``url`` is a cluster's api (``rag`` is then this process's api core of it).
+    cluster: bool = False
+
+    def settle(self) -> None:
+        """Against a cluster: let every replica apply the writes made so far (see
+        ``settle_replicas``). In-process the one replica has applied every decided write."""
+        if self.cluster:
+            settle_replicas(self.rag)
 
 
 def free_port() -> int:
@@ -204,7 +283,7 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """``shardrag serve`` in-process on a free port (uvicorn in a thread), or the cluster's."""
     if cluster is not None:
-        yield LiveServer(cluster.state.api_url, cluster.state.admin_key, cluster.rag)
+        yield LiveServer(cluster.state.api_url, cluster.state.admin_key, cluster.rag, True)
         return
     rag = Shardrag.open(
         tmp_path_factory.mktemp("live") / "data",

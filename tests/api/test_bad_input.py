@@ -52,7 +52,7 @@ def assert_error(answer: Any, status: int, code: str) -> dict[str, Any]:
     """``answer`` is the one error shape with ``status`` and ``code``; its error object."""
     assert (answer.status_code, _code(answer)) == (status, code), answer.text[:500]
     assert answer.headers["content-type"] == "application/json"
-    assert answer.headers.get("x-trace-id")
+    assert len(answer.headers.get_list("x-trace-id")) == 1, answer.headers  # one trace id
     body = answer.json()
     assert set(body) == {"error"}, body
     error: dict[str, Any] = body["error"]
@@ -707,7 +707,14 @@ def _tampered(headers: dict[str, str]) -> dict[str, str]:
         pytest.param(lambda w: {"Authorization": "Bearer srk_"}, id="prefix-only"),
         pytest.param(lambda w: {"Authorization": "Bearer srk__"}, id="empty-id-and-secret"),
         pytest.param(lambda w: {"Authorization": "Bearer " + "k" * 10_000}, id="10k-key"),
-        pytest.param(lambda w: {"Authorization": b"Bearer \xff\xfe\x00"}, id="non-ascii-bytes"),
+        pytest.param(
+            lambda w: {"Authorization": b"Bearer \xff\xfe\x00"},
+            id="non-ascii-bytes",
+            marks=pytest.mark.in_process(
+                reason="an HTTP server refuses a NUL in a header (uvicorn answers 400 itself): "
+                "only the in-process transport hands it to the app"
+            ),
+        ),
     ],
 )
 @pytest.mark.parametrize(
@@ -724,9 +731,33 @@ def test_missing_or_malformed_credentials_get_401(
 ) -> None:
     method, url = attempt
     content = b"an unauthorised replacement" if method == "PUT" else None
-    answer = api.client.request(method, url, content=content, headers=make_headers(keys["writer"]))
+    headers = make_headers(keys["writer"])
+    if api.url is not None:
+        # httpx refuses to send some of these headers (a blank key's trailing spaces).
+        answer = _over_a_socket(api.url, method, url, content, headers)
+    else:
+        answer = api.client.request(method, url, content=content, headers=headers)
     assert_error(answer, 401, "unauthorized")
     assert_still_serving(api, keys, keeper)
+
+
+def _over_a_socket(
+    base_url: str, method: str, path: str, content: bytes | None, headers: dict[str, Any]
+) -> httpx.Response:
+    """Send the request with its headers exactly as given (http.client checks less than
+    httpx), and read the answer as an httpx response."""
+    address = urlsplit(base_url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
+    try:
+        connection.putrequest(method, path)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(content or b"")))
+        connection.endheaders(content)
+        answer = connection.getresponse()
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+    finally:
+        connection.close()
 
 
 def test_a_revoked_key_gets_401_at_once(api: ApiUnderTest, keys: Keys, keeper: int) -> None:

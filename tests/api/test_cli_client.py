@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from tests.api.conftest import LiveServer, bearer, free_port
 from typer.testing import CliRunner
 
 from shardrag.cli import app
+from shardrag.models import WriteToken
 
 runner = CliRunner()
 
@@ -67,6 +69,7 @@ def test_remote_commands_print_what_the_embedded_ones_print(
         for step in steps:
             code, out = run(*step, *where)
             outputs[side].append((code, out if "--json" not in step else json.loads(out)))
+            live_server.settle()  # a cluster's next eventual read may reach any replica
     remote_out, local_out = outputs["remote"], outputs["local"]
     assert remote_out[0][0] == local_out[0][0] == 1  # the broken pdf fails the ingest
     for files in (remote_out[0][1]["files"], local_out[0][1]["files"]):
@@ -79,6 +82,12 @@ def test_remote_commands_print_what_the_embedded_ones_print(
         (h["doc_id"], h["text"]) for h in local_hits
     ]
     assert [h["score"] for h in remote_hits] == pytest.approx([h["score"] for h in local_hits])
+    # The delete's token names the same write; its commit position is in each server's own log.
+    tokens = [WriteToken.decode(out[3][1].pop("write_token")) for out in (remote_out, local_out)]
+    assert [dataclasses.replace(t, position=None) for t in tokens] == [
+        dataclasses.replace(tokens[1], position=None)
+    ] * 2
+    assert all(t.position for t in tokens)
     assert remote_out[2:] == local_out[2:]
     assert "guides/replicati" in remote_out[4][1] and "failover" not in remote_out[4][1]
 

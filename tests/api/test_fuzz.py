@@ -17,8 +17,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,6 +36,9 @@ DOCS = {
     "faq.html": b"<html><body><h1>FAQ</h1><p>Keys are rotated every 90 days.</p></body></html>",
 }
 MAX_EXAMPLES = 30  # per operation, key and generation mode
+# Bytes of URL past which uvicorn's HTTP parser refuses a request before the app sees it
+# (it accepts 100 000, refuses 150 000); only a request over a socket meets it.
+REQUEST_HEAD_LIMIT = 100_000
 
 
 @dataclass
@@ -135,7 +140,18 @@ def _fuzz_operation(operation: Any, headers: dict[str, str]) -> Outcome:
         )
         @given(case=operation.as_strategy(generation_mode=mode))
         def no_server_error(case: Case[Any]) -> None:
-            response = case.call(headers=headers)
+            try:
+                response = case.call(headers=headers)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                # Over a socket (against a cluster) uvicorn itself refuses a request whose
+                # head (say, a metadata query near its 65536 characters, percent-encoded)
+                # is over its limit: it answers 400 and closes while the body is still
+                # being sent, which the client sees as a reset. No route ran.
+                url = len(case.formatted_path) + len(urlencode(case.query or {}, doseq=True))
+                if url < REQUEST_HEAD_LIMIT:
+                    raise
+                outcome.count(400, (case.path_parameters or {}).get("t"))
+                return
             outcome.count(response.status_code, (case.path_parameters or {}).get("t"))
             assert response.status_code < 500, (
                 f"{response.status_code} for {case.as_curl_command(headers=headers)}\n"

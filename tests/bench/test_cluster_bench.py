@@ -217,3 +217,15 @@ def test_log_problems_counts_warnings_and_errors_but_not_nats_startup(tmp_path: 
     assert problems["lines"] == 4
     assert problems["nats_startup"] == 2
     assert any("unhandled TypeError" in line for line in problems["first"])
+
+
+def test_a_failed_setup_is_printed_as_such(run: tuple[dict[str, Any], Path]) -> None:
+    report = json.loads(json.dumps(run[0]))
+    report["setups"]["cluster_2x2"] = {"failed": "RuntimeError('boom')", "traceback": "..."}
+    report["figures"] = bench.figures(report)
+    assert not any(name.startswith("cluster_2x2.") for name in report["figures"])
+    with bench.console.capture() as captured:
+        bench.print_report(report)
+    printed = captured.get()
+    assert "FAILED: RuntimeError('boom')" in printed  # under the tables
+    assert printed.count("FAILED") == 2  # and as its row of the search table

@@ -36,9 +36,9 @@ SUITE_TIMEOUT_SECONDS = 3600
 pytestmark = pytest.mark.timeout(SUITE_TIMEOUT_SECONDS + 600)
 
 #: Fewer passed tests than this means part of the suite was skipped or not collected. The
-#: suite has 406 tests; without Chromium the 3 console tests skip, and the ``in_process``
-#: tests skip against a cluster.
-MIN_PASSED = 400
+#: suite has 406 tests: 5 marked ``in_process`` skip against a cluster (401 pass), and the 3
+#: console tests skip too where Chromium is missing (398).
+MIN_PASSED = 395
 OUTPUT = REPO_ROOT / "tests" / "artifacts" / "api-suite-on-a-cluster.txt"
 LOGS = REPO_ROOT / "tests" / "artifacts" / "api-suite-cluster-logs"
 
@@ -52,6 +52,16 @@ def _summary(output: str) -> str:
 def _count(summary: str, outcome: str) -> int:
     found = re.search(rf"(\d+) {outcome}\b", summary)
     return int(found.group(1)) if found else 0
+
+
+def _unexpected_skips(output: str) -> list[str]:
+    """Skips (pytest's -ra lines) other than ``in_process`` tests and the browser's console
+    tests (which skip locally without Chromium)."""
+    return [
+        line
+        for line in re.findall(r"^SKIPPED \[\d+\] .*$", output, re.MULTILINE)
+        if ": in_process, " not in line and "tests/api/test_console.py" not in line
+    ]
 
 
 def test_the_api_suite_passes_against_a_cluster(tmp_path: Path) -> None:
@@ -73,6 +83,7 @@ def test_the_api_suite_passes_against_a_cluster(tmp_path: Path) -> None:
         # spec's; the root key is the cluster's own (the fixtures use it).
         extra_env={"SHARDRAG_RATE_LIMIT_PER_SECOND": "0"},
     )
+    shutil.rmtree(LOGS, ignore_errors=True)  # a failed run's copy
     started = time.monotonic()
     try:
         state = up(spec)
@@ -98,7 +109,6 @@ def test_the_api_suite_passes_against_a_cluster(tmp_path: Path) -> None:
             f"(cluster up in {up_seconds:.0f} s, suite {suite_seconds:.0f} s; output in {OUTPUT})"
         )
         if done.returncode != 0 or _count(summary, "passed") < MIN_PASSED:
-            shutil.rmtree(LOGS, ignore_errors=True)
             shutil.copytree(dir / "logs", LOGS)
         tail = "\n".join(output.splitlines()[-60:])
         assert done.returncode == 0, f"exit code {done.returncode}; see {OUTPUT}\n{tail}"
@@ -106,6 +116,7 @@ def test_the_api_suite_passes_against_a_cluster(tmp_path: Path) -> None:
             f"only {summary}: part of the suite did not run (at least {MIN_PASSED} passed "
             f"expected); see {OUTPUT}"
         )
+        assert not _unexpected_skips(output), "\n".join(_unexpected_skips(output))
     finally:
         if (dir / "cluster.json").exists():
             down(dir, purge=True)

@@ -19,7 +19,13 @@ import psycopg
 import pytest
 from tests.support import POSTGRES_URL, postgres_database, postgres_is_up, require
 
-from shardrag.errors import DocumentNotFound, NotFound, TenantExists, Unavailable
+from shardrag.errors import (
+    DocumentNotFound,
+    InvalidParameter,
+    NotFound,
+    TenantExists,
+    Unavailable,
+)
 from shardrag.models import VersionState
 from shardrag.registry import (
     AuditEvent,
@@ -578,3 +584,22 @@ def test_postgres_losing_the_server_is_unavailable(postgres_url: str) -> None:
         with pytest.raises(Unavailable, match="unavailable"):
             registry.get_tenant("acme")
         assert time.monotonic() - started < 5
+
+
+def test_postgres_a_nul_character_is_a_bad_parameter_and_the_audit_log_keeps_going(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000 (SQLite can): a value with one is refused
+    as InvalidParameter (a 422, not a fault), and an audit event, which records what a refused
+    request named, keeps it as U+FFFD instead of failing."""
+    with closing(PostgresRegistry(postgres_url)) as registry:
+        registry.ensure_tenant("acme", 0)
+        with pytest.raises(InvalidParameter, match="NUL"):
+            registry.create_tenant("nul", 0, "a\x00b")
+        with pytest.raises(InvalidParameter, match="NUL"):
+            registry.key("a\x00b")
+        with pytest.raises(InvalidParameter, match="NUL"):
+            registry.begin_version("acme", "doc", new(team="a\x00b"))
+        event = AuditEvent("acme", "key:k1", "document.delete", "a\x00b", "bad", 1.0, {})
+        registry.append_audit(event)
+        assert [e.target for e in registry.audit("acme")] == ["a\ufffdb"]

@@ -51,7 +51,10 @@ class Guard:
         async def send_with_trace(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((TRACE_HEADER.lower().encode(), trace_id.encode()))
+                name = TRACE_HEADER.lower().encode()
+                # An error answer carries it already (error_response): once is enough.
+                if all(key.lower() != name for key, _ in headers):
+                    headers.append((name, trace_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

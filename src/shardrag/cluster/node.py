@@ -271,9 +271,10 @@ class IndexNode:
             self._beat_once()
 
     def _beat_once(self) -> None:
-        # The beat first, from what is known: a slow map read or log must not make this node
-        # look dead, and a failed step is tried again at the next beat.
-        for step in (self.beat, self.sync, self._refresh_heads):
+        # Each step on its own: a slow log (heads kept from the last beat) or map read must
+        # not make this node look dead, and a failed step is tried again at the next beat.
+        # Heads are read just before the beat, so its lag compares offsets of one moment.
+        for step in (self._refresh_heads, self.beat, self.sync):
             try:
                 step()
             except Exception:

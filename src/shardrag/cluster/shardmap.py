@@ -115,7 +115,14 @@ class SnapshotRef:
 
 @dataclass(frozen=True)
 class ClusterStatus:
-    """What ``shardrag cluster status`` shows: layout, replicas, log heads, live nodes."""
+    """What ``shardrag cluster status`` shows: layout, replicas, log heads, live nodes.
+
+    A replica's lag is what its node reported in its last heartbeat: the shard log's head as
+    the node saw it minus its applied offset, both read in the same beat (comparing a
+    heartbeat's offset with the head of now would count the writes since the beat). Offsets
+    are sequence numbers of the log stream, which also carries other subjects: a lag of n is
+    at most n shard ops.
+    """
 
     layout: Layout
     replicas: dict[int, list[str]]
@@ -138,14 +145,10 @@ class ClusterStatus:
                     "healthy": True,
                     "heartbeat_age_seconds": round(max(0.0, time.time() - node.heartbeat_at), 3),
                     "shards": [
-                        {
-                            "shard": s,
-                            "applied": applied,
-                            "lag": max(0, self.heads.get(s, 0) - applied),
-                        }
+                        {"shard": s, "applied": applied, "lag": node.lag(s)}
                         for s, applied in sorted(node.applied.items())
                     ],
-                    "lag": sum(max(0, self.heads.get(s, 0) - a) for s, a in node.applied.items()),
+                    "lag": sum(node.lag(s) for s in node.applied),
                 }
                 for node in self.nodes
             ],

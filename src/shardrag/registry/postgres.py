@@ -19,7 +19,13 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool
 
-from shardrag.errors import DocumentNotFound, NotFound, TenantExists, Unavailable
+from shardrag.errors import (
+    DocumentNotFound,
+    InvalidParameter,
+    NotFound,
+    TenantExists,
+    Unavailable,
+)
 from shardrag.models import DocumentInfo, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
@@ -189,7 +195,8 @@ class PostgresRegistry:
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
-        """Turn a lost or refused connection into ``Unavailable``."""
+        """Turn a lost or refused connection into ``Unavailable``, and a NUL character (which
+        PostgreSQL text and jsonb cannot hold) into ``InvalidParameter`` instead of a fault."""
         try:
             yield
         except psycopg.OperationalError as e:
@@ -198,6 +205,10 @@ class PostgresRegistry:
                 f"the registry database {self._where} is unavailable: {reason}",
                 registry=self._where,
             ) from e
+        except psycopg.DataError as e:
+            if "NUL" not in str(e) and "\\u0000" not in str(e):
+                raise
+            raise InvalidParameter("text may not contain NUL (U+0000) characters") from e
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor[DictRow]]:
@@ -572,14 +583,19 @@ class PostgresRegistry:
         return _key(rows[0])
 
     def append_audit(self, event: AuditEvent) -> None:
-        """Append one event to the audit log."""
+        """Append one event to the audit log.
+
+        The target is what the request named (a document id, a path), refused or not: a NUL
+        in it, which PostgreSQL text cannot hold, is recorded as U+FFFD rather than failing
+        the request that is being audited.
+        """
         self._execute(
             "INSERT INTO audit(tenant, actor, action, target, outcome, at, details) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
             event.tenant,
             event.actor,
             event.action,
-            event.target,
+            event.target.replace("\x00", "\ufffd"),
             event.outcome,
             event.at,
             Jsonb(event.details),
