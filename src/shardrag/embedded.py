@@ -204,6 +204,7 @@ class Shardrag:
         )
         self._tenant_lock = threading.Lock()
         self._placements: dict[str, tuple[float, list[int]]] = {}
+        self._heartbeats: tuple[float, list[NodeInfo]] = (0.0, [])
         # A crash between a version's registry row and its event leaves it pending without
         # one: append them again (deduplicated where the event made it into the log).
         resubmitted = self.writer.resubmit_pending()
@@ -456,6 +457,15 @@ class Shardrag:
             return error_from(
                 info.error_code or "internal_error", info.error or "failed", version=ref.version
             )
+        if self.router is not None and info.commit_position is not None:
+            # Live in the registry means one replica applied it; searchable means every live
+            # replica did (an eventual search may go to any of them). Bounded: a replica
+            # that is stuck must not hold the writer; session reads still see the write.
+            position = info.commit_position
+            self.pipeline.wait_until(
+                lambda: self._applied(ref.shard_id) >= position,
+                self.settings.read_concern_timeout_seconds,
+            )
         result = WriteResult(
             ref.tenant,
             ref.doc_id,
@@ -684,9 +694,13 @@ class Shardrag:
         return applier.applied(shard_id) if applier is not None else float("inf")
 
     def _cluster_applied(self) -> dict[int, list[int]]:
-        """Per shard, the applied offsets of its live replicas (from their heartbeats)."""
+        """Per shard, the applied offsets of its live replicas (from their heartbeats; read
+        at most every 0.25 s however many writers wait on them)."""
+        now = time.monotonic()
+        if now - self._heartbeats[0] > 0.25:
+            self._heartbeats = (now, self.shard_map.nodes())
         found: dict[int, list[int]] = {}
-        for node in self.shard_map.nodes():
+        for node in self._heartbeats[1]:
             for shard_id, applied in node.applied.items():
                 found.setdefault(shard_id, []).append(applied)
         return found

@@ -198,3 +198,17 @@ def test_content_shared_by_documents_of_one_batch_is_embedded_once(rag: Shardrag
     # (in one batch) or from the embedding cache (in the next one).
     assert embedded == [1, 0] and reused[0] == 0
     assert {h.doc_id for h in rag.search("acme", "replicas", k=5)} == {"a.txt", "b.txt"}
+
+
+def test_a_tenant_created_again_writes_its_documents_afresh(rag: Shardrag) -> None:
+    # Its versions count from 1 again: their events must not be dropped as repeats of the
+    # first incarnation's (they carry the tenant's creation time in their ids).
+    rag.put_document("again", "doc", b"the first incarnation wrote about zebras", filename="a.txt")
+    rag.drop_tenant("again")
+    written = rag.put_document(
+        "again", "doc", b"the second incarnation writes about lighthouses", filename="a.txt"
+    )
+    assert (written.version, written.state) == (1, VersionState.LIVE)
+    hits = rag.search("again", "lighthouses", k=3, mode="keyword")
+    assert [h.doc_id for h in hits] == ["doc"]
+    assert rag.search("again", "zebras", k=3, mode="keyword") == []

@@ -57,6 +57,8 @@ from shardrag.registry import Registry, open_registry
 logger = logging.getLogger(__name__)
 # Searches answered at once per node (qdrant-edge runs one query at a time per process).
 _SEARCH_THREADS = 4
+# The shortest time between two beats: one after applied progress, besides the regular ones.
+_QUICK_BEAT = 0.2
 
 
 @dataclass
@@ -116,6 +118,7 @@ class IndexNode:
         self.changed = threading.Condition()
         self.hosted: dict[int, HostedReplica] = {}
         self._heads: dict[int, int] = {}
+        self._last_beat = 0.0
         self._hosting = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(_SEARCH_THREADS, "node-search")
         self._stopped = threading.Event()
@@ -244,6 +247,11 @@ class IndexNode:
 
     def _apply_step(self, replica: HostedReplica, timeout: float) -> int:
         done = replica.applier.step(timeout)
+        if done and time.monotonic() - self._last_beat >= _QUICK_BEAT:
+            # Progress is news: writers waiting for every replica (wait=true) hear it now,
+            # not at the next regular beat.
+            with contextlib.suppress(ShardragError):
+                self.beat()
         interval = self.settings.snapshot_interval_seconds
         position = replica.applier.applied(replica.shard_id)
         if (
@@ -300,6 +308,7 @@ class IndexNode:
             heartbeat_at=time.time(),
         )
         self.shard_map.heartbeat(info)
+        self._last_beat = time.monotonic()
         return info
 
     # -- answering searches -------------------------------------------------------------------

@@ -59,12 +59,16 @@ class VersionRef:
     #: A repair's own round (the reconciler re-driving a version): its events get ids of
     #: their own instead of being dropped as repeats of the first round's.
     round: str = ""
+    #: Which incarnation of the tenant (its creation time): a tenant dropped and created
+    #: again counts its versions from 1 again, and those must not be dropped as repeats.
+    epoch: str = ""
 
     def message_id(self, step: str) -> str:
         """The dedupe id of this version's ``step`` (same version, same step → same id)."""
-        key = json.dumps(
-            [self.tenant, self.doc_id, self.version, self.round], separators=(",", ":")
-        )
+        parts: list[object] = [self.tenant, self.doc_id, self.version, self.round]
+        if self.epoch:
+            parts.append(self.epoch)
+        key = json.dumps(parts, separators=(",", ":"))
         return f"{step}-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 

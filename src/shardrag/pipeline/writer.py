@@ -109,7 +109,7 @@ class DocumentWriter:
             upload.title,
         )
         version = self.registry.begin_version(tenant, doc_id, new)
-        ref = VersionRef(tenant, doc_id, version, shard_id)
+        ref = VersionRef(tenant, doc_id, version, shard_id, epoch=self._epoch(tenant))
         event = IngestEvent(
             ref, content_hash, upload.filename, upload.content_type, upload.title, upload.metadata
         )
@@ -136,7 +136,7 @@ class DocumentWriter:
         if current is None or current.state is VersionState.DELETED:
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
         version = self.registry.begin_tombstone(tenant, doc_id)
-        ref = VersionRef(tenant, doc_id, version, self.place(tenant))
+        ref = VersionRef(tenant, doc_id, version, self.place(tenant), epoch=self._epoch(tenant))
         position = self._append_tombstone(ref)
         return Accepted(
             ref, WriteResult(tenant, doc_id, version, VersionState.PENDING, 0), None, position
@@ -161,7 +161,11 @@ class DocumentWriter:
         count = 0
         for pending in self.registry.pending_versions():
             ref = VersionRef(
-                pending.tenant, pending.doc_id, pending.version, self.place(pending.tenant)
+                pending.tenant,
+                pending.doc_id,
+                pending.version,
+                self.place(pending.tenant),
+                epoch=self._epoch(pending.tenant),
             )
             if pending.tombstone:
                 self._append_tombstone(ref)
@@ -172,6 +176,11 @@ class DocumentWriter:
                 self.submit(event)
             count += 1
         return count
+
+    def _epoch(self, tenant: str) -> str:
+        """The incarnation of ``tenant`` that versions are written to now (see VersionRef)."""
+        record = self.registry.get_tenant(tenant)
+        return f"{record.created_at:.6f}" if record is not None else ""
 
     def event_of(self, ref: VersionRef) -> IngestEvent | None:
         """The ``doc.ingest`` event of a stored version, rebuilt from the registry."""
