@@ -130,6 +130,22 @@ async def publish(js: nats.js.JetStreamContext, subject: str, data: bytes) -> No
             await asyncio.sleep(0.25)
 
 
+async def read_all(js: nats.js.JetStreamContext, count: int) -> list[Msg]:
+    """The first ``count`` messages of CHAOS, retrying while its new leader settles in."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reader = await js.pull_subscribe("chaos.>", stream="CHAOS")
+            messages: list[Msg] = []
+            while len(messages) < count:
+                messages += await reader.fetch(count - len(messages), timeout=10)
+            return messages
+        except (TimeoutError, nats.errors.Error):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def replicas_current(js: nats.js.JetStreamContext, stream: str, count: int) -> bool:
     """Whether the stream has a leader and ``count`` - 1 followers that are caught up."""
     try:
@@ -163,10 +179,7 @@ def test_a_replicated_stream_keeps_its_messages_when_a_server_is_killed(
             assert state.kill(victim, signal.SIGKILL)
             assert wait_until(lambda: not state.alive(victim))
             await publish(js, "chaos.b", b"after")
-            reader = await js.pull_subscribe("chaos.>", stream="CHAOS")
-            messages: list[Msg] = []
-            while len(messages) < 2:
-                messages += await reader.fetch(2 - len(messages), timeout=10)
+            messages = await read_all(js, 2)
             assert [m.data for m in messages] == [b"before", b"after"]
 
             restarted = state.restart(victim)
