@@ -581,7 +581,9 @@ STAGES = (
 )
 
 
-def stage_split(tenant: str, writes: list[dict[str, Any]], seen: dict[str, float]) -> dict:
+def stage_split(
+    tenant: str, writes: list[dict[str, Any]], seen: dict[str, float], epoch: str = ""
+) -> dict:
     """Put → visible of every write seen through, split where its events reached the log.
 
     ``seen`` maps a log message's ``Nats-Msg-Id`` to when this process received it (the
@@ -591,7 +593,7 @@ def stage_split(tenant: str, writes: list[dict[str, Any]], seen: dict[str, float
     for write in writes:
         if write["visible"] is None:
             continue
-        ref = VersionRef(tenant, write["doc_id"], write["version"], 0)
+        ref = VersionRef(tenant, write["doc_id"], write["version"], 0, epoch=epoch)
         times = [write["began"]]
         for _, event in STAGES:
             times.append(write["visible"] if event is None else seen.get(ref.message_id(event), -1))
@@ -987,12 +989,14 @@ def log_problems(logs: dict[str, Path]) -> dict[str, Any]:
 
 
 def make_tenant(root: httpx.Client, tenant: str) -> dict[str, str]:
-    """Create ``tenant`` (root key); a writer and a reader key of it."""
-    checked(root.post("/v1/tenants", json={"id": tenant}), 201)
-    return {
+    """Create ``tenant`` (root key); a writer and a reader key of it, and its ``epoch`` (the
+    incarnation its event ids carry, see ``VersionRef.epoch``)."""
+    created = checked(root.post("/v1/tenants", json={"id": tenant}), 201)
+    keys = {
         role: checked(root.post(f"/v1/tenants/{tenant}/keys", json={"role": role}), 201)["key"]
         for role in ("writer", "reader")
     }
+    return {**keys, "epoch": f"{created['created_at']:.6f}"}
 
 
 def http_put(client: httpx.Client, tenant: str, document: DocumentInput) -> dict[str, Any]:
@@ -1099,7 +1103,9 @@ def cluster_writes(
             lambda: steady_ingest(put, visible, writes, args.ingest_rate, args.session_every),
         )
         writing["cores"] = meter.cores()
-        writing["stages"] = stage_split(WRITE_TENANT, writing["writes"], dict(probe.arrived))
+        writing["stages"] = stage_split(
+            WRITE_TENANT, writing["writes"], dict(probe.arrived), keys["epoch"]
+        )
         writing["writes"] = compact_writes(writing["writes"])
     finally:
         probe.close()
