@@ -114,6 +114,7 @@ from bench.http_search import (  # noqa: E402
     shardrag_executable,
     stop,
 )
+from bench.pipeline import latency_summary  # noqa: E402
 from shardrag import DocumentInput, Shardrag  # noqa: E402
 from shardrag.cluster import open_shard_map  # noqa: E402
 from shardrag.cluster.launcher import STATE_FILE, ClusterSpec, ClusterState, down, up  # noqa: E402
@@ -172,20 +173,6 @@ def progress(message: str) -> None:
 
 
 # -- figures ------------------------------------------------------------------------------------
-
-
-def latency_summary(seconds: list[float]) -> dict[str, Any]:
-    """Count, p50/p99 (linear interpolation), max and mean of latencies, in milliseconds."""
-    if not seconds:
-        return {"count": 0}
-    ms = np.asarray(seconds, dtype=np.float64) * 1000
-    return {
-        "count": len(ms),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "max_ms": round(float(ms.max()), 2),
-        "mean_ms": round(float(ms.mean()), 2),
-    }
 
 
 def count_summary(values: list[int]) -> dict[str, Any]:

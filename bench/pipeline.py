@@ -298,8 +298,10 @@ def put(rag: Shardrag, document: DocumentInput) -> WriteResult:
     )
 
 
-def summary(seconds: list[float]) -> dict[str, Any]:
-    """Percentiles (linear interpolation), mean and max of latencies, in milliseconds."""
+def latency_summary(seconds: list[float]) -> dict[str, Any]:
+    """Count, p50/p99 (linear interpolation), max and mean of latencies, in milliseconds."""
+    if not seconds:
+        return {"count": 0}
     ms = np.asarray(seconds, dtype=np.float64) * 1000
     return {
         "count": len(ms),
@@ -307,8 +309,12 @@ def summary(seconds: list[float]) -> dict[str, Any]:
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "max_ms": round(float(ms.max()), 2),
         "mean_ms": round(float(ms.mean()), 2),
-        "samples_ms": [round(float(x), 2) for x in ms],
     }
+
+
+def summary(seconds: list[float]) -> dict[str, Any]:
+    """``latency_summary`` with every sample (milliseconds)."""
+    return {**latency_summary(seconds), "samples_ms": [round(x * 1000, 2) for x in seconds]}
 
 
 def wait_searchable(rag: Shardrag, doc_id: str, word: str, since: float) -> float:

@@ -453,6 +453,17 @@ def reconcile(
         console.print(table)
 
 
+def _until_stopped() -> threading.Event:
+    """JSON logs, and an event set by SIGTERM or Ctrl-C: a long-running process's set-up."""
+    from shardrag.observability.logging import configure_json_logging
+
+    configure_json_logging()
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    return stopped
+
+
 @app.command()
 def worker(
     stage: Annotated[str, typer.Option("--stage", help="ingest, embed or index.")],
@@ -466,13 +477,9 @@ def worker(
 ) -> None:
     """Run one stage of the write pipeline alone against NATS (until SIGTERM or Ctrl-C)."""
     from shardrag.config import Settings
-    from shardrag.observability.logging import configure_json_logging
     from shardrag.worker import run_worker
 
-    configure_json_logging()
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
+    stopped = _until_stopped()
     with errors_reported(False):
         settings = Settings.load(data_dir=data_dir, nats_url=nats_url)
         err_console.print(f"shardrag worker: stage {stage} on {settings.nats_url}")
@@ -494,12 +501,8 @@ def node(
     searches over NATS (until SIGTERM or Ctrl-C)."""
     from shardrag.cluster.node import run_node
     from shardrag.config import Settings
-    from shardrag.observability.logging import configure_json_logging
 
-    configure_json_logging()
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
+    stopped = _until_stopped()
     with errors_reported(False):
         settings = Settings.load(
             data_dir=data_dir, nats_url=nats_url, node_id=node_id, cluster=True

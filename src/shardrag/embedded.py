@@ -142,7 +142,7 @@ class Shardrag:
             registry=self.registry,
             blobs=self.blobs,
             log=self.log,
-            place=self._shard_id_creating_tenant,
+            place=self.create_tenant,
             max_document_bytes=settings.max_document_bytes,
         )
         self.pipeline = Pipeline(
@@ -312,9 +312,6 @@ class Shardrag:
         )
         # A tenant created again under this name starts at generation 0 again.
         self.searcher.forget()
-
-    def _shard_id_creating_tenant(self, tenant: str) -> int:
-        return self.create_tenant(tenant).shard_id
 
     def _shards_of(self, tenant: str) -> list[int]:
         """The tenant's shards from the shard map, remembered for a few seconds.

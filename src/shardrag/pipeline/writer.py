@@ -26,14 +26,14 @@ from shardrag.models import DocumentInput, Metadata, VersionState, WriteResult
 from shardrag.pipeline.events import DOC_INGEST, IngestEvent, OpKind, ShardOp, VersionRef
 from shardrag.pipeline.events import shard_subject as subject_of
 from shardrag.pipeline.retry import as_error
-from shardrag.registry import NewVersion, Registry
+from shardrag.registry import NewVersion, Registry, TenantRecord
 
 #: Documents a client should hand to ``put_documents`` at once: the embedding worker sorts
 #: the texts of a batch by length, so fuller batches pad less.
 DOCUMENTS_PER_BATCH = 256
 
-# Given a tenant, its shard id (creating the tenant if needed).
-PlaceTenant = Callable[[str], int]
+# Given a tenant, its record: shard and incarnation (creating the tenant if needed).
+PlaceTenant = Callable[[str], TenantRecord]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class DocumentWriter:
                 limit=self.max_document_bytes,
             )
         parser_for(upload.filename, upload.content_type)  # UnsupportedFormat before a version
-        shard_id = self.place(tenant)
+        record = self.place(tenant)
         content_hash = hashlib.sha256(upload.data).hexdigest()
         current = self.registry.document(tenant, doc_id)
         live = current.live if current else None
@@ -109,7 +109,7 @@ class DocumentWriter:
             upload.title,
         )
         version = self.registry.begin_version(tenant, doc_id, new)
-        ref = VersionRef(tenant, doc_id, version, shard_id, epoch=self._epoch(tenant))
+        ref = VersionRef(tenant, doc_id, version, record.shard_id, epoch=epoch_of(record))
         event = IngestEvent(
             ref, content_hash, upload.filename, upload.content_type, upload.title, upload.metadata
         )
@@ -136,7 +136,8 @@ class DocumentWriter:
         if current is None or current.state is VersionState.DELETED:
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
         version = self.registry.begin_tombstone(tenant, doc_id)
-        ref = VersionRef(tenant, doc_id, version, self.place(tenant), epoch=self._epoch(tenant))
+        record = self.place(tenant)
+        ref = VersionRef(tenant, doc_id, version, record.shard_id, epoch=epoch_of(record))
         position = self._append_tombstone(ref)
         return Accepted(
             ref, WriteResult(tenant, doc_id, version, VersionState.PENDING, 0), None, position
@@ -160,12 +161,13 @@ class DocumentWriter:
         """Append again the event of every pending version (after a crash); how many."""
         count = 0
         for pending in self.registry.pending_versions():
+            record = self.place(pending.tenant)
             ref = VersionRef(
                 pending.tenant,
                 pending.doc_id,
                 pending.version,
-                self.place(pending.tenant),
-                epoch=self._epoch(pending.tenant),
+                record.shard_id,
+                epoch=epoch_of(record),
             )
             if pending.tombstone:
                 self._append_tombstone(ref)
@@ -177,11 +179,6 @@ class DocumentWriter:
             count += 1
         return count
 
-    def _epoch(self, tenant: str) -> str:
-        """The incarnation of ``tenant`` that versions are written to now (see VersionRef)."""
-        record = self.registry.get_tenant(tenant)
-        return f"{record.created_at:.6f}" if record is not None else ""
-
     def event_of(self, ref: VersionRef) -> IngestEvent | None:
         """The ``doc.ingest`` event of a stored version, rebuilt from the registry."""
         info = self.registry.version(ref.tenant, ref.doc_id, ref.version)
@@ -190,6 +187,11 @@ class DocumentWriter:
         return IngestEvent(
             ref, info.content_hash, info.filename, info.content_type, info.title, info.metadata
         )
+
+
+def epoch_of(record: TenantRecord) -> str:
+    """The tenant incarnation that a version's event ids carry (see ``VersionRef.epoch``)."""
+    return f"{record.created_at:.6f}"
 
 
 def _same_json(a: Metadata, b: Metadata) -> bool:

@@ -27,8 +27,16 @@ from shardrag.errors import (
     Unavailable,
 )
 from shardrag.models import DocumentInfo, VersionInfo, VersionState
-from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
+from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
+from shardrag.registry.rows import (
+    DOCUMENT_STATE,
+    key_of,
+    pending_of,
+    state_counts,
+    tenant_of,
+    version_of,
+)
 
 # The schema, one step per release that changed it; step n is schema version n. Never edit a
 # released step: append a new one. Ids are COLLATE "C" so listings sort byte-wise, as SQLite does.
@@ -129,12 +137,6 @@ _MIGRATION_LOCK = 0x7368617264726167
 # How long to wait for a connection when the URL does not say (libpq waits indefinitely).
 _CONNECT_TIMEOUT_S = 10
 
-# The state a document shows in listings: live while a version is, else its latest version's.
-_DOCUMENT_STATE = """
-CASE WHEN latest.state = 'deleted' THEN 'deleted'
-     WHEN d.live_version IS NOT NULL THEN 'live'
-     ELSE latest.state END
-"""
 
 _VERSION_COLUMNS = (
     "version",
@@ -248,7 +250,7 @@ class PostgresRegistry:
                     ).fetchone()
                 )
                 if row is not None:
-                    return _tenant(row)
+                    return tenant_of(row)
 
     def create_tenant(self, tenant: str, shard_id: int, name: str) -> TenantRecord:
         """Create a new tenant; ``TenantExists`` if the id is taken."""
@@ -262,16 +264,16 @@ class PostgresRegistry:
         )
         if not rows:
             raise TenantExists(f"tenant {tenant!r} exists already", tenant=tenant)
-        return _tenant(rows[0])
+        return tenant_of(rows[0])
 
     def get_tenant(self, tenant: str) -> TenantRecord | None:
         """The tenant's record, or None."""
         rows = self._query("SELECT * FROM tenants WHERE tenant = %s", tenant)
-        return _tenant(rows[0]) if rows else None
+        return tenant_of(rows[0]) if rows else None
 
     def list_tenants(self) -> list[TenantRecord]:
         """Every tenant, by id."""
-        return [_tenant(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
+        return [tenant_of(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
 
     def delete_tenant(self, tenant: str) -> None:
         """Forget the tenant and all its documents."""
@@ -368,7 +370,7 @@ class PostgresRegistry:
             doc_id,
             version,
         )
-        return _version(rows[0]) if rows else None
+        return version_of(rows[0]) if rows else None
 
     def mark_superseded(self, tenant: str, doc_id: str, version: int) -> None:
         """A pending (or failed) version overtaken by a newer committed one."""
@@ -502,9 +504,9 @@ class PostgresRegistry:
         sql = _DOCUMENT_ROWS + "WHERE d.tenant = %s AND d.doc_id > %s "
         args: list[Any] = [tenant, after or ""]
         if state is None:
-            sql += f"AND {_DOCUMENT_STATE} != 'deleted' "
+            sql += f"AND {DOCUMENT_STATE} != 'deleted' "
         else:
-            sql += f"AND {_DOCUMENT_STATE} = %s "
+            sql += f"AND {DOCUMENT_STATE} = %s "
             args.append(state.value)
         sql += "ORDER BY d.doc_id LIMIT %s"
         args.append(limit)
@@ -519,27 +521,16 @@ class PostgresRegistry:
             tenant,
             tenant,
         )
-        return [
-            PendingVersion(
-                r["tenant"],
-                r["doc_id"],
-                int(r["version"]),
-                r["content_hash"] is None,
-                float(r["created_at"]),
-            )
-            for r in rows
-        ]
+        return [pending_of(r) for r in rows]
 
     def document_counts(self) -> dict[VersionState, int]:
         """How many documents (of every tenant) are in each state."""
         rows = self._query(
-            f"SELECT {_DOCUMENT_STATE} AS doc_state, count(*) AS n FROM documents d "
+            f"SELECT {DOCUMENT_STATE} AS doc_state, count(*) AS n FROM documents d "
             "JOIN versions latest ON latest.tenant = d.tenant AND latest.doc_id = d.doc_id "
             "AND latest.version = d.latest_version GROUP BY doc_state"
         )
-        counts = dict.fromkeys(VersionState, 0)
-        counts.update({VersionState(r["doc_state"]): int(r["n"]) for r in rows})
-        return counts
+        return state_counts(rows)
 
     # -- access: keys, audit, idempotency ------------------------------------------------------
 
@@ -559,7 +550,7 @@ class PostgresRegistry:
     def key(self, key_id: str) -> KeyRecord | None:
         """The key of that id, or None."""
         rows = self._query("SELECT * FROM api_keys WHERE key_id = %s", key_id)
-        return _key(rows[0]) if rows else None
+        return key_of(rows[0]) if rows else None
 
     def keys(self, tenant: str | None) -> list[KeyRecord]:
         """The keys of a tenant (None: root keys), oldest first."""
@@ -568,7 +559,7 @@ class PostgresRegistry:
             "ORDER BY created_at, key_id",
             tenant,
         )
-        return [_key(r) for r in rows]
+        return [key_of(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> KeyRecord:
         """Mark a key revoked (the first revocation time stays) and return it."""
@@ -580,7 +571,7 @@ class PostgresRegistry:
         )
         if not rows:
             raise NotFound(f"no key {key_id!r}", key_id=key_id)
-        return _key(rows[0])
+        return key_of(rows[0])
 
     def append_audit(self, event: AuditEvent) -> None:
         """Append one event to the audit log.
@@ -699,55 +690,11 @@ def _describe(conninfo: str) -> str:
     return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
 
 
-def _tenant(row: DictRow) -> TenantRecord:
-    return TenantRecord(
-        row["tenant"],
-        int(row["shard_id"]),
-        int(row["generation"]),
-        row["created_at"],
-        row["name"] or row["tenant"],
-    )
-
-
-def _key(row: DictRow) -> KeyRecord:
-    return KeyRecord(
-        key_id=row["key_id"],
-        tenant=row["tenant"],
-        role=Role(row["role"]),
-        secret_hash=row["secret_hash"],
-        name=row["name"],
-        created_at=row["created_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
 def _document(tenant: str, row: DictRow) -> DocumentInfo:
     """A row of ``_DOCUMENT_ROWS`` as the document's state."""
     return DocumentInfo(
         tenant=tenant,
         doc_id=row["doc_id"],
-        live=_version(row, "live_") if row["live_version"] is not None else None,
-        latest=_version(row, "latest_"),
-    )
-
-
-def _version(row: DictRow, prefix: str = "") -> VersionInfo:
-    """The version whose columns are named ``prefix`` + column in ``row``."""
-    return VersionInfo(
-        version=int(row[prefix + "version"]),
-        state=VersionState(row[prefix + "state"]),
-        content_hash=row[prefix + "content_hash"],
-        filename=row[prefix + "filename"],
-        size=int(row[prefix + "size"]),
-        chunk_count=int(row[prefix + "chunk_count"]),
-        metadata=row[prefix + "metadata"],
-        error_code=row[prefix + "error_code"],
-        error=row[prefix + "error"],
-        created_at=row[prefix + "created_at"],
-        updated_at=row[prefix + "updated_at"],
-        content_type=row[prefix + "content_type"],
-        title=row[prefix + "title"],
-        commit_position=row[prefix + "commit_position"],
-        reused_vectors=int(row[prefix + "reused_vectors"]),
-        embedded_chunks=int(row[prefix + "embedded_chunks"]),
+        live=version_of(row, "live_") if row["live_version"] is not None else None,
+        latest=version_of(row, "latest_"),
     )

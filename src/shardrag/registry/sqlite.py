@@ -13,8 +13,16 @@ from typing import Any
 
 from shardrag.errors import DocumentNotFound, NotFound, TenantExists
 from shardrag.models import DocumentInfo, VersionInfo, VersionState
-from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
+from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
+from shardrag.registry.rows import (
+    DOCUMENT_STATE,
+    key_of,
+    pending_of,
+    state_counts,
+    tenant_of,
+    version_of,
+)
 from shardrag.sqlitedb import immediate, open_durable
 
 _SCHEMA = """
@@ -106,13 +114,6 @@ _MIGRATIONS = {
     ),
 }
 
-# The state a document shows in listings: live while a version is, else its latest version's.
-_DOCUMENT_STATE = """
-CASE WHEN latest.state = 'deleted' THEN 'deleted'
-     WHEN d.live_version IS NOT NULL THEN 'live'
-     ELSE latest.state END
-"""
-
 
 class SqliteRegistry:
     """Registry over SQLite; one connection shared by all threads behind a lock."""
@@ -147,7 +148,7 @@ class SqliteRegistry:
                 (tenant, shard_id, time.time(), name or tenant),
             )
             row = db.execute("SELECT * FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
-        return _tenant(row)
+        return tenant_of(row)
 
     def create_tenant(self, tenant: str, shard_id: int, name: str) -> TenantRecord:
         """Create a new tenant; ``TenantExists`` if the id is taken."""
@@ -160,16 +161,16 @@ class SqliteRegistry:
             except sqlite3.IntegrityError:
                 raise TenantExists(f"tenant {tenant!r} exists already", tenant=tenant) from None
             row = db.execute("SELECT * FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
-        return _tenant(row)
+        return tenant_of(row)
 
     def get_tenant(self, tenant: str) -> TenantRecord | None:
         """The tenant's record, or None."""
         rows = self._query("SELECT * FROM tenants WHERE tenant = ?", tenant)
-        return _tenant(rows[0]) if rows else None
+        return tenant_of(rows[0]) if rows else None
 
     def list_tenants(self) -> list[TenantRecord]:
         """Every tenant, by id."""
-        return [_tenant(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
+        return [tenant_of(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
 
     def delete_tenant(self, tenant: str) -> None:
         """Forget the tenant and all its documents."""
@@ -265,7 +266,7 @@ class SqliteRegistry:
             doc_id,
             version,
         )
-        return _version(rows[0]) if rows else None
+        return version_of(rows[0]) if rows else None
 
     def mark_superseded(self, tenant: str, doc_id: str, version: int) -> None:
         """A pending (or failed) version overtaken by a newer committed one."""
@@ -384,7 +385,7 @@ class SqliteRegistry:
             doc_id,
             *wanted,
         )
-        versions = {int(r["version"]): _version(r) for r in rows}
+        versions = {int(r["version"]): version_of(r) for r in rows}
         return DocumentInfo(
             tenant=tenant,
             doc_id=doc_id,
@@ -401,16 +402,16 @@ class SqliteRegistry:
     ) -> list[DocumentInfo]:
         """A page of the tenant's documents by id; deleted ones only when asked for."""
         sql = (
-            f"SELECT d.doc_id, d.live_version, d.latest_version, {_DOCUMENT_STATE} AS doc_state "
+            f"SELECT d.doc_id, d.live_version, d.latest_version, {DOCUMENT_STATE} AS doc_state "
             "FROM documents d JOIN versions latest ON latest.tenant = d.tenant "
             "AND latest.doc_id = d.doc_id AND latest.version = d.latest_version "
             "WHERE d.tenant = ? AND d.doc_id > ? "
         )
         args: list[Any] = [tenant, after or ""]
         if state is None:
-            sql += f"AND {_DOCUMENT_STATE} != 'deleted' "
+            sql += f"AND {DOCUMENT_STATE} != 'deleted' "
         else:
-            sql += f"AND {_DOCUMENT_STATE} = ? "
+            sql += f"AND {DOCUMENT_STATE} = ? "
             args.append(state.value)
         sql += "ORDER BY d.doc_id LIMIT ?"
         args.append(limit)
@@ -427,27 +428,16 @@ class SqliteRegistry:
             tenant,
             tenant,
         )
-        return [
-            PendingVersion(
-                r["tenant"],
-                r["doc_id"],
-                int(r["version"]),
-                r["content_hash"] is None,
-                float(r["created_at"]),
-            )
-            for r in rows
-        ]
+        return [pending_of(r) for r in rows]
 
     def document_counts(self) -> dict[VersionState, int]:
         """How many documents (of every tenant) are in each state."""
         rows = self._query(
-            f"SELECT {_DOCUMENT_STATE} AS doc_state, count(*) AS n FROM documents d "
+            f"SELECT {DOCUMENT_STATE} AS doc_state, count(*) AS n FROM documents d "
             "JOIN versions latest ON latest.tenant = d.tenant AND latest.doc_id = d.doc_id "
             "AND latest.version = d.latest_version GROUP BY doc_state"
         )
-        counts = dict.fromkeys(VersionState, 0)
-        counts.update({VersionState(r["doc_state"]): int(r["n"]) for r in rows})
-        return counts
+        return state_counts(rows)
 
     # -- access: keys, audit, idempotency ------------------------------------------------------
 
@@ -470,14 +460,14 @@ class SqliteRegistry:
     def key(self, key_id: str) -> KeyRecord | None:
         """The key of that id, or None."""
         rows = self._query("SELECT * FROM api_keys WHERE key_id = ?", key_id)
-        return _key(rows[0]) if rows else None
+        return key_of(rows[0]) if rows else None
 
     def keys(self, tenant: str | None) -> list[KeyRecord]:
         """The keys of a tenant (None: root keys), oldest first."""
         rows = self._query(
             "SELECT * FROM api_keys WHERE tenant IS ? ORDER BY created_at, key_id", tenant
         )
-        return [_key(r) for r in rows]
+        return [key_of(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> KeyRecord:
         """Mark a key revoked (the first revocation time stays) and return it."""
@@ -489,7 +479,7 @@ class SqliteRegistry:
             row = db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         if row is None:
             raise NotFound(f"no key {key_id!r}", key_id=key_id)
-        return _key(row)
+        return key_of(row)
 
     def append_audit(self, event: AuditEvent) -> None:
         """Append one event to the audit log."""
@@ -563,46 +553,3 @@ class SqliteRegistry:
         """Close the connection."""
         with self._lock:
             self._db.close()
-
-
-def _tenant(row: sqlite3.Row) -> TenantRecord:
-    return TenantRecord(
-        row["tenant"],
-        int(row["shard_id"]),
-        int(row["generation"]),
-        row["created_at"],
-        row["name"] or row["tenant"],
-    )
-
-
-def _key(row: sqlite3.Row) -> KeyRecord:
-    return KeyRecord(
-        key_id=row["key_id"],
-        tenant=row["tenant"],
-        role=Role(row["role"]),
-        secret_hash=row["secret_hash"],
-        name=row["name"],
-        created_at=row["created_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
-def _version(row: sqlite3.Row) -> VersionInfo:
-    return VersionInfo(
-        version=int(row["version"]),
-        state=VersionState(row["state"]),
-        content_hash=row["content_hash"],
-        filename=row["filename"],
-        size=int(row["size"]),
-        chunk_count=int(row["chunk_count"]),
-        metadata=json.loads(row["metadata"]),
-        error_code=row["error_code"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        content_type=row["content_type"],
-        title=row["title"],
-        commit_position=row["commit_position"],
-        reused_vectors=int(row["reused_vectors"]),
-        embedded_chunks=int(row["embedded_chunks"]),
-    )

@@ -1,0 +1,93 @@
+"""What both registries share about their tables: rows read back as records, and the SQL of a
+document's listed state. The schema is the same in SQLite and PostgreSQL; only the drivers'
+row types differ (both are read by column name)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from shardrag.models import VersionInfo, VersionState
+from shardrag.registry.access import KeyRecord, Role
+from shardrag.registry.base import PendingVersion, TenantRecord
+
+# The state a document shows in listings: live while a version is, else its latest version's.
+DOCUMENT_STATE = """
+CASE WHEN latest.state = 'deleted' THEN 'deleted'
+     WHEN d.live_version IS NOT NULL THEN 'live'
+     ELSE latest.state END
+"""
+
+
+class Row(Protocol):
+    """A result row read by column name (``sqlite3.Row``, psycopg's ``DictRow``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def tenant_of(row: Row) -> TenantRecord:
+    """A ``tenants`` row."""
+    return TenantRecord(
+        row["tenant"],
+        int(row["shard_id"]),
+        int(row["generation"]),
+        row["created_at"],
+        row["name"] or row["tenant"],
+    )
+
+
+def key_of(row: Row) -> KeyRecord:
+    """An ``api_keys`` row."""
+    return KeyRecord(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        role=Role(row["role"]),
+        secret_hash=row["secret_hash"],
+        name=row["name"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def version_of(row: Row, prefix: str = "") -> VersionInfo:
+    """The version whose ``versions`` columns are named ``prefix`` + column in ``row``.
+
+    Metadata arrives as JSON text (SQLite) or already decoded (PostgreSQL's jsonb).
+    """
+    metadata = row[prefix + "metadata"]
+    return VersionInfo(
+        version=int(row[prefix + "version"]),
+        state=VersionState(row[prefix + "state"]),
+        content_hash=row[prefix + "content_hash"],
+        filename=row[prefix + "filename"],
+        size=int(row[prefix + "size"]),
+        chunk_count=int(row[prefix + "chunk_count"]),
+        metadata=json.loads(metadata) if isinstance(metadata, str) else metadata,
+        error_code=row[prefix + "error_code"],
+        error=row[prefix + "error"],
+        created_at=row[prefix + "created_at"],
+        updated_at=row[prefix + "updated_at"],
+        content_type=row[prefix + "content_type"],
+        title=row[prefix + "title"],
+        commit_position=row[prefix + "commit_position"],
+        reused_vectors=int(row[prefix + "reused_vectors"]),
+        embedded_chunks=int(row[prefix + "embedded_chunks"]),
+    )
+
+
+def pending_of(row: Row) -> PendingVersion:
+    """A pending ``versions`` row (tenant, doc_id, version, content_hash, created_at)."""
+    return PendingVersion(
+        row["tenant"],
+        row["doc_id"],
+        int(row["version"]),
+        row["content_hash"] is None,
+        float(row["created_at"]),
+    )
+
+
+def state_counts(rows: list[Any]) -> dict[VersionState, int]:
+    """Documents per state from rows of (doc_state, n), every state present."""
+    counts = dict.fromkeys(VersionState, 0)
+    counts.update({VersionState(r["doc_state"]): int(r["n"]) for r in rows})
+    return counts
