@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster eval-cisi clean
+.PHONY: install system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale eval-cisi clean chaos bench-chaos
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ bench-pipeline: install
 
 bench-cluster: install
 	$(BIN)/python bench/cluster.py
+
+bench-shard-scale: install
+	$(BIN)/python bench/shard_scale.py
+
+## The chaos suite alone: faults injected into a cluster under load (docs/chaos.md).
+chaos: install
+	$(BIN)/python -m pytest -m chaos tests/chaos
+
+bench-chaos: install
+	$(BIN)/python bench/chaos.py
 
 eval-cisi: install
 	$(BIN)/python bench/cisi_to_beir.py bench/data/cisi

@@ -143,7 +143,11 @@ LABELS = {
 #: (shards, replicas, index nodes) of each cluster.
 SHAPES = {"cluster_1x1": (1, 1, 1), "cluster_2x2": (2, 2, 3)}
 #: What every HTTP setup runs with: each request reaches the shard, nothing is throttled.
-SERVICE_ENV = {"SHARDRAG_RESULT_CACHE_ENTRIES": "0", "SHARDRAG_RATE_LIMIT_PER_SECOND": "0"}
+SERVICE_ENV = {
+    "SHARDRAG_RESULT_CACHE_ENTRIES": "0",
+    "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
+    "SHARDRAG_TENANT_MAX_CONCURRENT_QUERIES": "0",
+}
 EMBEDDED_SHARDS = 2
 #: A client request taking longer than this counts as failed.
 REQUEST_TIMEOUT = 60.0

@@ -341,6 +341,8 @@ def serve(data_dir: Path, log: Path, startup_seconds: float = 120.0) -> Iterator
         "SHARDRAG_DATA_DIR": str(data_dir),
         "SHARDRAG_ADMIN_KEY": admin_key,
         "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
+        # 32 connections on one tenant: the per-tenant query limit would answer 429s.
+        "SHARDRAG_TENANT_MAX_CONCURRENT_QUERIES": "0",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -78,6 +80,24 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"required under CI: {reason}")
     pytest.skip(reason)
+
+
+def require_own_servers() -> None:
+    """Require what a cluster needs to run its own Redis and PostgreSQL (``own_redis``,
+    ``own_postgres``): redis-server, PostgreSQL's server binaries and, as root, a ``postgres``
+    user to run PostgreSQL as, and setpriv."""
+    from shardrag.cluster.launcher import find_postgres_bin, find_redis_server
+
+    require(find_redis_server() is not None, "redis-server (Debian package redis-server)")
+    require(find_postgres_bin() is not None, "PostgreSQL's server (Debian package postgresql)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+            user = True
+        except KeyError:
+            user = False
+        require(user, "a 'postgres' user (root runs PostgreSQL as it)")
+        require(shutil.which("setpriv") is not None, "setpriv (Debian package util-linux)")
 
 
 @contextmanager

@@ -110,12 +110,33 @@ class Settings:
     node_ttl_seconds: float = 6.0
     #: Seconds between snapshots of a node's shards to the blob store (0: never).
     snapshot_interval_seconds: float = 300.0
+    #: Placement (docs/cluster.md "Placement"): a tenant of a shared shard with this many
+    #: live chunks is promoted to a shard of its own (0: only by hand); a tenant with more
+    #: than ``split_threshold_chunks`` per shard is split into more shards (0: never); api
+    #: processes check every ``placement_check_seconds``.
+    promote_threshold_chunks: int = 0
+    split_threshold_chunks: int = 0
+    placement_check_seconds: float = 30.0
     #: The router: a query's deadline, and how long one replica may take before the router
     #: asks another.
     search_timeout_seconds: float = 10.0
     replica_timeout_seconds: float = 1.0
     #: Bind the API's port with SO_REUSEPORT, so several api processes share one port.
     reuse_port: bool = False
+    # -- resilience of the query path (docs/cluster.md "Resilience") -------------------------
+    #: A node's circuit breaker in the router opens after this many failures in a row (no
+    #: answer within the replica timeout, or a node fault) and stays open this long before a
+    #: trial request may close it again.
+    breaker_failures: int = 3
+    breaker_cooldown_seconds: float = 2.0
+    #: A request still unanswered after its shard's recent p95 latency (never less than this)
+    #: gets a hedged second request to another replica.
+    hedge_floor_seconds: float = 0.02
+    #: Searches and answers one tenant may have in flight per api process (429
+    #: tenant_overloaded beyond; 0 turns the limit off).
+    tenant_max_concurrent_queries: int = 8
+    #: An index node obeys fault-injection requests (test and chaos suites only).
+    fault_injection: bool = False
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -170,8 +191,15 @@ class Settings:
             "replicas": self.replicas >= 1,
             "node_ttl_seconds": self.node_ttl_seconds > 0,
             "snapshot_interval_seconds": self.snapshot_interval_seconds >= 0,
+            "promote_threshold_chunks": self.promote_threshold_chunks >= 0,
+            "split_threshold_chunks": self.split_threshold_chunks >= 0,
+            "placement_check_seconds": self.placement_check_seconds > 0,
             "search_timeout_seconds": self.search_timeout_seconds > 0,
             "replica_timeout_seconds": self.replica_timeout_seconds > 0,
+            "breaker_failures": self.breaker_failures >= 1,
+            "breaker_cooldown_seconds": self.breaker_cooldown_seconds > 0,
+            "hedge_floor_seconds": self.hedge_floor_seconds >= 0,
+            "tenant_max_concurrent_queries": self.tenant_max_concurrent_queries >= 0,
         }
         for name, ok in checks.items():
             if not ok:

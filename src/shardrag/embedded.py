@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,7 +23,10 @@ from shardrag import validation
 from shardrag.blobs import open_blob_store
 from shardrag.cache import CacheKey, CacheKind, open_result_cache
 from shardrag.cluster import LOCAL_NODE, ClusterStatus, Layout, NodeInfo, open_shard_map
-from shardrag.cluster.router import RoutedSearch, Router
+from shardrag.cluster.placement import Mover, ReplicaMove, wanted_shards
+from shardrag.cluster.routed import RoutedSearch
+from shardrag.cluster.router import Router
+from shardrag.cluster.shardmap import Placement
 from shardrag.cluster.status import collect_status
 from shardrag.config import Settings
 from shardrag.context import (
@@ -38,6 +41,7 @@ from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
 from shardrag.engine import EngineSettings, ShardSet
 from shardrag.errors import (
+    ClusterOnly,
     DeadLetterNotFound,
     DocumentNotFound,
     InvalidParameter,
@@ -83,6 +87,8 @@ log = logging.getLogger(__name__)
 _LAYOUT_FILE = "shardrag.json"
 # How long a tenant's placement read from the shard map is trusted (seconds).
 _PLACEMENT_TTL = 5.0
+#: How old a remembered placement may be while a background read refreshes it.
+_PLACEMENT_STALE = 8.0
 
 
 class Shardrag:
@@ -144,6 +150,7 @@ class Shardrag:
             log=self.log,
             place=self.create_tenant,
             max_document_bytes=settings.max_document_bytes,
+            shard_for=self._shard_for,
         )
         self.pipeline = Pipeline(
             log=self.log,
@@ -180,12 +187,8 @@ class Shardrag:
             else None
         )
         self.router = (
-            Router(
-                NatsConnection(settings.nats_url, name="router"),
-                self.shard_map,
-                settings.log_prefix,
-                settings.search_timeout_seconds,
-                settings.replica_timeout_seconds,
+            Router.from_settings(
+                NatsConnection(settings.nats_url, name="router"), self.shard_map, settings
             )
             if settings.cluster and settings.nats_url
             else None
@@ -203,7 +206,9 @@ class Shardrag:
             else ExtractiveAnswerer()
         )
         self._tenant_lock = threading.Lock()
-        self._placements: dict[str, tuple[float, list[int]]] = {}
+        self._placements: dict[str, tuple[float, Placement]] = {}
+        self._refreshing: set[str] = set()
+        self._refresh_lock = threading.Lock()
         self._heartbeats: tuple[float, list[NodeInfo]] = (0.0, [])
         # A crash between a version's registry row and its event leaves it pending without
         # one: append them again (deduplicated where the event made it into the log).
@@ -211,6 +216,14 @@ class Shardrag:
         if resubmitted:
             log.info("resubmitted %d pending version(s) to the write pipeline", resubmitted)
         self.pipeline.start()
+        self._moving: dict[str, threading.Thread] = {}
+        self._placer_stopped = threading.Event()
+        self._placer: threading.Thread | None = None
+        if self.router is not None and (
+            settings.promote_threshold_chunks > 0 or settings.split_threshold_chunks > 0
+        ):
+            self._placer = threading.Thread(target=self._place_by_size, name="placer", daemon=True)
+            self._placer.start()
 
     def _check_layout(self) -> Layout:
         """Pin the data dir (or the cluster) to its embedding model and shard count.
@@ -303,50 +316,103 @@ class Shardrag:
     def drop_tenant(self, tenant: str) -> None:
         """Delete a tenant with every document and chunk it has."""
         record = self.tenant(tenant)
-        position = self.writer.drop_tenant(tenant, record.shard_id)
+        placement = self._placement_of(tenant, fresh=True)
+        shards = sorted({*placement.shards, *placement.target, *placement.source})
+        positions = self.writer.drop_tenant(tenant, shards)
+        for shard_id in (*placement.target, *(placement.shards if placement.source else ())):
+            self.shard_map.clear_move(shard_id)  # a move under way fills nothing any more
         self.shard_map.forget_tenant(tenant)
         self._placements.pop(tenant, None)
         self.pipeline.wait_until(
-            lambda: self._applied(record.shard_id) >= position,
+            lambda: all(self._applied(s) >= p for s, p in positions.items()),
             self.settings.write_timeout_seconds,
         )
         # A tenant created again under this name starts at generation 0 again.
         self.searcher.forget()
+        log.info("tenant %s dropped (record of shard %d)", tenant, record.shard_id)
 
-    def _shards_of(self, tenant: str) -> list[int]:
-        """The tenant's shards from the shard map, remembered for a few seconds.
+    def _placement_of(self, tenant: str, fresh: bool = False) -> Placement:
+        """The tenant's placement from the shard map, remembered for a few seconds.
 
-        A placement changes only when the tenant is dropped (or, later, moved), so a search
-        need not ask the map each time, and a map that is briefly unavailable (its bucket
-        electing a leader after a NATS server died) does not fail searches.
+        A placement changes only when the tenant is dropped or moved, so a search need not ask
+        the map each time. Past ``_PLACEMENT_TTL`` the remembered one still serves while a
+        background read refreshes it, up to ``_PLACEMENT_STALE`` (less than the grace a move
+        gives api processes, ``cluster/placement.py``): a map that is slow for a moment (its
+        bucket electing a leader after a NATS server died) holds no search. Older than that,
+        the map is read first; if it is unavailable the placement read before serves (a
+        warning). ``fresh`` reads the map.
         """
         now = time.monotonic()
         known = self._placements.get(tenant)
-        if known is not None and now - known[0] < _PLACEMENT_TTL:
-            return known[1]
+        if not fresh and known is not None:
+            age = now - known[0]
+            if age < _PLACEMENT_TTL:
+                return known[1]
+            if age < _PLACEMENT_STALE:
+                self._refresh_soon(tenant)
+                return known[1]
+        return self._read_placement(tenant, known)
+
+    def _read_placement(
+        self, tenant: str, known: tuple[float, Placement] | None = None
+    ) -> Placement:
+        now = time.monotonic()
         try:
-            shards = self.shard_map.tenant_shards(tenant)
-            if shards is None:  # placed before the shard map held placements
+            placement = self.shard_map.placement(tenant)
+            if placement is None:  # placed before the shard map held placements
                 shards = self.shard_map.place_tenant(tenant, [self.tenant(tenant).shard_id])
+                placement = Placement(tuple(shards))
         except Unavailable:
             if known is None:
                 raise
             log.warning("shard map unavailable; using the placement of %s read before", tenant)
             return known[1]
-        self._placements[tenant] = (now, shards)
-        return shards
+        self._placements[tenant] = (now, placement)
+        return placement
+
+    def _refresh_soon(self, tenant: str) -> None:
+        """Read the tenant's placement again in the background (once at a time)."""
+        with self._refresh_lock:
+            if tenant in self._refreshing:
+                return
+            self._refreshing.add(tenant)
+
+        def refresh() -> None:
+            try:
+                self._read_placement(tenant, self._placements.get(tenant))
+            except Exception:
+                log.exception("refreshing the placement of %s failed", tenant)
+            finally:
+                with self._refresh_lock:
+                    self._refreshing.discard(tenant)
+
+        threading.Thread(target=refresh, name="placement-refresh", daemon=True).start()
+
+    def _shards_of(self, tenant: str) -> list[int]:
+        """The shards a search of the tenant asks now."""
+        return list(self._placement_of(tenant).shards)
+
+    def _shard_for(self, record: TenantRecord, doc_id: str) -> int:
+        """The shard a new version of a document goes to: from the placement as the map has
+        it now (a version pending before a move's flip is waited for by the move)."""
+        return self._placement_of(record.tenant, fresh=True).shard_of(doc_id)
 
     def _route(self, tenant: str, positions: Mapping[int, int]) -> Routed:
         record = self.tenant(tenant)
         if self.router is None:
             assert self.shards is not None
             return Routed(self.shards.shard(record.shard_id), record.generation)
+        placement = self._placement_of(tenant)
+        if any(s not in placement.shards and s not in placement.source for s in positions):
+            # A token of a write to shards this process did not know the tenant on yet.
+            placement = self._placement_of(tenant, fresh=True)
         search = RoutedSearch(
             self.router,
-            self._shards_of(tenant),
+            list(placement.shards),
             positions,
             self.settings.read_concern_timeout_seconds,
             heads=lambda shard_id: self.log.last_sequence(shard_subject(shard_id), timeout=0.5),
+            sources=placement.source,
         )
         return Routed(search, record.generation, search.cacheable)
 
@@ -653,7 +719,8 @@ class Shardrag:
             )
         if concern is ReadConcern.STRONG:
             positions = {
-                s: self.log.last_sequence(shard_subject(s)) for s in self._shards_of(tenant)
+                s: self.log.last_sequence(shard_subject(s))
+                for s in self._placement_of(tenant, fresh=True).shards
             }
         else:
             positions = self._token_position(token, self.tenant(tenant).shard_id)
@@ -812,11 +879,83 @@ class Shardrag:
         if self._closed:
             raise Unavailable("this Shardrag is closed")
 
+    # -- placement (the distributed mode) -------------------------------------------------------
+
+    def _mover(self, progress: Callable[[str], None] | None = None) -> Mover:
+        if self.router is None:
+            raise ClusterOnly(
+                "tenant placement changes need the distributed mode: the embedded mode holds "
+                "every shard in one process"
+            )
+        return Mover(self.shard_map, self.log, self.registry, progress=progress)
+
+    def promote_tenant(
+        self,
+        tenant: str,
+        shards: int = 1,
+        wait: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> Placement:
+        """Move the tenant to ``shards`` dedicated shards (a promotion, or a split when it has
+        some already); resumes a move under way. Without ``wait`` it runs in the background
+        and the placement as it is now is returned (its phase shows the progress)."""
+        validation.tenant_id(tenant)
+        self.tenant(tenant)
+        mover = self._mover(progress)
+        if wait:
+            return mover.promote(tenant, shards)
+        running = self._moving.get(tenant)
+        if running is None or not running.is_alive():
+
+            def move() -> None:
+                try:
+                    mover.promote(tenant, shards)
+                except Exception:
+                    log.exception("moving tenant %s to %d shard(s) failed", tenant, shards)
+
+            running = threading.Thread(target=move, name=f"move-{tenant}", daemon=True)
+            self._moving[tenant] = running
+            running.start()
+        return self._placement_of(tenant, fresh=True)
+
+    def rebalance(self, dry_run: bool = False) -> list[ReplicaMove]:
+        """Even out the replicas per live node (``Mover.rebalance``); the moves."""
+        return self._mover().rebalance(dry_run)
+
+    def move_replica(self, shard_id: int, from_node: str, to_node: str) -> None:
+        """Move one replica of a shard between nodes without a gap."""
+        self._mover().move_replica(shard_id, from_node, to_node)
+
+    def _place_by_size(self) -> None:
+        """Promote or split tenants past the size thresholds, every placement check."""
+        settings = self.settings
+        while not self._placer_stopped.wait(settings.placement_check_seconds):
+            try:
+                for record in self.registry.list_tenants():
+                    placement = self.shard_map.placement(record.tenant)
+                    if placement is None:
+                        continue
+                    wanted = wanted_shards(
+                        self.registry.tenant_size(record.tenant),
+                        placement,
+                        self.layout,
+                        settings.promote_threshold_chunks,
+                        settings.split_threshold_chunks,
+                    )
+                    if wanted is not None and not self._placer_stopped.is_set():
+                        log.info(
+                            "tenant %s outgrew its placement: %d shard(s)", record.tenant, wanted
+                        )
+                        self._mover().promote(record.tenant, wanted)
+            except Exception:
+                log.exception("the placement check failed; trying again later")
+
     def close(self) -> None:
         """Flush and release the data dir. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._placer_stopped.set()
         try:
             self.pipeline.stop()
             if self.router is not None:

@@ -31,10 +31,12 @@ and an HTTP-style ``status`` used by the API layer (the only place that maps err
     │   ├── IdempotencyConflict        idempotency_conflict 409
     │   └── ShardMapConflict           shard_map_conflict 409
     ├── RateLimited                    rate_limited       429
+    │   └── TenantOverloaded           tenant_overloaded  429
     ├── Unavailable                    unavailable        503
     │   ├── EmbedderUnavailable        embedder_unavailable 503
     │   ├── ReadConcernTimeout         read_concern_timeout 503
-    │   └── ShardUnavailable           shard_unavailable  503
+    │   ├── ShardUnavailable           shard_unavailable  503
+    │   └── Overloaded                 overloaded         503
     └── InternalError                  internal_error     500
 """
 
@@ -201,6 +203,12 @@ class Conflict(ShardragError):
     status = 409
 
 
+class ClusterOnly(Conflict):
+    """The operation needs the distributed mode (tenant promotion, rebalancing)."""
+
+    code = "cluster_only"
+
+
 class DataDirLocked(Conflict):
     """Another process holds the data directory."""
 
@@ -262,6 +270,20 @@ class InternalError(ShardragError):
 
     code = "internal_error"
     status = 500
+
+
+class TenantOverloaded(RateLimited):
+    """The tenant has as many queries in flight as an api process allows it
+    (``tenant_max_concurrent_queries``); retry after ``retry_after``."""
+
+    code = "tenant_overloaded"
+
+
+class Overloaded(Unavailable):
+    """The api process could not finish the query within its deadline, so it did not start
+    it (load shedding); retry after ``retry_after``."""
+
+    code = "overloaded"
 
 
 def _error_classes() -> dict[str, type[ShardragError]]:

@@ -25,31 +25,15 @@ import nats
 import pytest
 
 from shardrag.cluster.launcher import ClusterSpec, ClusterState, down, up
+from shardrag.cluster.loadgen import VOCABULARY
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.models import Fusion, SearchMode
 from tests.support import postgres_is_up, redis_is_up, require
 
 pytestmark = pytest.mark.timeout(600)
 
-WORDS = [
-    "library",
-    "catalog",
-    "index",
-    "retrieval",
-    "citation",
-    "journal",
-    "abstract",
-    "thesaurus",
-    "indexing",
-    "classification",
-    "document",
-    "relevance",
-    "query",
-    "search",
-    "evaluation",
-    "precision",
-    "recall",
-]
+#: The load's words (shared with the chaos suite's load generator).
+WORDS = list(VOCABULARY)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,13 +35,24 @@ from shardrag.cluster.launcher import (
     ensure_database,
     find_nats_server,
     free_ports,
+    own_postgres_url,
+    own_redis_url,
     start_nats_cluster,
+    start_postgres,
     start_process,
+    start_redis,
     stop_processes,
     up,
 )
 from shardrag.errors import Conflict, InvalidParameter, NotFound, Unavailable
-from tests.support import POSTGRES_URL, REDIS_URL, postgres_is_up, redis_is_up, require
+from tests.support import (
+    POSTGRES_URL,
+    REDIS_URL,
+    postgres_is_up,
+    redis_is_up,
+    require,
+    require_own_servers,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -333,6 +346,51 @@ def test_down_purge_drops_the_database_the_cache_keys_and_the_dir(
     finally:
         cache.delete(f"{name}x:other", f"{name}:search:1", f"{name}:embedding:2")
         cache.close()
+
+
+def test_own_redis_and_postgres_restart_on_their_ports_and_go_with_down_purge() -> None:
+    require_own_servers()
+    # Not pytest's private (0700) temp dir: as root, PostgreSQL runs as the postgres user.
+    dir = Path(tempfile.mkdtemp(prefix="shardrag-own-servers-"))
+    dir.chmod(0o711)
+    try:
+        redis_port, postgres_port = free_ports(2)
+        servers = [start_redis(dir, redis_port), start_postgres(dir, postgres_port)]
+        state = cluster_state(dir, servers)
+        state.redis_url = own_redis_url(redis_port)
+        state.postgres_url = own_postgres_url(postgres_port)
+        state.save()
+        assert state.owns("redis") and state.owns("postgres") and not state.owns("nats")
+        with psycopg.connect(state.postgres_url, autocommit=True) as session:
+            session.execute("CREATE TABLE kept (x integer)")
+            session.execute("INSERT INTO kept VALUES (1)")
+            # A fast shutdown does not wait for the open session (a smart one would).
+            assert state.stop("postgres", grace_seconds=10).outcome == "stopped"
+        state.restart("postgres")
+        state.await_server("postgres")
+        with psycopg.connect(state.postgres_url) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchall() == [(1,)]
+        cache = redis.Redis.from_url(state.redis_url)
+        try:
+            cache.set("k", b"v")
+            assert state.stop("redis", grace_seconds=10).outcome == "stopped"
+            state.restart("redis")
+            state.await_server("redis")
+            assert cache.get("k") is None  # nothing persisted: a cache may start empty
+        finally:
+            cache.close()
+
+        report = down(dir, purge=True, grace_seconds=10)
+
+        assert [(p.name, p.outcome) for p in report.processes] == [
+            ("redis", "stopped"),
+            ("postgres", "stopped"),
+        ]
+        assert not dir.exists()
+    finally:
+        if (dir / "cluster.json").exists():
+            down(dir, grace_seconds=5)
+        shutil.rmtree(dir, ignore_errors=True)
 
 
 # -- the commands ---------------------------------------------------------------------------

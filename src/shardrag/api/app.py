@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -13,10 +14,12 @@ from shardrag.api.auth import ApiKeys
 from shardrag.api.deps import Service
 from shardrag.api.errors import install_error_handlers
 from shardrag.api.guard import Guard
+from shardrag.api.limits import QueryAdmission
 from shardrag.api.ratelimit import RateLimiter
 from shardrag.api.routes import documents, health, pipeline, search, tenants
 from shardrag.embedded import Shardrag
 from shardrag.observability import Metrics, MetricsMiddleware
+from shardrag.observability.metrics import ResilienceStats
 
 log = logging.getLogger(__name__)
 CONSOLE_DIR = Path(__file__).parent / "console"
@@ -39,10 +42,16 @@ def create_app(rag: Shardrag) -> FastAPI:
     """
     settings = rag.settings
     keys = ApiKeys(rag.registry, settings.admin_key)
+    admission = QueryAdmission(
+        settings.tenant_max_concurrent_queries,
+        settings.search_timeout_seconds,
+        cpu_clock=time.process_time,
+    )
     metrics = Metrics(
         documents=lambda: {s.value: n for s, n in rag.document_counts().items()},
         pipeline=rag.pipeline_stats,
         cache=lambda: rag.result_cache.stats() if rag.result_cache else None,
+        resilience=lambda: _resilience(rag, admission),
     )
     app = FastAPI(
         title="shardrag",
@@ -53,6 +62,7 @@ def create_app(rag: Shardrag) -> FastAPI:
     )
     app.state.service = Service(rag=rag, keys=keys, metrics=metrics)
     app.state.bootstrap_key = keys.bootstrap()
+    app.state.query_admission = admission
     install_error_handlers(app)
     for router in (
         health.router,
@@ -69,9 +79,21 @@ def create_app(rag: Shardrag) -> FastAPI:
         keys=keys,
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         max_body_bytes=settings.max_request_bytes,
+        admission=admission,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _resilience(rag: Shardrag, admission: QueryAdmission) -> ResilienceStats:
+    refused = admission.stats()
+    router = rag.router
+    return ResilienceStats(
+        breakers={n: int(s) for n, s in router.breaker_states().items()} if router else {},
+        hedges=router.hedges if router else 0,
+        tenant_rejections=refused.tenant_rejections,
+        shed=refused.shed,
+    )
 
 
 def _mount_console(app: FastAPI) -> None:

@@ -23,6 +23,7 @@ from shardrag.errors import (
     InvalidRequest,
     MalformedJson,
     MethodNotAllowed,
+    Overloaded,
     RateLimited,
     RouteNotFound,
     ShardragError,
@@ -46,7 +47,7 @@ def error_body(error: ShardragError) -> dict[str, Any]:
 def error_response(error: ShardragError, trace_id: str) -> JSONResponse:
     """The HTTP answer for ``error``."""
     headers = {TRACE_HEADER: trace_id}
-    if isinstance(error, RateLimited):
+    if isinstance(error, (RateLimited, Overloaded)):
         headers["Retry-After"] = str(error.details.get("retry_after", 1))
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 

@@ -2,7 +2,8 @@
 
 It runs before FastAPI reads a body, so the order of refusals is fixed for every route:
 401 (no valid key) → 429 (rate limit) → 404 (a tenant the key does not belong to) → 413
-(body over the limit) → then the route's own checks (role 403, schema 422 ...).
+(body over the limit) → for a search or answer, 429 ``tenant_overloaded`` / 503 ``overloaded``
+(``limits.py``) → then the route's own checks (role 403, schema 422 ...).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardrag.api.auth import ApiKeys, Principal
 from shardrag.api.errors import DOCUMENT_PATH, TRACE_HEADER, error_response
+from shardrag.api.limits import QueryAdmission, QueryTicket
 from shardrag.api.ratelimit import RateLimiter
 from shardrag.errors import (
     InvalidDocumentId,
@@ -27,18 +29,25 @@ from shardrag.errors import (
 from shardrag.registry import Role
 
 _TENANT_PATH = re.compile(r"^/v1/tenants/([^/]+)(?:/|$)")
+_QUERY_PATH = re.compile(r"^/v1/tenants/([^/]+)/(?:search|answer)$")
 
 
 class Guard:
     """Pure ASGI middleware; puts ``trace_id`` and ``principal`` into ``request.state``."""
 
     def __init__(
-        self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter, max_body_bytes: int
+        self,
+        app: ASGIApp,
+        keys: ApiKeys,
+        limiter: RateLimiter,
+        max_body_bytes: int,
+        admission: QueryAdmission | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,10 +72,19 @@ class Guard:
                 state["principal"] = self._admit(scope)
             _check_line_break(scope["method"], scope["path"])
             self._check_declared_length(scope)
+            ticket = self._admit_query(scope)
         except ShardragError as error:
             await error_response(error, trace_id)(scope, receive, send_with_trace)
             return
-        await self.app(scope, self._limited(receive), send_with_trace)
+        if ticket is None:
+            await self.app(scope, self._limited(receive), send_with_trace)
+            return
+        assert self.admission is not None
+        state["query_ticket"] = ticket
+        try:
+            await self.app(scope, self._limited(receive), send_with_trace)
+        finally:
+            self.admission.release(ticket)
 
     def _admit(self, scope: Scope) -> Principal:
         principal = self.keys.authenticate(_header(scope, b"authorization"))
@@ -81,6 +99,13 @@ class Guard:
             # The same answer as for a tenant that does not exist: nothing is revealed.
             raise TenantNotFound(f"no tenant {match.group(1)!r}", tenant=match.group(1)[:100])
         return principal
+
+    def _admit_query(self, scope: Scope) -> QueryTicket | None:
+        """A search's or answer's ticket (see limits.py); None for any other request."""
+        if self.admission is None or scope["method"] != "POST":
+            return None
+        match = _QUERY_PATH.match(scope["path"])
+        return self.admission.admit(match.group(1)) if match else None
 
     def _check_declared_length(self, scope: Scope) -> None:
         declared = _header(scope, b"content-length")

@@ -293,6 +293,7 @@ class ReplicaStatusOut(BaseModel):
     shard: int
     applied: int
     lag: int
+    searches: int = Field(0, description="Searches this replica answered since its node started.")
 
 
 class NodeStatusOut(BaseModel):
@@ -305,6 +306,42 @@ class NodeStatusOut(BaseModel):
     heartbeat_age_seconds: float
     shards: list[ReplicaStatusOut]
     lag: int
+    following: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Shards a tenant move fills on this node: source shard → offset of its "
+        "log followed.",
+    )
+
+
+class TenantPlacementOut(BaseModel):
+    """Where a tenant lives when that is not one shared shard, and how far a move is."""
+
+    tenant: str
+    shards: list[int] = Field(description="The shards its reads and writes use now.")
+    phase: str = Field(description="settled, copying (to target) or draining (from source).")
+    target: list[int] = Field(default_factory=list)
+    source: list[int] = Field(default_factory=list)
+
+
+class PromoteIn(BaseModel):
+    """A tenant promotion (or split): how many dedicated shards it gets."""
+
+    shards: int = Field(1, ge=1, le=64, description="Dedicated shards (>1: a split by doc id).")
+
+
+class ReplicaMoveOut(BaseModel):
+    """One replica moved between nodes."""
+
+    shard: int
+    from_node: str
+    to_node: str
+
+
+class RebalanceOut(BaseModel):
+    """The replica moves of a rebalance (planned only, with ``dry_run``)."""
+
+    dry_run: bool
+    moves: list[ReplicaMoveOut]
 
 
 class ClusterStatusOut(BaseModel):
@@ -313,3 +350,12 @@ class ClusterStatusOut(BaseModel):
     layout: LayoutOut
     shards: list[ShardStatusOut]
     nodes: list[NodeStatusOut]
+    tenants: list[TenantPlacementOut] = Field(
+        default_factory=list, description="Tenants on dedicated shards or moving."
+    )
+    breakers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Circuit breaker (closed, half_open, open) of each node this api "
+        "process's router has asked; each api process has its own (see api_pid).",
+    )
+    api_pid: int | None = Field(None, description="The api process that answered.")

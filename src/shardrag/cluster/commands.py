@@ -6,11 +6,14 @@ exit with 2 for bad input, 1 for anything else, as every shardrag command does.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shardrag.clikit import console, err_console, errors_reported, print_json
@@ -50,6 +53,16 @@ def up(
     blob_url: Annotated[
         str | None, typer.Option(help="Blob store (default: file://<dir>/blobs).")
     ] = None,
+    own_redis: Annotated[
+        bool, typer.Option(help="Start a Redis of the cluster's own instead of --redis-url.")
+    ] = False,
+    own_postgres: Annotated[
+        bool,
+        typer.Option(
+            help="Start a PostgreSQL of the cluster's own (initdb into <dir>/postgres) "
+            "instead of --postgres-url."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a cluster: 3 NATS servers, index nodes, workers and 2 api processes."""
@@ -66,6 +79,8 @@ def up(
         postgres_url=postgres_url,
         redis_url=redis_url,
         blob_url=blob_url,
+        own_redis=own_redis,
+        own_postgres=own_postgres,
     )
     with errors_reported(as_json):
         if as_json:
@@ -181,19 +196,25 @@ def _write_layout(settings: Settings, wanted: Layout, node_ids: list[str]) -> La
 @cluster_app.command()
 def status(
     dir: ClusterDir = DEFAULT_DIR,
+    api: Annotated[
+        str | None,
+        typer.Option("--api", help="The api whose circuit breakers to show (default: --dir's)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Shards, replicas, applied offsets, replication lag and node health of a cluster.
 
     Reads the shard map of the cluster started in --dir (or, without a cluster.json there,
-    of the one SHARDRAG_NATS_URL and SHARDRAG_LOG_PREFIX name).
+    of the one SHARDRAG_NATS_URL and SHARDRAG_LOG_PREFIX name). The circuit breakers are
+    those of the api process that answers GET /v1/admin/cluster (each has its own).
     """
-    from shardrag.cluster.status import read_status
+    from shardrag.cluster.status import api_breakers, read_status
 
     with errors_reported(as_json):
         found = read_status(dir)
+    breakers = api_breakers(dir, api)
     if as_json:
-        print_json(found.to_dict())
+        print_json({**found.to_dict(), "breakers": breakers})
         return
     report = found.to_dict()
     layout = report["layout"]
@@ -214,6 +235,8 @@ def status(
     for missing in sorted({n for s in report["shards"] for n in s["replicas"]} - live):
         nodes.add_row(missing, "-", "-", "[red]down[/]", "-")
     console.print(nodes)
+    if breakers is not None:
+        _print_breakers(breakers)
 
 
 @cluster_app.command("add-replica")
@@ -233,3 +256,136 @@ def add_replica(
         print_json({"shard": shard, "replicas": list(replicas.nodes)})
         return
     console.print(f"shard {shard}: replicas {', '.join(replicas.nodes)}", highlight=False)
+
+
+@cluster_app.command("promote-tenant")
+def promote_tenant(
+    tenant: Annotated[str, typer.Argument(help="The tenant to move to dedicated shards.")],
+    shards: Annotated[
+        int, typer.Option("--shards", min=1, help="Dedicated shards (>1 splits by doc id).")
+    ] = 1,
+    dir: ClusterDir = DEFAULT_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move a tenant from its shared shard to shards of its own while it serves reads and
+    writes: copy (snapshot + the old shard's log), flip, drain, settle. Run it again to
+    resume a move that stopped."""
+    from shardrag.cluster.status import opened_mover
+
+    with (
+        errors_reported(as_json),
+        _phases(not as_json) as progress,
+        opened_mover(dir, progress) as mover,
+    ):
+        placement = mover.promote(tenant, shards)
+    if as_json:
+        print_json({"tenant": tenant, "shards": list(placement.shards), "phase": placement.phase})
+        return
+    console.print(f"tenant {tenant}: shards {list(placement.shards)}", highlight=False)
+
+
+@cluster_app.command()
+def rebalance(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only, move nothing.")] = False,
+    dir: ClusterDir = DEFAULT_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move replicas until no live node holds more than one more than another; each move
+    adds the new replica, waits until it caught up, then removes the old one."""
+    from shardrag.cluster.status import opened_mover
+
+    with (
+        errors_reported(as_json),
+        _phases(not as_json) as progress,
+        opened_mover(dir, progress) as mover,
+    ):
+        moves = mover.rebalance(dry_run)
+    found = [{"shard": m.shard_id, "from": m.from_node, "to": m.to_node} for m in moves]
+    if as_json:
+        print_json({"dry_run": dry_run, "moves": found})
+        return
+    if not moves:
+        console.print("balanced: nothing to move")
+    for m in moves:
+        verb = "would move" if dry_run else "moved"
+        console.print(f"shard {m.shard_id}: {verb} {m.from_node} → {m.to_node}", highlight=False)
+
+
+@cluster_app.command("move-replica")
+def move_replica(
+    shard: Annotated[int, typer.Option("--shard", help="The shard whose replica moves.")],
+    from_node: Annotated[str, typer.Option("--from", help="The node that gives it up.")],
+    to_node: Annotated[str, typer.Option("--to", help="The node that takes it.")],
+    dir: ClusterDir = DEFAULT_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move one replica of a shard between nodes (snapshot, catch up, then the map flips)."""
+    from shardrag.cluster.status import opened_mover
+
+    with (
+        errors_reported(as_json),
+        _phases(not as_json) as progress,
+        opened_mover(dir, progress) as mover,
+    ):
+        replicas = mover.move_replica(shard, from_node, to_node)
+    if as_json:
+        print_json({"shard": shard, "replicas": list(replicas.nodes)})
+        return
+    console.print(f"shard {shard}: replicas {', '.join(replicas.nodes)}", highlight=False)
+
+
+@contextlib.contextmanager
+def _phases(show: bool) -> Iterator[Callable[[str], None]]:
+    """A progress display of a long placement change: a spinner on the current step, each
+    step printed as it is reached (nothing with ``--json``)."""
+    if not show:
+        yield lambda message: None
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def step(message: str) -> None:
+            bar.console.print(message, highlight=False)
+            bar.update(task, description=message)
+
+        yield step
+
+
+def _print_breakers(found: dict[str, Any]) -> None:
+    if "error" in found:
+        console.print(f"breakers: {found['api_url']} did not say ({found['error']})")
+        return
+    table = Table("node", "breaker", title="breakers")
+    style = {"closed": "green", "half_open": "yellow", "open": "red"}
+    for node, state in sorted(found["nodes"].items()):
+        table.add_row(node, f"[{style.get(state, 'white')}]{state}[/]")
+    console.print(table)
+    console.print(
+        f"circuit breakers of the api process {found['api_pid']} at {found['api_url']} "
+        "(each api process has its own)",
+        highlight=False,
+    )
+
+
+@cluster_app.command()
+def fault(
+    node: Annotated[str, typer.Option("--node", help="The index node to slow down.")],
+    delay: Annotated[
+        float, typer.Option("--delay", help="Seconds each search answer waits first (0 clears).")
+    ],
+    dir: ClusterDir = DEFAULT_DIR,
+    as_json: JsonFlag = False,
+) -> None:
+    """Inject a fault into an index node started with SHARDRAG_FAULT_INJECTION=true: every
+    search answer of the node waits --delay seconds first (tests and chaos drills only)."""
+    from shardrag.cluster.faults import inject_delay
+    from shardrag.cluster.status import cluster_settings
+
+    with errors_reported(as_json):
+        inject_delay(cluster_settings(dir), node, delay)
+    if as_json:
+        print_json({"node_id": node, "delay_seconds": delay})
+        return
+    console.print(f"node {node}: search answers delayed {delay:g} s", highlight=False)

@@ -9,16 +9,18 @@ that dies drops out without anyone deleting it. Both buckets are replicated like
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
 
+import nats.errors
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.errors import NoKeysError as NatsNoKeysError
 from nats.js.kv import KeyValue
 
 from shardrag.cluster.shardmap import KeyValueShardMap, NodeInfo
-from shardrag.errors import ShardMapConflict
+from shardrag.errors import ShardMapConflict, ShardragError
 from shardrag.natsconn import NatsConnection
 
 
@@ -34,6 +36,11 @@ class NatsShardMap(KeyValueShardMap):
         timeout: float = 5.0,
     ) -> None:
         self.ttl_seconds = ttl_seconds
+        # The heartbeats as the watch last told them (see ``nodes``).
+        self._live: dict[str, NodeInfo] = {}
+        self._heard_at = float("-inf")
+        self._watch_started = float("-inf")
+        self._watch: tuple[Any, asyncio.Task[None]] | None = None
         self._conn = NatsConnection(url, timeout, name="shard-map")
         stem = prefix.upper().replace("-", "_")
         try:
@@ -84,34 +91,91 @@ class NatsShardMap(KeyValueShardMap):
     def _delete(self, key: str) -> None:
         self._conn.run(self._map.delete(key))
 
+    def _keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (an operator's listing: it costs a consumer on the server)."""
+
+        async def keys() -> list[str]:
+            try:
+                return sorted(k for k in await self._map.keys() if k.startswith(prefix))
+            except NatsNoKeysError:
+                return []
+
+        return self._conn.run(keys())
+
     def heartbeat(self, node: NodeInfo) -> None:
         """Record a heartbeat (the bucket's TTL forgets it unless it is repeated)."""
         self._conn.run(self._nodes.put(node.node_id, node.to_json()))
+        self._live[node.node_id] = node  # this process reads its own writes at once
 
     def leave(self, node_id: str) -> None:
         """Remove a heartbeat now."""
         self._conn.run(self._nodes.delete(node_id))
+        self._live.pop(node_id, None)
 
     def nodes(self) -> list[NodeInfo]:
-        """Live nodes."""
+        """Live nodes, from a watch of the heartbeats bucket kept by this process.
 
-        async def read() -> list[NodeInfo]:
-            try:
-                keys = await self._nodes.keys()
-            except NatsNoKeysError:
-                return []
-            found = []
-            for key in sorted(keys):
-                try:
-                    entry = await self._nodes.get(key)
-                except KeyNotFoundError:
-                    continue
-                if entry.value:
-                    found.append(NodeInfo.from_json(entry.value))
-            return found
-
+        Routers and waiting writers ask often; listing the bucket's keys each time would
+        create a JetStream consumer per call (a replicated one, on a cluster) and load the
+        servers' API. The watch is one subscription pushed every heartbeat; if it has heard
+        nothing for a TTL (no node beats, or it broke) the bucket is read directly.
+        """
+        if self._watch is None:
+            self._conn.run(self._start_watch())
         since = time.time() - self.ttl_seconds
-        return [n for n in self._conn.run(read()) if n.heartbeat_at >= since]
+        if time.monotonic() - self._heard_at < self.ttl_seconds:
+            found = list(self._live.values())
+        else:
+            found = self._conn.run(self._scan())
+            if time.monotonic() - self._watch_started > 2 * self.ttl_seconds:
+                # Silent for long while nodes may be beating: the watch may have broken (its
+                # server died); start a new one beside the direct read.
+                self._conn.run(self._restart_watch())
+        return sorted((n for n in found if n.heartbeat_at >= since), key=lambda n: n.node_id)
+
+    async def _restart_watch(self) -> None:
+        if self._watch is not None:
+            watcher, task = self._watch
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+            self._watch = None
+        await self._start_watch()
+
+    async def _start_watch(self) -> None:
+        self._watch_started = time.monotonic()
+        watcher: Any = await self._nodes.watchall()
+
+        async def follow() -> None:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=self.ttl_seconds)
+                except nats.errors.TimeoutError:
+                    continue
+                self._heard_at = time.monotonic()
+                if entry is None:  # the end of what was stored when the watch began
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self._live.pop(entry.key, None)
+                else:
+                    self._live[entry.key] = NodeInfo.from_json(entry.value)
+
+        self._watch = (watcher, asyncio.get_running_loop().create_task(follow()))
+
+    async def _scan(self) -> list[NodeInfo]:
+        try:
+            keys = await self._nodes.keys()
+        except NatsNoKeysError:
+            return []
+        found = []
+        for key in keys:
+            try:
+                entry = await self._nodes.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                found.append(NodeInfo.from_json(entry.value))
+        return found
 
     def drop(self) -> None:
         """Delete both buckets (tests and ``cluster down --purge``)."""
@@ -126,5 +190,15 @@ class NatsShardMap(KeyValueShardMap):
         self._conn.run(drop())
 
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the watch and close the connection."""
+        if self._watch is not None and not self._conn.closed:
+            watcher, task = self._watch
+
+            async def stop() -> None:
+                task.cancel()
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+            with contextlib.suppress(ShardragError):
+                self._conn.run(stop())
         self._conn.close()

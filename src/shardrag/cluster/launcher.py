@@ -1,12 +1,13 @@
 """``shardrag cluster up`` and ``down``: the distributed mode on one machine, on loopback.
 
-``up`` starts, in order: a NATS JetStream cluster of three servers, the cluster's PostgreSQL
-database, the shard map's layout (``shardrag cluster init``), the index nodes, the ingest and
-embed workers, and two api processes sharing one port (SO_REUSEPORT). Each process is detached
-in a session of its own, logs to ``<dir>/logs/<name>.log`` and is recorded in
-``<dir>/cluster.json`` with its pid and start time. A pid is only signalled while its start
-time still matches, through a pidfd, so a pid the kernel has since given to another program
-is never touched.
+``up`` starts, in order: a NATS JetStream cluster of three servers, the cluster's own Redis
+and PostgreSQL servers when asked (``own_redis``, ``own_postgres``: a restart of them disturbs
+no one else), the cluster's PostgreSQL database, the shard map's layout (``shardrag cluster
+init``), the index nodes, the ingest and embed workers, and two api processes sharing one port
+(SO_REUSEPORT). Each process is detached in a session of its own, logs to
+``<dir>/logs/<name>.log`` and is recorded in ``<dir>/cluster.json`` with its pid and start
+time. A pid is only signalled while its start time still matches, through a pidfd, so a pid
+the kernel has since given to another program is never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -36,9 +38,13 @@ from psycopg import sql
 
 from shardrag.errors import Conflict, InvalidParameter, NotFound, Unavailable
 
-Role = Literal["nats", "node", "worker", "api"]
+Role = Literal["nats", "node", "worker", "api", "redis", "postgres"]
 #: ``down`` stops the roles in this order: nothing is left writing to a server already gone.
-STOP_ORDER: tuple[Role, ...] = ("api", "worker", "node", "nats")
+STOP_ORDER: tuple[Role, ...] = ("api", "worker", "node", "nats", "redis", "postgres")
+# The signal that stops a role cleanly when it is not SIGTERM. PostgreSQL takes SIGTERM as a
+# "smart" shutdown, which waits for every client to disconnect (the pools never do); SIGINT is
+# its "fast" shutdown: sessions end, a checkpoint is written, nothing committed is lost.
+_STOP_SIGNAL: dict[Role, int] = {"postgres": signal.SIGINT}
 STATE_FILE = "cluster.json"
 NATS_SERVERS = 3
 API_PROCESSES = 2
@@ -80,6 +86,18 @@ class ClusterSpec:
     #: Unset: ``nats-server`` on PATH, else /usr/sbin/nats-server.
     nats_server: str | None = None
     nats_timeout_seconds: float = 30.0
+    #: Start a Redis of the cluster's own (``redis-server`` on a free loopback port, nothing
+    #: persisted) instead of using ``redis_url``.
+    own_redis: bool = False
+    #: Start a PostgreSQL of the cluster's own (initdb into ``<dir>/postgres``, a free loopback
+    #: port, trust auth; run as the ``postgres`` user when started as root) instead of using
+    #: ``postgres_url``.
+    own_postgres: bool = False
+    #: Unset: ``redis-server`` on PATH.
+    redis_server: str | None = None
+    #: The directory of ``initdb`` and ``postgres``. Unset: the newest
+    #: /usr/lib/postgresql/<version>/bin, else the directory of ``initdb`` on PATH.
+    postgres_bin: str | None = None
     #: Each api process loads an embedding model before it answers.
     api_timeout_seconds: float = 120.0
 
@@ -270,6 +288,25 @@ class ClusterState:
         self.save()
         return record
 
+    def await_server(self, name: str, timeout_seconds: float = 30.0) -> None:
+        """Return once the server ``name`` (``nats-<n>``, ``redis``, ``postgres``) answers
+        again, as after ``restart``; ``Unavailable`` at the timeout or if it exits."""
+        record = self.process(name)
+        deadline = time.monotonic() + timeout_seconds
+        if record.role == "nats":
+            url = self.nats_urls[int(name.rsplit("-", 1)[1]) - 1]
+            asyncio.run(_await_jetstream([url], [record], deadline))
+        elif record.role == "redis":
+            _await_redis(self.redis_url, record, deadline)
+        elif record.role == "postgres":
+            _await_postgres(self.postgres_url, record, deadline)
+        else:
+            raise InvalidParameter(f"{name} is not a server of the cluster", process=name)
+
+    def owns(self, role: Role) -> bool:
+        """Whether the cluster runs a server of ``role`` itself (its own Redis, PostgreSQL)."""
+        return any(p.role == role for p in self.processes)
+
 
 _STATE_FIELDS = (
     "name",
@@ -376,13 +413,14 @@ def start_process(
 
 
 def stop_processes(records: Iterable[ProcessRecord], grace_seconds: float) -> list[StopOutcome]:
-    """SIGTERM the processes still running, SIGKILL those left after ``grace_seconds``.
+    """SIGTERM the processes still running (PostgreSQL: SIGINT, its fast shutdown), SIGKILL
+    those left after ``grace_seconds``.
 
     Only a process whose pid still has its recorded start time is signalled. Every record is
     marked not running afterwards.
     """
     records = list(records)
-    signalled = [r for r in records if r.signal(signal.SIGTERM)]
+    signalled = [r for r in records if r.signal(_STOP_SIGNAL.get(r.role, signal.SIGTERM))]
     _wait_gone(signalled, grace_seconds)
     killed = [r for r in signalled if r.signal(signal.SIGKILL)]
     _wait_gone(killed, _KILL_WAIT)
@@ -400,7 +438,8 @@ def stop_processes(records: Iterable[ProcessRecord], grace_seconds: float) -> li
 
 
 def stop_in_order(processes: list[ProcessRecord], grace_seconds: float) -> list[StopOutcome]:
-    """Stop the api processes, then the workers, then the nodes, then NATS (``STOP_ORDER``)."""
+    """Stop the api processes, then the workers, the nodes, NATS, Redis and PostgreSQL
+    (``STOP_ORDER``)."""
     outcomes: list[StopOutcome] = []
     for role in STOP_ORDER:
         outcomes += stop_processes([p for p in processes if p.role == role], grace_seconds)
@@ -622,6 +661,187 @@ def purge_cache(redis_url: str, prefix: str) -> int:
     return removed
 
 
+# -- the cluster's own Redis and PostgreSQL ------------------------------------------------
+
+
+def find_redis_server() -> str | None:
+    """The redis-server executable on PATH, else None."""
+    return shutil.which("redis-server")
+
+
+def find_postgres_bin() -> Path | None:
+    """The newest /usr/lib/postgresql/<version>/bin (Debian), else the directory of ``initdb``
+    on PATH, else None."""
+    versions = [
+        path.parent
+        for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+        if path.parent.parent.name.isdigit()
+    ]
+    if versions:
+        return max(versions, key=lambda bin_dir: int(bin_dir.parent.name))
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+def own_redis_url(port: int) -> str:
+    """The URL of a cluster's own Redis on ``port``."""
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def own_postgres_url(port: int) -> str:
+    """The admin URL of a cluster's own PostgreSQL on ``port`` (superuser, trust auth)."""
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def start_redis(
+    dir: Path, port: int, executable: str | None = None, timeout_seconds: float = 30.0
+) -> ProcessRecord:
+    """Start the cluster's own Redis on 127.0.0.1:``port`` and return once it answers PING.
+
+    It persists nothing (no RDB snapshot, no AOF): SIGTERM shuts it down as ``SHUTDOWN
+    NOSAVE`` does, and a restart starts it empty, which a cache may be.
+    """
+    dir = dir.resolve()
+    executable = executable or find_redis_server()
+    if executable is None:
+        raise Unavailable("redis-server is not installed (Debian package redis-server)")
+    store = dir / "redis"
+    argv = [executable, "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(store)]
+    record = start_process(dir, "redis", "redis", argv, {}, store)
+    try:
+        _await_redis(own_redis_url(port), record, time.monotonic() + timeout_seconds)
+    except BaseException:
+        stop_processes([record], grace_seconds=10.0)
+        raise
+    return record
+
+
+def start_postgres(
+    dir: Path, port: int, bin_dir: str | None = None, timeout_seconds: float = 60.0
+) -> ProcessRecord:
+    """Start the cluster's own PostgreSQL on 127.0.0.1:``port`` and return once it accepts
+    connections.
+
+    Its data is ``<dir>/postgres/data``, made by initdb on the first start (superuser
+    ``postgres``, trust auth: it listens on loopback only), its unix socket is in
+    ``<dir>/postgres``. Started as root, it runs as the ``postgres`` user (the server refuses
+    root), which must be able to reach ``dir``.
+    """
+    dir = dir.resolve()
+    found = Path(bin_dir) if bin_dir else find_postgres_bin()
+    if found is None:
+        raise Unavailable("PostgreSQL's initdb is not installed (Debian package postgresql)")
+    home = dir / "postgres"
+    home.mkdir(parents=True, exist_ok=True)
+    as_owner = _as_postgres_user(home)
+    data = home / "data"
+    if not (data / "PG_VERSION").exists():
+        _initdb(found, data, as_owner, dir / "logs" / "postgres-initdb.log")
+    argv = [*as_owner, str(found / "postgres"), "-D", str(data), "-p", str(port)]
+    argv += ["-k", str(home), "-c", "listen_addresses=127.0.0.1"]
+    # A test server: fsync only matters to a machine crash, never to a server restart.
+    argv += ["-c", "fsync=off"]
+    record = start_process(dir, "postgres", "postgres", argv, {}, home)
+    try:
+        _await_postgres(own_postgres_url(port), record, time.monotonic() + timeout_seconds)
+    except BaseException:
+        stop_processes([record], grace_seconds=10.0)
+        raise
+    return record
+
+
+def _as_postgres_user(home: Path) -> list[str]:
+    """The prefix that runs a command as the ``postgres`` user, ``home`` handed to it, when
+    this process is root; nothing otherwise."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        raise Unavailable("started as root, PostgreSQL needs a 'postgres' user to run as") from None
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise Unavailable("setpriv is not installed (Debian package util-linux)")
+    os.chown(home, owner.pw_uid, owner.pw_gid)
+    # setpriv execs the server (runuser would stay as its parent and turn the fast-shutdown
+    # SIGINT into SIGTERM, then SIGKILL two seconds later).
+    return [setpriv, "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+
+def _initdb(bin_dir: Path, data: Path, as_owner: list[str], log: Path) -> None:
+    argv = [*as_owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"]
+    argv += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
+    try:
+        done = subprocess.run(
+            argv, cwd=data.parent, capture_output=True, text=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"initdb: {exc}") from exc
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        hint = ""
+        if "ermission denied" in done.stderr:
+            hint = f" (the postgres user must be able to reach {data.parent})"
+        raise Unavailable(
+            f"initdb exited with {done.returncode}{hint}: {done.stderr.strip()[-300:]}",
+            log=str(log),
+        )
+
+
+def _await_redis(url: str, record: ProcessRecord, deadline: float) -> None:
+    """Return once Redis at ``url`` answers PING; raise at ``deadline`` or if it exited."""
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        _fail_if_exited([record])
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            if client.ping():
+                return
+        except redis.RedisError as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            client.close()
+        time.sleep(0.1)
+    raise Unavailable(f"Redis at {url} did not answer in time ({last_error}); see {record.log}")
+
+
+def _await_postgres(url: str, record: ProcessRecord, deadline: float) -> None:
+    """Return once PostgreSQL at ``url`` runs a query; raise at ``deadline`` or if it exited."""
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        _fail_if_exited([record])
+        try:
+            with psycopg.connect(url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.Error as exc:
+            last_error = " ".join(str(exc).split())
+        time.sleep(0.1)
+    raise Unavailable(
+        f"PostgreSQL at {_redacted(url)} did not answer in time ({last_error}); see {record.log}"
+    )
+
+
+def _start_own_servers(
+    spec: ClusterSpec,
+    state: ClusterState,
+    redis_port: int,
+    postgres_port: int,
+    step: Callable[[str], None],
+) -> None:
+    """The cluster's own Redis and PostgreSQL, as ``spec`` asks; saved as each one starts."""
+    if spec.own_redis:
+        step(f"starting the cluster's own Redis on port {redis_port}")
+        state.processes.append(start_redis(state.dir, redis_port, spec.redis_server))
+        state.save()
+    if spec.own_postgres:
+        step(f"starting the cluster's own PostgreSQL on port {postgres_port}")
+        state.processes.append(start_postgres(state.dir, postgres_port, spec.postgres_bin))
+        state.save()
+
+
 # -- the shardrag processes -----------------------------------------------------------------
 
 
@@ -725,6 +945,9 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
         spec.nats_server,
         spec.nats_timeout_seconds,
     )
+    # Picked now (NATS listens already): the URLs go into every process's environment.
+    redis_port, postgres_port = free_ports(2)
+    postgres_url = own_postgres_url(postgres_port) if spec.own_postgres else spec.postgres_url
     state = ClusterState(
         dir=dir,
         name=spec.name,
@@ -732,9 +955,9 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
         # The same key across restarts of one directory.
         admin_key=previous.admin_key if previous else secrets.token_urlsafe(32),
         nats_urls=nats_cluster.urls,
-        registry_url=database_url(spec.postgres_url, f"shardrag_{spec.name}"),
-        postgres_url=spec.postgres_url,
-        redis_url=spec.redis_url,
+        registry_url=database_url(postgres_url, f"shardrag_{spec.name}"),
+        postgres_url=postgres_url,
+        redis_url=own_redis_url(redis_port) if spec.own_redis else spec.redis_url,
         cache_prefix=spec.name,
         blob_url=blob_url,
         shards=spec.shards,
@@ -760,6 +983,7 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
     }
     try:
         state.save()
+        _start_own_servers(spec, state, redis_port, postgres_port, step)
         _start_shardrag(spec, state, api_port, step)
     except BaseException:
         stop_in_order(state.processes, grace_seconds=10.0)
@@ -783,7 +1007,7 @@ def _start_shardrag(
         state.save()
 
     step(f"creating the database shardrag_{spec.name}")
-    ensure_database(spec.postgres_url, f"shardrag_{spec.name}")
+    ensure_database(state.postgres_url, f"shardrag_{spec.name}")
     nodes = [f"node-{i}" for i in range(1, spec.nodes + 1)]
     step(f"writing the layout: {spec.shards} shards x {spec.replicas} replicas on {nodes}")
     _write_layout(spec, state, nodes)
@@ -808,17 +1032,20 @@ def _start_shardrag(
 
 
 def down(dir: Path, purge: bool = False, grace_seconds: float = 20.0) -> DownReport:
-    """Stop a cluster: api, then workers, then nodes, then NATS, each given ``grace_seconds``.
+    """Stop a cluster: api, then workers, nodes, NATS, its own Redis and PostgreSQL if it
+    has them, each given ``grace_seconds``.
 
     Without ``purge`` cluster.json stays (every process marked stopped) and so does the data,
     for ``up`` to start again. With ``purge`` the database, the Redis keys under the cache
-    prefix and the directory are removed too.
+    prefix and the directory are removed too (the cluster's own servers go with the directory).
     """
     state = ClusterState.load(dir)
     outcomes = stop_in_order(state.processes, grace_seconds)
     state.save()
     if purge:
-        drop_database(state.postgres_url, urlsplit(state.registry_url).path.lstrip("/"))
-        purge_cache(state.redis_url, state.cache_prefix)
+        if not state.owns("postgres"):
+            drop_database(state.postgres_url, urlsplit(state.registry_url).path.lstrip("/"))
+        if not state.owns("redis"):
+            purge_cache(state.redis_url, state.cache_prefix)
         shutil.rmtree(state.dir)
     return DownReport(state.dir, outcomes, purge)

@@ -17,6 +17,7 @@ starts within one beat. It needs no embedding model: the router sends the query 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -34,13 +35,15 @@ from nats.aio.subscription import Subscription
 
 from shardrag.blobs import BlobStore, open_blob_store
 from shardrag.cluster import open_shard_map
+from shardrag.cluster.faults import fault_subject, parse_delay
+from shardrag.cluster.follow import SourceFollower
 from shardrag.cluster.protocol import (
     SearchCall,
     SearchReply,
     queue_group,
     search_subject,
 )
-from shardrag.cluster.shardmap import Layout, NodeInfo, ShardMap
+from shardrag.cluster.shardmap import Layout, Move, NodeInfo, ShardMap
 from shardrag.cluster.snapshot import restore_snapshot, take_snapshot
 from shardrag.config import Settings
 from shardrag.datadir import DataDirLock
@@ -73,6 +76,12 @@ class HostedReplica:
     subscriptions: list[Subscription] = field(default_factory=list)
     snapshot_position: int = 0
     snapshot_at: float = field(default_factory=time.monotonic)
+    #: While a move fills this shard: a follower per source shard, and their threads.
+    followers: dict[int, SourceFollower] = field(default_factory=dict)
+    follower_threads: list[threading.Thread] = field(default_factory=list)
+    following: threading.Event = field(default_factory=threading.Event)
+    #: Snapshot at the next step whatever the interval (a move just completed).
+    snapshot_due: bool = False
 
 
 class IndexNode:
@@ -118,12 +127,15 @@ class IndexNode:
         self.changed = threading.Condition()
         self.hosted: dict[int, HostedReplica] = {}
         self._heads: dict[int, int] = {}
+        self._searches: collections.Counter[int] = collections.Counter()
         self._last_beat = 0.0
         self._hosting = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(_SEARCH_THREADS, "node-search")
         self._stopped = threading.Event()
         self._beat_thread: threading.Thread | None = None
         self.started_at = time.time()
+        #: Seconds every search answer waits first (fault injection; docs/cluster.md).
+        self.fault_delay = 0.0
 
     def _keep(self, part: Any) -> Any:
         self._opened.append(part)
@@ -148,6 +160,8 @@ class IndexNode:
 
     def start(self) -> None:
         """Host the assigned replicas, then beat and follow the map until ``stop``."""
+        if self.settings.fault_injection:
+            self.conn.run(self._subscribe_faults())
         self._beat_once()
         self._beat_thread = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
         self._beat_thread.start()
@@ -176,24 +190,35 @@ class IndexNode:
         """The shards the map gives this node."""
         return {
             shard_id
-            for shard_id in range(self.layout.shards)
+            for shard_id in self.shard_map.shard_ids()
             if self.node_id in self.shard_map.replicas(shard_id).nodes
         }
 
     def sync(self) -> None:
-        """Start hosting newly assigned shards; stop hosting those taken away."""
+        """Start hosting newly assigned shards; stop hosting those taken away; stop following
+        the sources of a move once it is done."""
         wanted = self.assigned()
         with self._hosting:
             for shard_id in sorted(wanted - set(self.hosted)):
                 self._host(shard_id)
             for shard_id in sorted(set(self.hosted) - wanted):
                 self._unhost(shard_id)
+            for replica in list(self.hosted.values()):
+                if replica.followers:
+                    move = self.shard_map.move(replica.shard_id)
+                    if move is None or move.done:
+                        self._stop_following(replica)
+                        replica.snapshot_due = True
 
     def _host(self, shard_id: int) -> None:
         state_path = self.data_dir / "shards" / f"shard-{shard_id:04d}.applied.json"
         engine_dir = self.shards.root / f"shard-{shard_id:04d}"
+        move = self.shard_map.move(shard_id)
         if not engine_dir.exists():
-            self._start_from_snapshot(shard_id, engine_dir, state_path)
+            if move is not None:
+                self._start_from_source(move, engine_dir)
+            else:
+                self._start_from_snapshot(shard_id, engine_dir, state_path)
         applier = IndexApplier(
             self.log,
             self.shards.shard,
@@ -215,6 +240,8 @@ class IndexNode:
         # Subscribed before the applier starts: if NATS fails here nothing runs yet, and the
         # next beat's sync tries again (never two appliers on one replica).
         replica.subscriptions = self.conn.run(self._subscribe(shard_id))
+        if move is not None and not move.done:
+            self._follow(replica, move)
         replica.thread.start()
         self.hosted[shard_id] = replica
         logger.info("node %s hosts shard %d from %d", self.node_id, shard_id, applier.position)
@@ -234,8 +261,90 @@ class IndexNode:
             snapshot.position,
         )
 
+    def _start_from_source(self, move: Move, engine_dir: Path) -> None:
+        """A new replica of a shard a move fills: the first source's newest snapshot, less
+        every document that is not the move's; the source's log is followed from there."""
+        source = move.sources[0]
+        snapshot = self.shard_map.snapshot(source)
+        if snapshot is None:
+            return  # the sources' logs from their start
+        restore_snapshot(snapshot, self.blobs, engine_dir)
+        dropped = self.shards.shard(move.shard_id).retain(
+            move.tenant, lambda doc_id: move.keeps(move.tenant, doc_id)
+        )
+        state = {"position": snapshot.position, "shards": {str(source): snapshot.position}}
+        path = self._follower_state(move.shard_id, source)
+        path.write_text(json.dumps(state))
+        logger.info(
+            "shard %d started from snapshot %s of shard %d at offset %d (%d points of others "
+            "dropped)",
+            move.shard_id,
+            snapshot.digest[:12],
+            source,
+            snapshot.position,
+            dropped,
+        )
+
+    def _follower_state(self, shard_id: int, source: int) -> Path:
+        return self.data_dir / "shards" / f"shard-{shard_id:04d}.from-{source:04d}.applied.json"
+
+    def _follow(self, replica: HostedReplica, move: Move) -> None:
+        """Follow every source of the move filling ``replica``'s shard, each on a thread."""
+        replica.following.set()
+        for source in move.sources:
+            follower = SourceFollower(
+                self.log,
+                replica.engine,
+                self.registry,
+                move,
+                source,
+                self._follower_state(move.shard_id, source),
+                self.changed,
+                self.retry,
+                name=f"follow-{self.node_id}",
+            )
+            replica.followers[source] = follower
+            thread = threading.Thread(
+                target=self._follow_loop,
+                args=(replica, follower),
+                name=f"follow-{move.shard_id}-{source}",
+                daemon=True,
+            )
+            replica.follower_threads.append(thread)
+            thread.start()
+        logger.info(
+            "shard %d follows tenant %s of shards %s", move.shard_id, move.tenant, move.sources
+        )
+
+    def _follow_loop(self, replica: HostedReplica, follower: SourceFollower) -> None:
+        while replica.following.is_set() and not replica.stopped.is_set():
+            try:
+                if follower.step(0.5) and time.monotonic() - self._last_beat >= _QUICK_BEAT:
+                    with contextlib.suppress(ShardragError):
+                        self.beat()
+            except Exception:
+                logger.exception("following into shard %d failed a step", replica.shard_id)
+                replica.stopped.wait(1.0)
+
+    def _stop_following(self, replica: HostedReplica) -> None:
+        replica.following.clear()
+        for follower in replica.followers.values():
+            follower.stop()
+        for thread in replica.follower_threads:
+            thread.join(timeout=60)
+        replica.follower_threads.clear()
+        if replica.followers:
+            logger.info(
+                "shard %d stopped following %s", replica.shard_id, sorted(replica.followers)
+            )
+        # Done: it followed every source to the end of the tenant's ops there; a read that
+        # still names a source (an api process's placement of a moment ago) needs nothing more
+        # of it (other tenants' writes move the source's head on, not this shard).
+        replica.followers.clear()
+
     def _unhost(self, shard_id: int) -> None:
         replica = self.hosted.pop(shard_id)
+        self._stop_following(replica)
         for sub in replica.subscriptions:
             # A failure means the connection is gone, and the subscription with it.
             with contextlib.suppress(ShardragError):
@@ -254,8 +363,14 @@ class IndexNode:
                 self.beat()
         interval = self.settings.snapshot_interval_seconds
         position = replica.applier.applied(replica.shard_id)
-        if (
+        if replica.snapshot_due:
+            # A move completed: the snapshot a later replica starts from must hold what was
+            # copied in, whatever this shard's own log position says.
+            replica.snapshot_due = False
+            self.snapshot(replica)
+        elif (
             interval > 0
+            and not replica.following.is_set()  # half-copied: no replica may start from it
             and position > replica.snapshot_position
             and time.monotonic() - replica.snapshot_at >= interval
         ):
@@ -297,6 +412,11 @@ class IndexNode:
         """Tell the map this node is alive, with its applied offsets and the log heads."""
         hosted = dict(self.hosted)
         applied = {s: r.applier.applied(s) for s, r in hosted.items()}
+        sources = {
+            s: {source: f.applied(source) for source, f in dict(r.followers).items()}
+            for s, r in hosted.items()
+            if r.followers
+        }
         info = NodeInfo(
             node_id=self.node_id,
             pid=os.getpid(),
@@ -306,6 +426,8 @@ class IndexNode:
             heads={s: max(self._heads.get(s, 0), applied[s]) for s in hosted},
             started_at=self.started_at,
             heartbeat_at=time.time(),
+            sources=sources,
+            searches=dict(self._searches),
         )
         self.shard_map.heartbeat(info)
         self._last_beat = time.monotonic()
@@ -329,9 +451,26 @@ class IndexNode:
             ),
         ]
 
+    async def _subscribe_faults(self) -> Subscription:
+        async def on_fault(msg: Msg) -> None:
+            try:
+                self.fault_delay = parse_delay(msg.data)
+            except (ValueError, KeyError, TypeError) as exc:
+                await msg.respond(json.dumps({"ok": False, "error": str(exc)}).encode())
+                return
+            logger.warning("node %s: search answers delayed %g s", self.node_id, self.fault_delay)
+            reply = {"ok": True, "node_id": self.node_id, "delay_seconds": self.fault_delay}
+            await msg.respond(json.dumps(reply).encode())
+
+        subject = fault_subject(self.prefix, self.node_id)
+        subscription: Subscription = await self.conn.client.subscribe(subject, cb=on_fault)
+        return subscription
+
     async def _respond(self, msg: Msg) -> None:
         loop = asyncio.get_running_loop()
         try:
+            if self.fault_delay > 0:
+                await asyncio.sleep(self.fault_delay)
             body = await loop.run_in_executor(self._pool, self.answer, msg.data)
             await msg.respond(body)
         except Exception:
@@ -348,6 +487,9 @@ class IndexNode:
             message = f"node {self.node_id} does not host shard {call.shard_id}"
             return SearchReply(self.node_id, 0, None, "shard_unavailable", message).encode()
         applied = self._caught_up(replica, call)
+        if applied < 0:
+            message = f"replica has not followed its sources to {call.min_source} yet"
+            return SearchReply(self.node_id, 0, None, "replica_behind", message).encode()
         if applied < call.min_applied:
             message = f"replica at offset {applied}, the read needs {call.min_applied}"
             return SearchReply(self.node_id, applied, None, "replica_behind", message).encode()
@@ -363,18 +505,34 @@ class IndexNode:
             )
         except ShardragError as exc:
             return SearchReply(self.node_id, applied, None, exc.code, exc.message).encode()
+        self._searches[call.shard_id] += 1
         return SearchReply(self.node_id, applied, hits).encode()
 
     def _caught_up(self, replica: HostedReplica, call: SearchCall) -> int:
-        """This replica's applied offset, after waiting (bounded) for ``min_applied``."""
+        """This replica's applied offset, after waiting (bounded) for ``min_applied`` (and
+        the sources' offsets of a move, else -1 is returned: behind)."""
         deadline = time.monotonic() + call.wait_seconds
         with self.changed:
-            while (applied := replica.applier.applied(call.shard_id)) < call.min_applied:
+            while True:
+                applied = replica.applier.applied(call.shard_id)
+                followed = self._followed(replica, call.min_source)
+                if applied >= call.min_applied and followed:
+                    return applied
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    return applied if followed else -1
                 self.changed.wait(min(remaining, 0.05))
-        return applied
+
+    @staticmethod
+    def _followed(replica: HostedReplica, min_source: dict[int, int]) -> bool:
+        """Whether the replica has followed each source log far enough (a replica without a
+        follower of a source finished following it, or started after the move)."""
+        followers = dict(replica.followers)  # it is emptied when following ends
+        return all(
+            followers[source].applied(source) >= offset
+            for source, offset in min_source.items()
+            if source in followers
+        )
 
 
 def run_node(settings: Settings, stopped: threading.Event) -> None:

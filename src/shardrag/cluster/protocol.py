@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,9 @@ class SearchCall:
     min_applied: int = 0
     #: How long a replica behind ``min_applied`` may wait to catch up before refusing.
     wait_seconds: float = 0.0
+    #: While the tenant moves here from other shards: source shard → offset of its log the
+    #: replica must have followed too (so no document of the tenant is missing).
+    min_source: dict[int, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """The request body."""
@@ -67,6 +70,7 @@ class SearchCall:
             values["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()
         values["mode"] = SearchMode(values["mode"])
         values["fusion"] = Fusion(values["fusion"])
+        values["min_source"] = {int(k): int(v) for k, v in values.get("min_source", {}).items()}
         return cls(**values)
 
 

@@ -1,41 +1,59 @@
 """The router (in the api): one query → the tenant's shards → one replica each → merged top-k.
 
-Per shard the router first asks the shard's queue group (NATS picks a live replica; a dead
-node's subscription went with its connection). A replica that does not answer within
-``replica_timeout`` or answers with an error that another replica may not have (behind the
-read's offset, not hosting the shard, a fault) is left for the next one: the router asks the
-shard's other live replicas by name, one after the other, until the query's deadline. Only
-then does the shard fail the query (``ShardUnavailable``, 503). A read concern travels as
-``min_applied``: only a replica that has applied the shard's log that far answers.
+Per shard the router asks one live replica from the shard map, by name: a half-open node's
+trial if one is due, else the replica with the fewest requests outstanding from this process
+among those whose circuit breaker (``breaker.py``) is not open. A replica that does not answer
+within ``replica_timeout`` or answers with an error that another replica may not have (behind
+the read's offset, not hosting the shard, a fault) is left for the next one, round after
+round, until the query's deadline; only then does the shard fail the query
+(``ShardUnavailable``, 503). A request still unanswered after the shard's recent p95 latency
+(``hedging.py``) gets a hedged twin at another replica with a closed breaker: the first good
+answer wins, the other runs to its own end in the background, so that its node's breaker
+hears the real outcome. The shard's queue group (NATS picks a replica) is asked only when the
+map names no live replica. A read concern travels as ``min_applied``: only a replica that
+has applied the shard's log that far answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import nats.errors
 
+from shardrag.cluster.breaker import Breakers, BreakerState
+from shardrag.cluster.hedging import LatencyWindow
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.cluster.shardmap import ShardMap
+from shardrag.config import Settings
 from shardrag.errors import (
     ReadConcernTimeout,
     ShardragError,
     ShardUnavailable,
-    Unavailable,
     error_from,
 )
-from shardrag.models import Fusion, Hit, Metadata, SearchMode
+from shardrag.models import Hit
 from shardrag.natsconn import NatsConnection
 
 logger = logging.getLogger(__name__)
 # Errors after which another replica is worth asking; any other error is the query's own.
 _TRY_ANOTHER = {"replica_behind", "shard_unavailable", "internal_error", "unavailable"}
+# Errors that are the node's fault: they count against its breaker.
+_NODE_FAULTS = {"internal_error", "unavailable"}
 # How long the router trusts what it read of the map's replicas and live nodes.
 _MAP_TTL = 1.0
+# In a shard's ``asked`` set: its queue group was asked this round.
+_QUEUE_GROUP = ""
+
+
+class _RoundOver:
+    """Every replica of the shard usable now was asked this round."""
+
+
+_ROUND_OVER = _RoundOver()
 
 
 @dataclass
@@ -45,6 +63,22 @@ class RoutedResult:
     hits: list[Hit]
     applied: dict[int, int] = field(default_factory=dict)
     failovers: int = 0
+    hedges: int = 0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one request to a replica brought: its reply, or why there was none."""
+
+    reply: SearchReply | None
+    error: str = ""
+
+
+@dataclass
+class _ShardAnswer:
+    reply: SearchReply
+    failovers: int
+    hedges: int
 
 
 class Router:
@@ -57,69 +91,115 @@ class Router:
         prefix: str,
         search_timeout: float = 10.0,
         replica_timeout: float = 2.0,
+        breaker_failures: int = 3,
+        breaker_cooldown: float = 2.0,
+        hedge_floor: float = 0.02,
     ) -> None:
         self.conn = conn
         self.shard_map = shard_map
         self.prefix = prefix
         self.search_timeout = search_timeout
         self.replica_timeout = replica_timeout
+        self.hedge_floor = hedge_floor
+        self.breakers = Breakers(breaker_failures, breaker_cooldown)
         self._candidates: dict[int, tuple[float, list[str]]] = {}
+        self._windows: dict[int, LatencyWindow] = {}
+        # Requests sent and not yet ended, per node; touched on the connection's loop only.
+        self._outstanding: dict[str, int] = {}
+        # Requests whose query no longer waits for them (hedge losers): kept until they end.
+        self._background: set[asyncio.Task[_Outcome]] = set()
+        self._random = random.Random()
         self.failovers = 0
+        self.hedges = 0
+
+    @classmethod
+    def from_settings(cls, conn: NatsConnection, shard_map: ShardMap, settings: Settings) -> Router:
+        """A router with the deadlines, breaker and hedging of ``settings``."""
+        return cls(
+            conn,
+            shard_map,
+            settings.log_prefix,
+            settings.search_timeout_seconds,
+            settings.replica_timeout_seconds,
+            settings.breaker_failures,
+            settings.breaker_cooldown_seconds,
+            settings.hedge_floor_seconds,
+        )
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """The breaker of each node this router has asked (this api process's view)."""
+        return self.breakers.states()
 
     def search(self, calls: list[SearchCall], k: int) -> RoutedResult:
         """Ask every call's shard (in parallel) and merge the answers into the top ``k``."""
         deadline = time.monotonic() + self.search_timeout
 
-        async def fan_out() -> list[tuple[SearchReply, int]]:
+        async def fan_out() -> list[_ShardAnswer]:
             return list(await asyncio.gather(*(self._ask(call, deadline) for call in calls)))
 
-        replies = self.conn.run(fan_out(), timeout=self.search_timeout)
-        hits = [hit for reply, _ in replies for hit in reply.hits or []]
+        answers = self.conn.run(fan_out(), timeout=self.search_timeout)
+        hits = [hit for answer in answers for hit in answer.reply.hits or []]
         hits.sort(key=lambda h: h.score, reverse=True)
-        failovers = sum(n for _, n in replies)
+        failovers = sum(a.failovers for a in answers)
         self.failovers += failovers
         return RoutedResult(
             hits[:k],
-            {call.shard_id: reply.applied for call, (reply, _) in zip(calls, replies, strict=True)},
+            {call.shard_id: a.reply.applied for call, a in zip(calls, answers, strict=True)},
             failovers,
+            sum(a.hedges for a in answers),
         )
 
-    async def _ask(self, call: SearchCall, deadline: float) -> tuple[SearchReply, int]:
-        """One shard's answer, failing over between its replicas until ``deadline``."""
-        tried: list[str] = []
+    async def _ask(self, call: SearchCall, deadline: float) -> _ShardAnswer:
+        """One shard's answer: failing over between its replicas, hedging once, until
+        ``deadline``."""
+        shard_id = call.shard_id
+        racing: dict[asyncio.Task[_Outcome], float] = {}  # request -> when it was sent
+        asked: set[str] = set()  # this round's replicas
+        failovers = hedges = 0
+        hedged = failed = False
         last_error = "no replica answered"
-        subject = search_subject(self.prefix, call.shard_id)
-        attempt = 0
         behind = False  # a replica answered that it had not applied the read's offset yet
         while (remaining := deadline - time.monotonic()) > 0:
-            attempt += 1
-            wait = min(call.wait_seconds, max(0.0, remaining - self.replica_timeout))
-            body = replace(call, wait_seconds=wait).encode()
-            try:
-                msg = await self.conn.client.request(
-                    subject, body, timeout=min(remaining, wait + self.replica_timeout)
-                )
-                reply = SearchReply.decode(msg.data)
-            except (nats.errors.Error, TimeoutError) as exc:
-                # No answer in time, no replica subscribed, or the connection is moving to
-                # another NATS server: all worth another try.
-                last_error = f"{subject}: {type(exc).__name__}"
-                reply = None
-            if reply is not None:
-                if reply.hits is not None:
-                    return reply, attempt - 1
+            if not racing:
+                node = await self._choose(shard_id, asked)
+                if isinstance(node, _RoundOver):
+                    # Every replica was asked: wait a moment (a restart, a catch-up), then again.
+                    asked.clear()
+                    await asyncio.sleep(min(0.1, remaining))
+                    continue
+                failovers += int(failed)
+                racing[self._send(call, node, deadline)] = time.monotonic()
+            wait = remaining
+            delay = None if hedged else self._window(shard_id).hedge_delay()
+            if delay is not None:
+                wait = min(wait, max(0.0, min(racing.values()) + delay - time.monotonic()))
+            done, _ = await asyncio.wait(
+                set(racing), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                if delay is not None:
+                    hedged = True  # one hedge per shard and query at most
+                    twin = await self._choose(shard_id, asked, hedge=True)
+                    if isinstance(twin, str):
+                        racing[self._send(call, twin, deadline)] = time.monotonic()
+                        hedges += 1
+                        self.hedges += 1
+                continue
+            for request in done:
+                del racing[request]
+                outcome = request.result()
+                reply = outcome.reply
+                if reply is not None and reply.hits is not None:
+                    return _ShardAnswer(reply, failovers, hedges)
+                failed = True
+                if reply is None:
+                    last_error = outcome.error
+                    continue
                 if reply.error_code not in _TRY_ANOTHER:
                     code = reply.error_code or "internal_error"
                     raise error_from(code, reply.error_message or code)
                 last_error = f"{reply.node_id}: {reply.error_code}: {reply.error_message}"
                 behind = behind or reply.error_code == "replica_behind"
-                tried.append(reply.node_id)
-            named = await self._next_subject(call.shard_id, tried)
-            if named is None:
-                # Every replica was asked: wait a moment (a restart, a catch-up), then again.
-                tried.clear()
-                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-            subject = named or search_subject(self.prefix, call.shard_id)
         if behind:
             raise ReadConcernTimeout(
                 f"no replica of shard {call.shard_id} applied its log to offset "
@@ -132,20 +212,119 @@ class Router:
             shard_id=call.shard_id,
         )
 
-    async def _next_subject(self, shard_id: int, tried: list[str]) -> str | None:
-        """The subject of a live replica of the shard not asked yet, by name."""
-        loop = asyncio.get_running_loop()
-        candidates = await loop.run_in_executor(None, self._live_replicas, shard_id)
-        for node_id in candidates:
-            if node_id not in tried:
-                tried.append(node_id)
-                return search_subject(self.prefix, shard_id, node_id)
-        return None
+    async def _choose(
+        self, shard_id: int, asked: set[str], hedge: bool = False
+    ) -> str | _RoundOver | None:
+        """The next replica to ask, by name (added to ``asked``); None: the queue group.
 
-    def _live_replicas(self, shard_id: int) -> list[str]:
+        A half-open node's trial first, else the fewest outstanding requests among the
+        replicas with a usable breaker. When every replica's breaker is open they are asked
+        anyway (failing at once helps nobody). A hedge goes only to a closed breaker.
+        """
+        candidates = self._fresh_replicas(shard_id)
+        if candidates is None:
+            loop = asyncio.get_running_loop()
+            candidates = await loop.run_in_executor(None, self._live_replicas, shard_id)
+        if not candidates:
+            if hedge or _QUEUE_GROUP in asked:
+                return _ROUND_OVER
+            asked.add(_QUEUE_GROUP)
+            return None
+        breakers = {node: self.breakers.of(node) for node in candidates}
+        fresh = [node for node in candidates if node not in asked]
+        if hedge:
+            usable = [n for n in fresh if breakers[n].state is BreakerState.CLOSED]
+        else:
+            usable = [n for n in fresh if breakers[n].usable()]
+            trials = [n for n in usable if breakers[n].state is BreakerState.HALF_OPEN]
+            if trials:
+                usable = trials[:1]
+            elif not usable and not any(b.usable() for b in breakers.values()):
+                usable = fresh
+        if not usable:
+            return _ROUND_OVER
+        fewest = min(self._outstanding.get(n, 0) for n in usable)
+        chosen = self._random.choice([n for n in usable if self._outstanding.get(n, 0) == fewest])
+        asked.add(chosen)
+        return chosen
+
+    def _send(
+        self, call: SearchCall, node_id: str | None, deadline: float
+    ) -> asyncio.Task[_Outcome]:
+        request = asyncio.get_running_loop().create_task(self._request(call, node_id, deadline))
+        self._background.add(request)
+        request.add_done_callback(self._background.discard)
+        return request
+
+    async def _request(self, call: SearchCall, node_id: str | None, deadline: float) -> _Outcome:
+        """One request to a replica (``node_id``; None: the queue group), judged for its
+        node's breaker: a success, a real failure, or no verdict."""
+        remaining = deadline - time.monotonic()
+        wait = min(call.wait_seconds, max(0.0, remaining - self.replica_timeout))
+        timeout = min(remaining, wait + self.replica_timeout)
+        subject = search_subject(self.prefix, call.shard_id, node_id)
+        breaker = self.breakers.of(node_id) if node_id else None
+        trial = breaker.begin() if breaker else False
+        if node_id:
+            self._outstanding[node_id] = self._outstanding.get(node_id, 0) + 1
+        verdict: bool | None = None
+        started = time.monotonic()
+        try:
+            msg = await self.conn.client.request(
+                subject, replace(call, wait_seconds=wait).encode(), timeout=timeout
+            )
+            reply = SearchReply.decode(msg.data)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # No answer in time, no replica subscribed, or the connection is moving to
+            # another NATS server: all worth another try. Only the node's own failure counts
+            # against it; a wait cut short by the query's deadline is no verdict.
+            full_wait = timeout >= wait + self.replica_timeout
+            if isinstance(exc, nats.errors.NoRespondersError) or (
+                isinstance(exc, TimeoutError) and full_wait
+            ):
+                verdict = False
+            return _Outcome(None, f"{subject}: {type(exc).__name__}")
+        else:
+            verdict = reply.error_code not in _NODE_FAULTS
+            if reply.hits is not None:
+                self._window(call.shard_id).record(time.monotonic() - started)
+            return _Outcome(reply)
+        finally:
+            if node_id and breaker is not None:
+                self._outstanding[node_id] -= 1
+                if verdict is True:
+                    breaker.succeeded()
+                elif verdict is False:
+                    before = breaker.state
+                    breaker.failed()
+                    if before is not BreakerState.OPEN:
+                        logger.warning(
+                            "breaker of node %s: %s after a failed request to %s",
+                            node_id,
+                            breaker.state.label,
+                            subject,
+                        )
+                elif trial:
+                    breaker.abandoned()
+
+    def _window(self, shard_id: int) -> LatencyWindow:
+        window = self._windows.get(shard_id)
+        if window is None:
+            window = self._windows[shard_id] = LatencyWindow(floor=self.hedge_floor)
+        return window
+
+    def _fresh_replicas(self, shard_id: int) -> list[str] | None:
+        """The shard's live replicas as read less than ``_MAP_TTL`` ago, else None."""
         cached = self._candidates.get(shard_id)
         if cached is not None and time.monotonic() - cached[0] < _MAP_TTL:
             return cached[1]
+        return None
+
+    def _live_replicas(self, shard_id: int) -> list[str]:
+        fresh = self._fresh_replicas(shard_id)
+        if fresh is not None:
+            return fresh
+        cached = self._candidates.get(shard_id)
         try:
             alive = {node.node_id for node in self.shard_map.nodes()}
             found = [n for n in self.shard_map.replicas(shard_id).nodes if n in alive]
@@ -154,76 +333,3 @@ class Router:
             return cached[1] if cached else []
         self._candidates[shard_id] = (time.monotonic(), found)
         return found
-
-
-class RoutedSearch:
-    """A tenant's search through the router, as the ``Searcher``'s target (one per query).
-
-    ``heads`` gives a shard's log head. It is read before the search so that a result is
-    cacheable only if every replica that answered had applied its shard up to there: the
-    tenant's generation was read before the heads, so such a result shows every commit that
-    generation counts, and a result of a lagging replica is never cached under it.
-    """
-
-    def __init__(
-        self,
-        router: Router,
-        shards: list[int],
-        positions: Mapping[int, int],
-        wait_seconds: float,
-        heads: Callable[[int], int] | None = None,
-    ) -> None:
-        self.router = router
-        self.shards = shards
-        self.positions = positions
-        self.wait_seconds = wait_seconds
-        self.heads = heads
-        self._complete = False
-
-    def search(
-        self,
-        tenant: str,
-        mode: SearchMode,
-        k: int,
-        dense: list[float] | None = None,
-        text: str = "",
-        filters: Metadata | None = None,
-        fusion: Fusion = Fusion.DBSF,
-    ) -> list[Hit]:
-        """The tenant's top-k over all its shards."""
-        heads = self._heads()
-        calls = [
-            SearchCall(
-                tenant,
-                shard_id,
-                mode,
-                k,
-                dense,
-                text,
-                dict(filters or {}),
-                fusion,
-                self.positions.get(shard_id, 0),
-                self.wait_seconds if self.positions.get(shard_id, 0) else 0.0,
-            )
-            for shard_id in self.shards
-        ]
-        result = self.router.search(calls, k)
-        self._complete = bool(heads) and all(
-            result.applied.get(s, 0) >= head for s, head in heads.items()
-        )
-        return result.hits
-
-    def _heads(self) -> dict[int, int]:
-        """Each shard's log head, or nothing (then the result is not cached) if the log is
-        slow to tell: caching is worth no wait."""
-        if self.heads is None:
-            return {}
-        try:
-            return {s: self.heads(s) for s in self.shards}
-        except Unavailable:
-            logger.warning("log heads unavailable; this result is not cached")
-            return {}
-
-    def cacheable(self) -> bool:
-        """Whether the last result may be cached (see the class)."""
-        return self._complete

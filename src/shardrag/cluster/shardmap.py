@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,6 +75,10 @@ class NodeInfo:
     heartbeat_at: float = 0.0
     #: The log head per hosted shard as the node last saw it (its lag is head - applied).
     heads: dict[int, int] = field(default_factory=dict)
+    #: Per hosted shard being filled by a move: source shard → offset of its log applied.
+    sources: dict[int, dict[int, int]] = field(default_factory=dict)
+    #: Searches answered per hosted shard since the node started (which shards serve).
+    searches: dict[int, int] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """The stored form."""
@@ -85,6 +90,11 @@ class NodeInfo:
         values: dict[str, Any] = json.loads(data)
         values["applied"] = {int(k): int(v) for k, v in values.get("applied", {}).items()}
         values["heads"] = {int(k): int(v) for k, v in values.get("heads", {}).items()}
+        values["searches"] = {int(k): int(v) for k, v in values.get("searches", {}).items()}
+        values["sources"] = {
+            int(k): {int(s): int(o) for s, o in v.items()}
+            for k, v in values.get("sources", {}).items()
+        }
         return cls(**values)
 
     def lag(self, shard_id: int) -> int:
@@ -114,6 +124,103 @@ class SnapshotRef:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a tenant's documents live: its shards, and while it moves, where from.
+
+    A document's shard is ``shards[crc32(doc_id) % len(shards)]`` (all chunks of a document
+    in one shard). A move (promotion to dedicated shards, or a split) goes through phases:
+
+    - ``copying``: ``target`` shards are being filled from ``shards``; reads and writes still
+      use ``shards``;
+    - ``draining``: writes and reads use ``shards`` (the new ones); ``source`` names the old
+      shards, whose log the new replicas still follow for this tenant, so a read asks them
+      to have applied the old shards' logs to their heads too;
+    - neither: settled.
+    """
+
+    shards: tuple[int, ...]
+    target: tuple[int, ...] = ()
+    source: tuple[int, ...] = ()
+    #: When the placement was flipped to the new shards (draining), Unix time.
+    flipped_at: float = 0.0
+    revision: int = 0
+
+    @property
+    def phase(self) -> str:
+        """``copying``, ``draining`` or ``settled``."""
+        if self.target:
+            return "copying"
+        return "draining" if self.source else "settled"
+
+    def shard_of(self, doc_id: str) -> int:
+        """The shard a document of this tenant is written to."""
+        return self.shards[zlib.crc32(doc_id.encode()) % len(self.shards)]
+
+    def to_json(self) -> bytes:
+        """The stored form."""
+        values: dict[str, Any] = {"shards": list(self.shards)}
+        if self.target:
+            values["target"] = list(self.target)
+        if self.source:
+            values["source"] = list(self.source)
+            values["flipped_at"] = self.flipped_at
+        return json.dumps(values).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, revision: int) -> Placement:
+        """A placement read back (a bare list is the form of a tenant placed before moves)."""
+        values = json.loads(data)
+        if isinstance(values, list):
+            return cls(tuple(int(s) for s in values), revision=revision)
+        return cls(
+            tuple(int(s) for s in values["shards"]),
+            tuple(int(s) for s in values.get("target", ())),
+            tuple(int(s) for s in values.get("source", ())),
+            float(values.get("flipped_at", 0.0)),
+            revision,
+        )
+
+
+@dataclass(frozen=True)
+class Move:
+    """What the replicas of a shard being filled from other shards must do.
+
+    A replica of ``shard_id`` follows the logs of ``sources`` and applies only the ops of
+    ``tenant`` whose document hashes to ``bucket`` of ``buckets`` (a split), until ``done``.
+    A new replica of it starts from the newest snapshot of the first source, keeping only
+    those documents. Once done, every replica snapshots the shard (the snapshot a later
+    replica starts from holds the copied documents).
+    """
+
+    shard_id: int
+    tenant: str
+    sources: tuple[int, ...]
+    bucket: int = 0
+    buckets: int = 1
+    done: bool = False
+    done_at: float = 0.0
+
+    def keeps(self, tenant: str, doc_id: str) -> bool:
+        """Whether an op of the sources belongs to this shard."""
+        return tenant == self.tenant and (
+            self.buckets <= 1 or zlib.crc32(doc_id.encode()) % self.buckets == self.bucket
+        )
+
+    def to_json(self) -> bytes:
+        """The stored form."""
+        values = asdict(self)
+        values["sources"] = list(self.sources)
+        return json.dumps(values).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Move:
+        """A move read back."""
+        values = json.loads(data)
+        values["sources"] = tuple(int(s) for s in values["sources"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     """What ``shardrag cluster status`` shows: layout, replicas, log heads, live nodes.
 
@@ -128,6 +235,8 @@ class ClusterStatus:
     replicas: dict[int, list[str]]
     heads: dict[int, int]
     nodes: list[NodeInfo]
+    #: Tenants on shards of their own or moving, by id.
+    placements: dict[str, Placement] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the layout, and one object per node with its shards and lag."""
@@ -145,12 +254,31 @@ class ClusterStatus:
                     "healthy": True,
                     "heartbeat_age_seconds": round(max(0.0, time.time() - node.heartbeat_at), 3),
                     "shards": [
-                        {"shard": s, "applied": applied, "lag": node.lag(s)}
+                        {
+                            "shard": s,
+                            "applied": applied,
+                            "lag": node.lag(s),
+                            "searches": node.searches.get(s, 0),
+                        }
                         for s, applied in sorted(node.applied.items())
                     ],
                     "lag": sum(node.lag(s) for s in node.applied),
+                    "following": {
+                        str(shard): {str(s): o for s, o in offsets.items()}
+                        for shard, offsets in node.sources.items()
+                    },
                 }
                 for node in self.nodes
+            ],
+            "tenants": [
+                {
+                    "tenant": tenant,
+                    "shards": list(p.shards),
+                    "phase": p.phase,
+                    "target": list(p.target),
+                    "source": list(p.source),
+                }
+                for tenant, p in sorted(self.placements.items())
             ],
         }
 
@@ -188,6 +316,38 @@ class ShardMap(Protocol):
 
     def forget_tenant(self, tenant: str) -> None:
         """Remove the tenant's placement (the tenant was dropped)."""
+        ...
+
+    def shard_ids(self) -> list[int]:
+        """Every shard of the cluster: the layout's, then those added for moves."""
+        ...
+
+    def add_shards(self, count: int) -> list[int]:
+        """Ids for ``count`` new shards, after every existing one (no replicas yet)."""
+        ...
+
+    def placement(self, tenant: str) -> Placement | None:
+        """The tenant's placement with its revision, or None if it was never placed."""
+        ...
+
+    def set_placement(self, tenant: str, placement: Placement, revision: int) -> Placement:
+        """Compare-and-set of a tenant's placement (``ShardMapConflict`` if it moved on)."""
+        ...
+
+    def placements(self) -> dict[str, Placement]:
+        """Every placed tenant (an operator's view: this lists the map)."""
+        ...
+
+    def move(self, shard_id: int) -> Move | None:
+        """The move filling ``shard_id``, or None."""
+        ...
+
+    def set_move(self, move: Move) -> None:
+        """Record (or update) the move filling ``move.shard_id``."""
+        ...
+
+    def clear_move(self, shard_id: int) -> None:
+        """Forget the move of ``shard_id`` (it is complete)."""
         ...
 
     def heartbeat(self, node: NodeInfo) -> None:
@@ -257,6 +417,9 @@ class KeyValueShardMap:
     def _delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def _keys(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
     # -- the protocol -------------------------------------------------------------------------
 
     def layout(self) -> Layout | None:
@@ -289,19 +452,76 @@ class KeyValueShardMap:
 
     def tenant_shards(self, tenant: str) -> list[int] | None:
         """A tenant's shards."""
-        found = self._get(f"tenant.{tenant}")
-        return [int(s) for s in json.loads(found[0])] if found else None
+        placement = self.placement(tenant)
+        return list(placement.shards) if placement else None
 
     def place_tenant(self, tenant: str, shards: list[int]) -> list[int]:
         """Place a tenant once."""
         try:
-            self._put(f"tenant.{tenant}", json.dumps(shards).encode(), 0)
+            self._put(f"tenant.{tenant}", Placement(tuple(shards)).to_json(), 0)
             return list(shards)
         except ShardMapConflict:
             placed = self.tenant_shards(tenant)
             if placed is None:  # dropped in between: place it again
                 return self.place_tenant(tenant, shards)
             return placed
+
+    def placement(self, tenant: str) -> Placement | None:
+        """A tenant's placement."""
+        found = self._get(f"tenant.{tenant}")
+        return Placement.from_json(*found) if found else None
+
+    def set_placement(self, tenant: str, placement: Placement, revision: int) -> Placement:
+        """Compare-and-set of a placement."""
+        new = self._put(f"tenant.{tenant}", placement.to_json(), revision)
+        return replace(placement, revision=new)
+
+    def placements(self) -> dict[str, Placement]:
+        """Every placement."""
+        found = {}
+        for key in self._keys("tenant."):
+            entry = self._get(key)
+            if entry is not None:
+                found[key.removeprefix("tenant.")] = Placement.from_json(*entry)
+        return found
+
+    def shard_ids(self) -> list[int]:
+        """The layout's shards and the added ones."""
+        layout = self.layout()
+        added = self._get("shards.added")
+        base = list(range(layout.shards)) if layout else []
+        return base + ([int(s) for s in json.loads(added[0])] if added else [])
+
+    def add_shards(self, count: int) -> list[int]:
+        """Allocate shard ids by compare-and-set on the list of added shards."""
+        while True:
+            found = self._get("shards.added")
+            added = [int(s) for s in json.loads(found[0])] if found else []
+            first = max([*self.shard_ids(), -1]) + 1
+            new = list(range(first, first + count))
+            try:
+                self._put(
+                    "shards.added", json.dumps(added + new).encode(), found[1] if found else 0
+                )
+                break
+            except ShardMapConflict:
+                continue
+        return new
+
+    def move(self, shard_id: int) -> Move | None:
+        """The move filling a shard."""
+        found = self._get(f"move.{shard_id}")
+        return Move.from_json(found[0]) if found else None
+
+    def set_move(self, move: Move) -> None:
+        """Write a move (only its mover writes it)."""
+        key = f"move.{move.shard_id}"
+        found = self._get(key)
+        self._put(key, move.to_json(), found[1] if found else 0)
+
+    def clear_move(self, shard_id: int) -> None:
+        """Forget a move."""
+        self._delete(f"move.{shard_id}")
 
     def forget_tenant(self, tenant: str) -> None:
         """Remove a placement."""
@@ -312,8 +532,10 @@ class KeyValueShardMap:
         key = f"snapshot.{snapshot.shard_id}"
         while True:
             found = self._get(key)
-            if found and SnapshotRef.from_json(found[0]).position >= snapshot.position:
-                return
+            if found:
+                stored = SnapshotRef.from_json(found[0])
+                if (stored.position, stored.created_at) >= (snapshot.position, snapshot.created_at):
+                    return
             try:
                 self._put(key, snapshot.to_json(), found[1] if found else 0)
                 return
@@ -394,6 +616,14 @@ class SqliteShardMap(KeyValueShardMap):
     def _delete(self, key: str) -> None:
         with self._lock, immediate(self._db):
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def _keys(self, prefix: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM entries WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def heartbeat(self, node: NodeInfo) -> None:
         """Record a heartbeat."""

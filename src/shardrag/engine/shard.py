@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +316,28 @@ class ShardEngine:
             self._shard.update(
                 qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[_eq("tenant", tenant)]))
             )
+
+    def retain(self, tenant: str, keep_doc: Callable[[str], bool] | None = None) -> int:
+        """Delete every point of other tenants, and of ``tenant``'s documents ``keep_doc``
+        refuses (a shard restored from another's snapshot for a move); points deleted."""
+        before = self.points_count()
+        with self._lock.exclusive():
+            self._shard.update(
+                qe.UpdateOperation.delete_points_by_filter(
+                    qe.Filter(must_not=[_eq("tenant", tenant)])
+                )
+            )
+        if keep_doc is not None:
+            dropped = sorted({v.doc_id for v in self.stored_versions() if not keep_doc(v.doc_id)})
+            for start in range(0, len(dropped), 500):
+                docs = qe.FieldCondition("doc_id", match=qe.MatchAny(dropped[start : start + 500]))
+                with self._lock.exclusive():
+                    self._shard.update(
+                        qe.UpdateOperation.delete_points_by_filter(
+                            qe.Filter(must=[_eq("tenant", tenant), docs])
+                        )
+                    )
+        return before - self.points_count()
 
     def vectors(
         self, tenant: str, doc_id: str, version: int, chunk_indexes: Sequence[int]

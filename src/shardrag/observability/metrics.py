@@ -1,4 +1,5 @@
-"""Prometheus metrics: request latency per route, cache counters, documents by state.
+"""Prometheus metrics: request latency per route, cache counters, documents by state,
+circuit breakers, hedges and refused queries.
 
 Each ``Metrics`` has its own collector registry, so several apps in one process (tests)
 never share or clash over series. Gauges of state (documents, write pipeline, cache) are read when
@@ -32,6 +33,54 @@ class PipelineStats:
     dead_letters: int
     applied: dict[int, int] = field(default_factory=dict)
     log_head: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResilienceStats:
+    """The query path's defences in one api process, as the metrics show them."""
+
+    #: Node id -> its circuit breaker in this process's router: 0 closed, 1 half-open, 2 open.
+    breakers: dict[str, int] = field(default_factory=dict)
+    hedges: int = 0
+    #: Tenant -> queries refused with 429 tenant_overloaded.
+    tenant_rejections: dict[str, int] = field(default_factory=dict)
+    shed: int = 0
+
+
+class _ResilienceCollector(Collector):
+    """Reads breakers, hedges and refusals at scrape time."""
+
+    def __init__(self, resilience: Callable[[], ResilienceStats]) -> None:
+        self.resilience = resilience
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.resilience()
+        breakers = GaugeMetricFamily(
+            "shardrag_breaker_state",
+            "Circuit breaker of an index node in this api process: 0 closed, 1 half-open, 2 open",
+            labels=["node"],
+        )
+        for node, state in sorted(stats.breakers.items()):
+            breakers.add_metric([node], state)
+        yield breakers
+        yield CounterMetricFamily(
+            "shardrag_router_hedges",
+            "Hedged second requests sent to another replica of a slow shard",
+            value=stats.hedges,
+        )
+        rejected = CounterMetricFamily(
+            "shardrag_tenant_overloaded",
+            "Queries refused (429 tenant_overloaded): the tenant had its limit in flight",
+            labels=["tenant"],
+        )
+        for tenant, count in sorted(stats.tenant_rejections.items()):
+            rejected.add_metric([tenant], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "shardrag_queries_shed",
+            "Queries refused (503 overloaded) because they could not meet their deadline",
+            value=stats.shed,
+        )
 
 
 class _StateCollector(Collector):
@@ -112,6 +161,7 @@ class Metrics:
         documents: Callable[[], Mapping[str, int]],
         pipeline: Callable[[], PipelineStats],
         cache: Callable[[], CacheStats | None],
+        resilience: Callable[[], ResilienceStats] = ResilienceStats,
     ) -> None:
         self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
@@ -122,6 +172,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(documents, pipeline, cache))
+        self.registry.register(_ResilienceCollector(resilience))
 
     def exposition(self) -> bytes:
         """The text format for ``GET /metrics``."""

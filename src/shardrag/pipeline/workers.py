@@ -123,6 +123,15 @@ class StageWorker(Generic[StageT]):
                 logger.warning("%s: outage, trying again (%d)", self.name, failures)
                 time.sleep(min(self.retry.delay(failures), max(0.0, deadline - time.monotonic())))
 
+    def _ack(self, message: LogMessage, started: float) -> None:
+        """Acknowledge a handled event, waiting out an outage like an append (the stream's
+        leader moving after a NATS server died); if the ack is lost anyway the event comes
+        back after its lease and is handled again, which changes nothing."""
+        try:
+            self._patiently(functools.partial(self.consumer.ack, message), started)
+        except Exception:
+            logger.warning("%s: could not acknowledge an event; it will be redelivered", self.name)
+
     def _fail_version(self, ref: VersionRef, code: str, message: str) -> None:
         self.registry.mark_failed(ref.tenant, ref.doc_id, ref.version, code, message)
         with self.changed:
@@ -156,7 +165,7 @@ class IngestWorker(StageWorker[IngestStage]):
             except Exception as exc:
                 self._failed(message, event.ref, exc)
                 continue
-            self.consumer.ack(message)
+            self._ack(message, started)
 
 
 class EmbedWorker(StageWorker[EmbedStage]):
@@ -217,7 +226,7 @@ class EmbedWorker(StageWorker[EmbedStage]):
         except Exception as exc:
             self._failed(message, ref, exc)
             return
-        self.consumer.ack(message)
+        self._ack(message, started)
 
 
 def run_until(stopped: threading.Event, step: Callable[[float], int], name: str) -> None:

@@ -34,6 +34,8 @@ DOCUMENTS_PER_BATCH = 256
 
 # Given a tenant, its record: shard and incarnation (creating the tenant if needed).
 PlaceTenant = Callable[[str], TenantRecord]
+#: The shard of a document of a tenant (the tenant's placement; the record's shard if none).
+ShardFor = Callable[[TenantRecord, str], int]
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,20 @@ class DocumentWriter:
         log: Log,
         place: PlaceTenant,
         max_document_bytes: int,
+        shard_for: ShardFor | None = None,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
         self.log = log
         self.place = place
         self.max_document_bytes = max_document_bytes
+        self.shard_for = shard_for
+
+    def _shard(self, record: TenantRecord, doc_id: str) -> int:
+        """The shard a new version of ``doc_id`` goes to. Asked after the version is pending,
+        so a tenant move that flips the placement later waits for this version (see
+        ``cluster/placement.py``); one that flipped it before is seen here."""
+        return self.shard_for(record, doc_id) if self.shard_for else record.shard_id
 
     def accept(
         self, tenant: str, upload: DocumentInput, submit: bool = True
@@ -109,7 +119,8 @@ class DocumentWriter:
             upload.title,
         )
         version = self.registry.begin_version(tenant, doc_id, new)
-        ref = VersionRef(tenant, doc_id, version, record.shard_id, epoch=epoch_of(record))
+        shard_id = self._shard(record, doc_id)
+        ref = VersionRef(tenant, doc_id, version, shard_id, epoch=epoch_of(record))
         event = IngestEvent(
             ref, content_hash, upload.filename, upload.content_type, upload.title, upload.metadata
         )
@@ -137,7 +148,8 @@ class DocumentWriter:
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
         version = self.registry.begin_tombstone(tenant, doc_id)
         record = self.place(tenant)
-        ref = VersionRef(tenant, doc_id, version, record.shard_id, epoch=epoch_of(record))
+        shard_id = self._shard(record, doc_id)
+        ref = VersionRef(tenant, doc_id, version, shard_id, epoch=epoch_of(record))
         position = self._append_tombstone(ref)
         return Accepted(
             ref, WriteResult(tenant, doc_id, version, VersionState.PENDING, 0), None, position
@@ -151,11 +163,15 @@ class DocumentWriter:
         self.registry.record_commit(ref.tenant, ref.doc_id, ref.version, position)
         return position
 
-    def drop_tenant(self, tenant: str, shard_id: int) -> int:
-        """Forget the tenant in the registry, then append the op that empties its shard."""
+    def drop_tenant(self, tenant: str, shards: list[int]) -> dict[int, int]:
+        """Forget the tenant in the registry, then append the op that empties it from each of
+        ``shards``; where each op is."""
         self.registry.delete_tenant(tenant)
-        op = ShardOp(OpKind.DROP_TENANT, VersionRef(tenant, "", 0, shard_id))
-        return self.log.append(subject_of(shard_id), op.encode())
+        positions = {}
+        for shard_id in shards:
+            op = ShardOp(OpKind.DROP_TENANT, VersionRef(tenant, "", 0, shard_id))
+            positions[shard_id] = self.log.append(subject_of(shard_id), op.encode())
+        return positions
 
     def resubmit_pending(self) -> int:
         """Append again the event of every pending version (after a crash); how many."""
@@ -166,7 +182,7 @@ class DocumentWriter:
                 pending.tenant,
                 pending.doc_id,
                 pending.version,
-                record.shard_id,
+                self._shard(record, pending.doc_id),
                 epoch=epoch_of(record),
             )
             if pending.tombstone:

@@ -157,6 +157,10 @@ class Registry(Protocol):
         """How many documents (of every tenant) are in each state."""
         ...
 
+    def tenant_size(self, tenant: str) -> int:
+        """Chunks of the tenant's live versions (what its placement is sized by)."""
+        ...
+
     # -- access: keys, audit, idempotency ------------------------------------------------------
 
     def add_key(self, key: KeyRecord) -> None:

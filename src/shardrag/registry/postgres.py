@@ -532,6 +532,16 @@ class PostgresRegistry:
         )
         return state_counts(rows)
 
+    def tenant_size(self, tenant: str) -> int:
+        """Chunks of the tenant's live versions."""
+        rows = self._query(
+            "SELECT coalesce(sum(v.chunk_count), 0) AS n FROM documents d "
+            "JOIN versions v ON v.tenant = d.tenant AND v.doc_id = d.doc_id "
+            "AND v.version = d.live_version WHERE d.tenant = %s",
+            tenant,
+        )
+        return int(rows[0]["n"]) if rows else 0
+
     # -- access: keys, audit, idempotency ------------------------------------------------------
 
     def add_key(self, key: KeyRecord) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -13,7 +14,10 @@ from shardrag.api.schemas import (
     DeadLetterList,
     DeadLetterOut,
     ErrorOut,
+    PromoteIn,
+    RebalanceOut,
     ReconcileOut,
+    TenantPlacementOut,
 )
 from shardrag.registry import Role
 
@@ -62,7 +66,50 @@ async def reconcile(
 async def cluster_status(who: Root) -> Any:
     """Shards, their replicas and log heads; live nodes with applied offsets and lag (root).
 
-    Embedded, the one node is this process (``local``).
+    Embedded, the one node is this process (``local``). ``breakers``: each node's circuit
+    breaker in the router of the api process that answers (``api_pid``).
     """
-    status = await run_in_threadpool(who.service.rag.cluster_status)
-    return status.to_dict()
+    rag = who.service.rag
+    status = await run_in_threadpool(rag.cluster_status)
+    breakers = rag.router.breaker_states() if rag.router else {}
+    return {
+        **status.to_dict(),
+        "breakers": {node: state.label for node, state in breakers.items()},
+        "api_pid": os.getpid(),
+    }
+
+
+@router.post(
+    "/v1/admin/tenants/{tenant}/promote",
+    response_model=TenantPlacementOut,
+    status_code=202,
+    tags=["operations"],
+)
+async def promote_tenant(tenant: str, body: PromoteIn, who: Root) -> Any:
+    """Move a tenant to dedicated shards (``shards`` > 1 splits it by document id) while it
+    keeps serving (root; distributed mode, else 409 ``cluster_only``). The move runs in the
+    background; ``GET /v1/admin/cluster`` shows its phase until it is settled."""
+    placement = await run_in_threadpool(who.service.rag.promote_tenant, tenant, body.shards, False)
+    return {
+        "tenant": tenant,
+        "shards": list(placement.shards),
+        "phase": placement.phase,
+        "target": list(placement.target),
+        "source": list(placement.source),
+    }
+
+
+@router.post("/v1/admin/cluster/rebalance", response_model=RebalanceOut, tags=["operations"])
+async def rebalance(
+    who: Root, dry_run: Annotated[bool, Query(description="plan, move nothing")] = False
+) -> Any:
+    """Move replicas between live nodes until none holds more than one above another (root;
+    distributed mode). Each move adds the new replica, waits until it caught up, then removes
+    the old one: no gap in any shard's replicas."""
+    moves = await run_in_threadpool(who.service.rag.rebalance, dry_run)
+    return {
+        "dry_run": dry_run,
+        "moves": [
+            {"shard": m.shard_id, "from_node": m.from_node, "to_node": m.to_node} for m in moves
+        ],
+    }

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from shardrag.api.deps import Caller, tenant_caller
+from shardrag.api.limits import shed_if_late
 from shardrag.api.schemas import AnswerBody, AnswerOut, SearchBody, SearchOut
 from shardrag.context import citations_in
 from shardrag.errors import InternalError, ShardragError
@@ -31,12 +32,13 @@ _SSE_DOC = (
 
 
 @router.post("/search", response_model=SearchOut)
-def search(t: str, body: SearchBody, who: Reader) -> Any:
+def search(t: str, body: SearchBody, who: Reader, request: Request) -> Any:
     """The top-k passages of the tenant's live documents.
 
     ``read_concern``: ``eventual`` (default), ``session`` with a ``write_token`` (sees that
     write), or ``strong`` (sees every write accepted before the search).
     """
+    shed_if_late(request)
     hits = who.service.rag.search(
         t,
         body.query,
@@ -56,8 +58,9 @@ def search(t: str, body: SearchBody, who: Reader) -> Any:
     description=_SSE_DOC,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def answer(t: str, body: AnswerBody, who: Reader) -> Any:
+async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any:
     """Answer a question from the tenant's documents, with numbered citations."""
+    shed_if_late(request)
     rag = who.service.rag
     if not body.stream:
         result = await run_in_threadpool(
