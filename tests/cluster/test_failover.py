@@ -245,17 +245,28 @@ def lag_of(cluster: Cluster, node_id: str) -> int | None:
     return None
 
 
-def all_live(cluster: Cluster, accepted: list[str]) -> bool:
-    """Whether every accepted write is live now."""
+def not_live(cluster: Cluster, accepted: list[str]) -> list[str]:
+    """The accepted writes that are not live now, each with the state it is in."""
+    waiting = []
     with cluster.client() as client:
         for item in accepted:
             tenant, doc_id = item.split("/", 1)
             info = client.get(
                 f"/v1/tenants/{tenant}/documents/{doc_id}", headers=cluster.readers[tenant]
             )
-            if info.status_code != 200 or info.json()["state"] != "live":
-                return False
-    return True
+            state = info.json().get("state") if info.status_code == 200 else info.status_code
+            if state != "live":
+                waiting.append(f"{item}: {state}")
+    return waiting
+
+
+def await_all_live(cluster: Cluster, accepted: list[str], timeout: float = 120) -> None:
+    """Wait until every accepted write is live; fail naming those that are not."""
+    deadline = time.monotonic() + timeout
+    while waiting := not_live(cluster, accepted):
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:g} s, {len(waiting)} accepted writes not live: {waiting}")
+        time.sleep(0.25)
 
 
 def test_a_write_through_one_api_process_is_read_your_writes_through_the_other(
@@ -316,7 +327,7 @@ def test_killing_a_node_under_search_load_fails_no_search_and_it_catches_up(
     assert load.searches > 20, sorted(load.seconds)[-10:]
     assert load.failed == []
     assert load.accepted, "the writer got nothing accepted"
-    wait_for(lambda: all_live(cluster, load.accepted), 120, "every accepted write to be live")
+    await_all_live(cluster, load.accepted)
     status = cluster.status()
     nodes = {n["id"]: n for n in status["nodes"]}  # type: ignore[union-attr]
     assert set(nodes) == {"node-1", "node-2", "node-3"}
@@ -338,7 +349,7 @@ def test_killing_one_nats_server_during_ingest_and_search_loses_no_write(
         assert load.searches > 20
         assert load.failed == []
         assert load.accepted
-        wait_for(lambda: all_live(cluster, load.accepted), 120, "every accepted write to be live")
+        await_all_live(cluster, load.accepted)
     finally:
         cluster.state.restart("nats-2")
 

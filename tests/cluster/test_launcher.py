@@ -6,6 +6,7 @@ These need no shardrag process: the full ``up`` is exercised by the cluster's en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -45,6 +46,8 @@ from shardrag.cluster.launcher import (
     up,
 )
 from shardrag.errors import Conflict, InvalidParameter, NotFound, Unavailable
+from shardrag.log.base import LogMessage
+from shardrag.log.nats import READER_PROBE_SECONDS, NatsLog
 from tests.support import (
     POSTGRES_URL,
     REDIS_URL,
@@ -208,6 +211,55 @@ def test_a_replicated_stream_keeps_its_messages_when_a_server_is_killed(
 
     victim = asyncio.run(scenario())
     assert (tmp_path / "logs" / f"{victim}.log").read_text().count("Starting nats-server") == 2
+
+
+def reader_server(log: NatsLog, urls: list[str]) -> str:
+    """The server holding the (one) ephemeral consumer of ``log``'s stream."""
+
+    async def find() -> str:
+        client = await nats.connect(servers=urls)
+        try:
+            consumers = await client.jetstream(timeout=5).consumers_info(log.stream)
+            [consumer] = [c for c in consumers if c.config.durable_name is None]
+            assert consumer.cluster is not None and consumer.cluster.leader is not None
+            return consumer.cluster.leader
+        finally:
+            await client.close()
+
+    return asyncio.run(find())
+
+
+def test_a_log_reader_whose_server_is_killed_reads_on_from_another(
+    nats_cluster: NatsCluster,
+) -> None:
+    # An index node reads its shard through an ephemeral consumer, which lives on one server.
+    # Killing that server must not leave the reader waiting on a quiet subject for ever.
+    log = NatsLog(",".join(nats_cluster.urls), prefix=f"r{secrets.token_hex(3)}", replicas=3)
+    try:
+        log.append("shard.0", b"before")
+        first = log.read("shard.0", 0, timeout=2)
+        assert [m.data for m in first] == [b"before"]
+        server = reader_server(log, nats_cluster.urls)
+        victim = next(p for p in nats_cluster.processes if p.name == server)
+        victim.signal(signal.SIGKILL)
+        assert wait_until(lambda: not victim.alive())
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                appended = log.append("shard.0", b"after")
+                break
+            except Unavailable:
+                assert time.monotonic() < deadline, "the stream took no append"
+                time.sleep(0.5)
+        found: list[LogMessage] = []
+        deadline = time.monotonic() + 4 * READER_PROBE_SECONDS + 10
+        while not found:
+            assert time.monotonic() < deadline, "the reader never read past its dead consumer"
+            with contextlib.suppress(Unavailable):
+                found = log.read("shard.0", first[-1].sequence, timeout=1)
+        assert [(m.sequence, m.data) for m in found] == [(appended, b"after")]
+    finally:
+        log.close()
 
 
 def test_nats_servers_get_one_config_and_store_each(

@@ -370,7 +370,10 @@ class IndexNode:
             self.snapshot(replica)
         elif (
             interval > 0
-            and not replica.following.is_set()  # half-copied: no replica may start from it
+            # Half-copied (a follower may still be applying, even while it stops): no
+            # replica may start from it.
+            and not replica.following.is_set()
+            and not replica.followers
             and position > replica.snapshot_position
             and time.monotonic() - replica.snapshot_at >= interval
         ):

@@ -20,8 +20,10 @@ import re
 import threading
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
@@ -43,6 +45,21 @@ _DL = {
 }
 
 
+#: A reader that got nothing for this long checks that its consumer still exists.
+READER_PROBE_SECONDS = 3.0
+
+
+@dataclass
+class _Reader:
+    """An ephemeral ordered reader: its subscription, the last stream and consumer sequence
+    it handed out, and when its consumer last showed it was alive."""
+
+    sub: Any
+    position: int
+    delivered: int
+    alive_at: float
+
+
 class NatsLog:
     """A log on a JetStream server (or cluster) reachable at ``url``."""
 
@@ -56,8 +73,8 @@ class NatsLog:
         self.dead_stream = f"{self.stream}_DLQ"
         self.timeout = timeout
         self.replicas = replicas
-        # Ordered readers by filter: (subscription, last stream seq, last consumer seq).
-        self._readers: dict[str, tuple[Any, int, int]] = {}
+        # Ordered readers by filter.
+        self._readers: dict[str, _Reader] = {}
         self._conn = NatsConnection(url, timeout, name="nats-log")
         self._js = self._conn.js
         try:
@@ -145,14 +162,26 @@ class NatsLog:
         An ephemeral pull consumer without acks, kept between calls while the caller reads
         on from where it stopped; a gap in its consumer sequence (a message that went to a
         fetch that had timed out) or a new position starts a fresh one from ``after``.
+
+        An ephemeral consumer lives on one server: if that server dies, fetches only time
+        out, exactly as on a quiet subject. So a reader that got nothing for
+        ``READER_PROBE_SECONDS`` asks the server for its consumer; if none answers, it starts
+        a fresh one from ``after`` (placed on a live server).
         """
 
         async def take() -> list[LogMessage]:
-            state = self._readers.pop(subjects, None)
-            if state is not None and state[1] != after:
-                await _unsubscribe(state[0])
-                state = None
-            if state is None:
+            started = time.monotonic()
+            reader = self._readers.pop(subjects, None)
+            if reader is not None and reader.position != after:
+                await _unsubscribe(reader.sub)
+                reader = None
+            if reader is not None and started - reader.alive_at >= READER_PROBE_SECONDS:
+                if await _consumer_answers(reader.sub, min(timeout, 1.0)):
+                    reader.alive_at = time.monotonic()
+                else:
+                    await _unsubscribe(reader.sub)
+                    reader = None
+            if reader is None:
                 config = api.ConsumerConfig(
                     deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                     opt_start_seq=after + 1,
@@ -162,29 +191,31 @@ class NatsLog:
                 sub = await self._js.pull_subscribe(
                     self._subject(subjects), durable=None, stream=self.stream, config=config
                 )
-                state = (sub, after, 0)
-            sub, position, delivered = state
+                reader = _Reader(sub, after, 0, time.monotonic())
+            remaining = timeout - (time.monotonic() - started)
             try:
-                msgs = await sub.fetch(limit, timeout=max(timeout, 0.01))
+                msgs = await reader.sub.fetch(limit, timeout=max(remaining, 0.01))
             except TimeoutError:
                 msgs = []
             found: list[LogMessage] = []
             for msg in msgs:
-                if int(msg.metadata.sequence.consumer) != delivered + 1:
-                    await _unsubscribe(sub)  # a gap: start again after the last good one
+                if int(msg.metadata.sequence.consumer) != reader.delivered + 1:
+                    await _unsubscribe(reader.sub)  # a gap: start again after the last good one
                     return found
-                delivered += 1
-                position = int(msg.metadata.sequence.stream)
+                reader.delivered += 1
+                reader.position = int(msg.metadata.sequence.stream)
                 found.append(
                     LogMessage(
                         subject=self._unprefixed(msg.subject),
                         data=msg.data,
-                        sequence=position,
+                        sequence=reader.position,
                         attempts=1,
                         headers=_user_headers(msg.headers),
                     )
                 )
-            self._readers[subjects] = (sub, position, delivered)
+            if found:
+                reader.alive_at = time.monotonic()
+            self._readers[subjects] = reader
             return found
 
         return self._run(take(), timeout=timeout)
@@ -373,6 +404,15 @@ class NatsConsumer:
             return True
         self._log._run(msg.nak(delay=delay if delay > 0 else None))
         return False
+
+
+async def _consumer_answers(subscription: Any, timeout: float) -> bool:
+    """Whether the server still has ``subscription``'s consumer (answers within ``timeout``)."""
+    try:
+        await asyncio.wait_for(subscription.consumer_info(), timeout)
+    except (nats.errors.Error, TimeoutError, OSError):
+        return False
+    return True
 
 
 async def _unsubscribe(subscription: Any) -> None:
