@@ -110,6 +110,28 @@ def test_a_node_without_heartbeat_drops_out_after_the_ttl(shard_map: ShardMap) -
     assert shard_map.nodes() == []
 
 
+def test_a_new_reader_of_the_map_sees_every_live_node_from_its_first_call() -> None:
+    # A new process (``cluster status``, a restarted router) watches the heartbeats; while the
+    # watch is still delivering what was stored before it began it knows only some nodes.
+    require(nats_is_up(), "NATS with JetStream on 127.0.0.1:4222")
+    name = f"maptest-{secrets.token_hex(4)}"
+    writer = NatsShardMap(NATS_URL, name, 30.0)
+    try:
+        expected = [f"n{i:03d}" for i in range(300)]
+        for node_id in expected:
+            writer.heartbeat(node(node_id, s0=1))
+        for _ in range(3):
+            reader = NatsShardMap(NATS_URL, name, 30.0)
+            try:
+                seen = [[n.node_id for n in reader.nodes()] for _ in range(200)]
+            finally:
+                reader.close()
+            assert [len(s) for s in seen if s != expected] == []
+    finally:
+        writer.drop()
+        writer.close()
+
+
 def test_only_a_newer_snapshot_replaces_the_recorded_one(shard_map: ShardMap) -> None:
     assert shard_map.snapshot(0) is None
     newer = SnapshotRef(0, "d2", 20, "n1", time.time(), 10)

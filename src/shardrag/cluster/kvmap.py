@@ -39,6 +39,9 @@ class NatsShardMap(KeyValueShardMap):
         # The heartbeats as the watch last told them (see ``nodes``).
         self._live: dict[str, NodeInfo] = {}
         self._heard_at = float("-inf")
+        # Whether the watch has delivered every heartbeat stored when it began: until then
+        # its view holds only some nodes.
+        self._synced = False
         self._watch_started = float("-inf")
         self._watch: tuple[Any, asyncio.Task[None]] | None = None
         self._conn = NatsConnection(url, timeout, name="shard-map")
@@ -117,13 +120,14 @@ class NatsShardMap(KeyValueShardMap):
 
         Routers and waiting writers ask often; listing the bucket's keys each time would
         create a JetStream consumer per call (a replicated one, on a cluster) and load the
-        servers' API. The watch is one subscription pushed every heartbeat; if it has heard
-        nothing for a TTL (no node beats, or it broke) the bucket is read directly.
+        servers' API. The watch is one subscription pushed every heartbeat; until it has
+        delivered what was stored when it began, or if it has heard nothing for a TTL (no node
+        beats, or it broke), the bucket is read directly.
         """
         if self._watch is None:
             self._conn.run(self._start_watch())
         since = time.time() - self.ttl_seconds
-        if time.monotonic() - self._heard_at < self.ttl_seconds:
+        if self._synced and time.monotonic() - self._heard_at < self.ttl_seconds:
             found = list(self._live.values())
         else:
             found = self._conn.run(self._scan())
@@ -144,6 +148,7 @@ class NatsShardMap(KeyValueShardMap):
 
     async def _start_watch(self) -> None:
         self._watch_started = time.monotonic()
+        self._synced = False
         watcher: Any = await self._nodes.watchall()
 
         async def follow() -> None:
@@ -154,6 +159,7 @@ class NatsShardMap(KeyValueShardMap):
                     continue
                 self._heard_at = time.monotonic()
                 if entry is None:  # the end of what was stored when the watch began
+                    self._synced = True
                     continue
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
                     self._live.pop(entry.key, None)
