@@ -394,8 +394,10 @@ class Shardrag:
 
     def _shard_for(self, record: TenantRecord, doc_id: str) -> int:
         """The shard a new version of a document goes to: from the placement as the map has
-        it now (a version pending before a move's flip is waited for by the move)."""
-        return self._placement_of(record.tenant, fresh=True).shard_of(doc_id)
+        it now (a version pending before a move's flip is waited for by the move). Never a
+        placement read before: routed by an old one, the version could miss a move's copy
+        (so a map that does not answer refuses the write, 503)."""
+        return self._read_placement(record.tenant).shard_of(doc_id)
 
     def _route(self, tenant: str, positions: Mapping[int, int]) -> Routed:
         record = self.tenant(tenant)

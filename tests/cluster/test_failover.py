@@ -27,7 +27,7 @@ import pytest
 from shardrag.cluster.launcher import ClusterSpec, ClusterState, down, up
 from shardrag.cluster.loadgen import VOCABULARY
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
-from shardrag.models import Fusion, SearchMode
+from shardrag.models import Fusion, Hit, SearchMode
 from tests.support import postgres_is_up, redis_is_up, require
 
 pytestmark = pytest.mark.timeout(600)
@@ -399,18 +399,24 @@ def test_a_new_replica_starts_from_a_snapshot_and_catches_up(cluster: Cluster) -
 
 
 def ask(cluster: Cluster, call: SearchCall, node_id: str) -> list[tuple[str, int]]:
-    """The hits (doc, chunk) of ``call`` from one named node over NATS."""
+    """The hits (doc, chunk) of ``call`` from one named node over NATS (some)."""
+    hits = ask_replica(cluster.state, call, node_id)
+    assert hits, "no hits"
+    return [(h.doc_id, h.chunk_index) for h in hits]
+
+
+def ask_replica(state: ClusterState, call: SearchCall, node_id: str) -> list[Hit]:
+    """The hits of ``call`` from one named node over NATS (an error fails the test)."""
 
     async def request() -> SearchReply:
-        client = await nats.connect(cluster.state.nats_urls)
+        client = await nats.connect(state.nats_urls)
         try:
-            subject = search_subject(cluster.state.name, call.shard_id, node_id)
+            subject = search_subject(state.name, call.shard_id, node_id)
             msg = await client.request(subject, call.encode(), timeout=10)
             return SearchReply.decode(msg.data)
         finally:
             await client.close()
 
     reply = asyncio.run(request())
-    assert reply.hits is not None, reply.error_message
-    assert reply.hits, "no hits"
-    return [(h.doc_id, h.chunk_index) for h in reply.hits]
+    assert reply.hits is not None, f"{node_id}: {reply.error_message}"
+    return list(reply.hits)

@@ -25,7 +25,9 @@ import httpx
 import pytest
 
 from shardrag.cluster.launcher import ClusterSpec, ClusterState, down, up
-from tests.cluster.test_failover import WORDS, bearer, text_of, wait_for
+from shardrag.cluster.protocol import SearchCall
+from shardrag.models import Fusion, SearchMode
+from tests.cluster.test_failover import WORDS, ask_replica, bearer, text_of, wait_for
 from tests.support import postgres_is_up, redis_is_up, require
 
 pytestmark = pytest.mark.timeout(900)
@@ -48,17 +50,27 @@ class Placed:
 
     def cli(self, *args: str) -> dict[str, object]:
         """A ``shardrag cluster`` command's JSON output."""
+        done = self._run_cli(args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        found: dict[str, object] = json.loads(done.stdout)
+        return found
+
+    def cli_error(self, *args: str) -> dict[str, object]:
+        """The JSON error of a ``shardrag cluster`` command that must fail."""
+        done = self._run_cli(args)
+        assert done.returncode != 0, done.stdout + done.stderr
+        found: dict[str, object] = json.loads(done.stdout)
+        return found
+
+    def _run_cli(self, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "shardrag", "cluster", *args]
-        done = subprocess.run(
+        return subprocess.run(
             [*command, "--dir", str(self.state.dir), "--json"],
             capture_output=True,
             text=True,
             env=self.state.env(),
             timeout=600,
         )
-        assert done.returncode == 0, done.stdout + done.stderr
-        found: dict[str, object] = json.loads(done.stdout)
-        return found
 
     def status(self) -> dict[str, object]:
         """``GET /v1/admin/cluster``."""
@@ -263,6 +275,13 @@ def hosted_by(placed: Placed, node_id: str) -> set[int]:
     return {r["shard"] for n in nodes if n["id"] == node_id for r in n["shards"]}
 
 
+def hosted_replicas(placed: Placed, shard: int) -> list[str]:
+    """The live nodes that report hosting ``shard``."""
+    nodes = placed.status()["nodes"]
+    assert isinstance(nodes, list)
+    return sorted(n["id"] for n in nodes if shard in {r["shard"] for r in n["shards"]})
+
+
 def tenant_named(placed: Placed, name: str) -> str:
     """The fixture's tenant whose id starts with ``name``."""
     return next(t for t in placed.keys if t.startswith(name))
@@ -388,7 +407,49 @@ def test_a_tenant_past_the_size_threshold_is_promoted_on_its_own(placed: Placed)
                 missing.append(doc_id)
         assert missing == [], "after the promotion"
 
-    # The CLI on a settled tenant changes nothing; a split of a dedicated tenant is refused
-    # (not supported yet: see docs/cluster.md).
+    # The CLI on a settled tenant changes nothing.
     again = placed.cli("promote-tenant", tenant)
     assert again["shards"] == placement["shards"] and again["phase"] == "settled"
+
+    # The dedicated tenant split in two (CLI) while it is written to: every document, the old
+    # and the new, is found on its new shard afterwards, on every replica.
+    writer = threading.Thread(target=put_during, args=(placed, tenant, "late", 15), daemon=True)
+    writer.start()
+    split = placed.cli("promote-tenant", tenant, "--shards", "2")
+    writer.join(timeout=300)
+    assert split["phase"] == "settled" and len(split["shards"]) == 2  # type: ignore[arg-type]
+    assert not set(split["shards"]) & set(placement["shards"])  # type: ignore[arg-type]
+    docs = [f"grow-{i}" for i in range(THRESHOLD)] + [f"late-{i}" for i in range(15)]
+    wait_for(lambda: live_at_least(placed, [(tenant, d, 1) for d in docs]), 120, "the late writes")
+    missing = [d for d in docs if not found_on_every_replica(placed, tenant, split, d)]
+    assert missing == [], "after the split"
+    # Split again only into a multiple of its shards (each new shard has one old one as its
+    # source); never merged.
+    refused = placed.cli_error("promote-tenant", tenant, "--shards", "3")
+    assert refused["error"]["code"] == "invalid_parameter", refused  # type: ignore[index]
+
+
+def put_during(placed: Placed, tenant: str, prefix: str, count: int) -> None:
+    """Write ``count`` new documents of ``tenant``, one every 0.3 s (asserting each accepted)."""
+    with placed.client() as client:
+        for i in range(count):
+            assert put(client, placed, tenant, f"{prefix}-{i}").status_code == 202
+            time.sleep(0.3)
+
+
+def found_on_every_replica(
+    placed: Placed, tenant: str, placement: dict[str, object], doc_id: str
+) -> bool:
+    """Whether every replica of the shard ``doc_id`` belongs to in ``placement`` finds it by
+    its marker (asked by name over NATS), and no replica of the tenant's other shards does."""
+    shards = placement["shards"]
+    assert isinstance(shards, list)
+    home = shards[zlib.crc32(doc_id.encode()) % len(shards)]
+    marker = f"marker{zlib.crc32(doc_id.encode())}"
+    for shard in shards:
+        for node in hosted_replicas(placed, shard):
+            call = SearchCall(tenant, shard, SearchMode.KEYWORD, 3, None, marker, {}, Fusion.RRF)
+            hits = [h.doc_id for h in ask_replica(placed.state, call, node)]
+            if (doc_id in hits) != (shard == home):
+                return False
+    return True

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shardrag.cluster.placement import Mover, wanted_shards
+from shardrag.cluster.placement import Mover, source_of, wanted_shards
 from shardrag.cluster.shardmap import Layout, Move, NodeInfo, Placement, SqliteShardMap
 from shardrag.engine import EngineSettings, ShardEngine
-from shardrag.errors import ShardMapConflict
+from shardrag.errors import InvalidParameter, ShardMapConflict
 from shardrag.models import Chunk, EmbeddedChunk
 
 LAYOUT = Layout(shards=2, replicas=2, model="m", dimension=4)
@@ -49,10 +49,32 @@ def test_size_thresholds_promote_then_split() -> None:
     assert wanted_shards(100, shared, LAYOUT, promote_at=100, split_at=0) == 1
     assert wanted_shards(100, shared, LAYOUT, promote_at=0, split_at=0) is None
     assert wanted_shards(450, shared, LAYOUT, promote_at=100, split_at=200) == 3
-    dedicated = Placement((2,))  # not split again (yet)
-    assert wanted_shards(450, dedicated, LAYOUT, promote_at=100, split_at=200) is None
+    dedicated = Placement((2,))
+    assert wanted_shards(450, dedicated, LAYOUT, promote_at=100, split_at=200) == 3
+    assert wanted_shards(200, dedicated, LAYOUT, promote_at=100, split_at=200) is None
+    assert wanted_shards(450, dedicated, LAYOUT, promote_at=100, split_at=0) is None
+    # A dedicated tenant splits into a multiple of its shards, and is never merged back.
+    two = Placement((3, 4))
+    assert wanted_shards(450, two, LAYOUT, promote_at=100, split_at=200) == 4
+    assert wanted_shards(900, two, LAYOUT, promote_at=100, split_at=200) == 6
+    assert wanted_shards(10, two, LAYOUT, promote_at=100, split_at=200) is None
     moving = Placement((1,), target=(2,))
     assert wanted_shards(10_000, moving, LAYOUT, promote_at=100, split_at=200) is None
+
+
+def test_each_shard_of_a_split_has_the_one_source_holding_all_its_documents() -> None:
+    # A split of k shards into n (a multiple of k): every document of bucket b of the new
+    # placement is on the one old shard ``source_of`` names, so a new replica can start from
+    # that shard's snapshot alone.
+    for old in [(1,), (5, 6), (7, 8, 9)]:
+        for n in (len(old) * 2, len(old) * 3):
+            new = Placement(tuple(range(100, 100 + n)))
+            for i in range(2_000):
+                doc = f"doc-{i}"
+                bucket = new.shards.index(new.shard_of(doc))
+                assert source_of(old, bucket) == (Placement(old).shard_of(doc),)
+                move = Move(new.shards[bucket], "t", source_of(old, bucket), bucket, n)
+                assert move.keeps("t", doc)
 
 
 def test_the_sqlite_map_allocates_shards_once_and_compares_and_sets_placements(
@@ -86,6 +108,35 @@ def _beat(shard_map: SqliteShardMap, node_id: str, shards: list[int]) -> None:
     shard_map.heartbeat(
         NodeInfo(node_id, 1, "h", dict.fromkeys(shards, 0), heartbeat_at=time.time())
     )
+
+
+def test_a_dedicated_tenant_is_split_into_a_multiple_of_its_shards_each_with_one_source(
+    tmp_path: Path,
+) -> None:
+    shard_map = SqliteShardMap(tmp_path / "map.sqlite3")
+    shard_map.init_layout(LAYOUT)
+    for node in ("node-1", "node-2", "node-3"):
+        _beat(shard_map, node, [])
+    shard_map.add_shards(2)  # the tenant's dedicated shards 2 and 3
+    shard_map.place_tenant("t", [2, 3])
+    mover = Mover(shard_map, log=None, registry=None)  # type: ignore[arg-type]
+    for refused in (1, 3, 5):  # a merge, or not a multiple of 2
+        with pytest.raises(InvalidParameter):
+            mover.promote("t", refused)
+    placement = shard_map.placement("t")
+    assert placement is not None and placement.shards == (2, 3) and placement.phase == "settled"
+    claimed = mover._claim("t", placement, 4, LAYOUT)
+    mover._fill("t", claimed, LAYOUT)
+    assert claimed.target == (4, 5, 6, 7)
+    moves = [shard_map.move(s) for s in claimed.target]
+    assert [(m.sources, m.bucket, m.buckets) for m in moves if m] == [
+        ((2,), 0, 4),
+        ((3,), 1, 4),
+        ((2,), 2, 4),
+        ((3,), 3, 4),
+    ]
+    assert all(len(shard_map.replicas(s).nodes) == 2 for s in claimed.target)
+    shard_map.close()
 
 
 def test_a_rebalance_plan_evens_replicas_without_putting_two_on_one_node(

@@ -262,8 +262,15 @@ class IndexNode:
         )
 
     def _start_from_source(self, move: Move, engine_dir: Path) -> None:
-        """A new replica of a shard a move fills: the first source's newest snapshot, less
-        every document that is not the move's; the source's log is followed from there."""
+        """A new replica of a shard a move fills: its source's newest snapshot, less every
+        document that is not the move's; the source's log is followed from there. A move has
+        one source (``placement.source_of``): a snapshot of a second one could not be
+        unpacked into the same directory, and following its log alone would miss the
+        documents copied into it by its own move."""
+        if len(move.sources) != 1:
+            raise InvalidParameter(
+                f"shard {move.shard_id}'s move has sources {list(move.sources)}; one is needed"
+            )
         source = move.sources[0]
         snapshot = self.shard_map.snapshot(source)
         if snapshot is None:

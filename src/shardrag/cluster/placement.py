@@ -15,9 +15,9 @@ placement so that any mover can resume it (``shardrag cluster promote-tenant`` a
    (a writer reads the placement after its version is pending, so every version pending
    before the flip was routed before it, to an old shard) and reads go to the new shards,
    whose replicas must have followed the old logs to their heads as read at query time
-   (``min_source``): no document is missing, none shows twice. The phase ends when every
-   version of the tenant pending at the flip is decided, api processes have forgotten the
-   old placement (10 s, more than the 8 s they may keep it), and every replica has followed
+   (``min_source``): no document is missing, none shows twice. The phase ends when api
+   processes have forgotten the old placement (10 s, more than the 8 s they may keep it),
+   every version of the tenant begun before then is decided, and every replica has followed
    the old logs to their heads read after that.
 3. **settled** — the placement drops ``source``; the moves are marked done (replicas stop
    following and snapshot the shard, so a later replica starts with the copied documents);
@@ -92,18 +92,19 @@ class Mover:
         placement = self._placement(tenant)
         layout = self._layout()
         if placement.phase == "settled":
+            have = len(placement.shards)
             dedicated = all(s >= layout.shards for s in placement.shards)
-            if dedicated and len(placement.shards) == shards:
+            if dedicated and have == shards:
                 self.progress(f"tenant {tenant} already has {shards} dedicated shard(s)")
                 return placement
-            if dedicated:
-                # A re-split from dedicated shards lost documents in one of three test runs
-                # (a race not found yet): refused until it is (docs/cluster.md).
+            if dedicated and shards % have:
+                # Each new shard must have one source: its documents (crc32 % shards) are
+                # then all on one old shard (crc32 % have), whose snapshot it starts from.
                 raise InvalidParameter(
-                    f"tenant {tenant} has dedicated shards {list(placement.shards)}; splitting "
-                    "it again is not supported yet (a tenant is split when it is promoted "
-                    "from a shared shard: promote-tenant --shards N)",
+                    f"tenant {tenant} has {have} dedicated shards; it can be split into a "
+                    f"multiple of {have} (not {shards}); merging shards is not supported",
                     tenant=tenant,
+                    shards=shards,
                 )
             placement = self._claim(tenant, placement, shards, layout)
         if placement.phase == "copying":
@@ -148,7 +149,7 @@ class Mover:
         for bucket, shard_id in enumerate(placement.target):
             if self.shard_map.move(shard_id) is None:
                 self.shard_map.set_move(
-                    Move(shard_id, tenant, placement.shards, bucket, count if count > 1 else 1)
+                    Move(shard_id, tenant, source_of(placement.shards, bucket), bucket, count)
                 )
             current = self.shard_map.replicas(shard_id)
             if not current.nodes:
@@ -197,13 +198,14 @@ class Mover:
             move = self.shard_map.move(shard_id)
             if move is None or move.done:
                 continue  # followed to the end already (a resumed move)
+            wanted = {s: heads[s] for s in move.sources if s in heads}
             for node_id in self.shard_map.replicas(shard_id).nodes:
                 node: NodeInfo | None = live.get(node_id)
                 followed = node.sources.get(shard_id, {}) if node else {}
                 if node is None or shard_id not in node.applied:
                     behind.append(f"{node_id}/{shard_id} not hosting yet")
-                elif any(followed.get(s, -1) < head for s, head in heads.items()):
-                    behind.append(f"{node_id}/{shard_id} at {followed} of {heads}")
+                elif any(followed.get(s, -1) < head for s, head in wanted.items()):
+                    behind.append(f"{node_id}/{shard_id} at {followed} of {wanted}")
         return behind
 
     def _flip(self, tenant: str, placement: Placement) -> Placement:
@@ -214,7 +216,10 @@ class Mover:
 
     def _drain(self, tenant: str, placement: Placement) -> Placement:
         """Wait out the old placement, then settle it and empty the old shards."""
-        cutoff = placement.flipped_at + 1.0  # created_at of a version comes from another clock
+        # Every version begun before the grace ends is waited for: its writer read the
+        # placement after beginning it, and a read of the map's KV may be served by a replica
+        # a moment behind (and created_at comes from another clock).
+        cutoff = placement.flipped_at + self.grace_seconds
         deadline = time.monotonic() + self.timeout
         while True:
             pending = [p for p in self.registry.pending_versions(tenant) if p.created_at <= cutoff]
@@ -223,8 +228,9 @@ class Mover:
                 break
             if time.monotonic() > deadline:
                 raise Unavailable(
-                    f"draining tenant {tenant}: {len(pending)} version(s) pending since before "
-                    f"the flip after {self.timeout:g} s (run the command again to resume)"
+                    f"draining tenant {tenant}: {len(pending)} version(s) begun during the "
+                    f"grace still pending after {self.timeout:g} s (run the command again to "
+                    "resume)"
                 )
             time.sleep(_POLL)
         self._await_followed(placement.shards, placement.source, "draining")
@@ -359,23 +365,28 @@ class Mover:
         return plan
 
 
+def source_of(shards: tuple[int, ...], bucket: int) -> tuple[int, ...]:
+    """The one shard of ``shards`` holding every document of ``bucket`` of a split into a
+    multiple of ``len(shards)``: crc32 % n == bucket implies crc32 % k == bucket % k."""
+    return (shards[bucket % len(shards)],)
+
+
 def wanted_shards(
     size: int, placement: Placement, layout: Layout, promote_at: int, split_at: int
 ) -> int | None:
     """How many dedicated shards a tenant of ``size`` chunks should have, if that differs from
     what it has (None: leave it). ``promote_at`` chunks promote a tenant of a shared shard to
-    one of its own; past ``split_at`` chunks per shard it is split into more (0: never)."""
+    one of its own; past ``split_at`` chunks per shard it is split into more (0: never), a
+    dedicated tenant into a multiple of its shards."""
     if placement.phase != "settled":
         return None
-    dedicated = all(s >= layout.shards for s in placement.shards)
-    if not dedicated:
-        if promote_at <= 0 or size < promote_at:
+    have = len(placement.shards)
+    if all(s >= layout.shards for s in placement.shards):
+        # Dedicated: split further past ``split_at`` chunks per shard, into a multiple of
+        # the shards it has (``Mover.promote``); never merged back.
+        if split_at <= 0 or size <= split_at * have:
             return None
-        wanted = 1
-    else:
-        return None  # a dedicated tenant is not split again yet (see ``Mover.promote``)
-    if split_at > 0:
-        wanted = max(wanted, math.ceil(size / split_at))
-    if dedicated and wanted == len(placement.shards):
+        return have * math.ceil(math.ceil(size / split_at) / have)
+    if promote_at <= 0 or size < promote_at:
         return None
-    return wanted
+    return max(1, math.ceil(size / split_at)) if split_at > 0 else 1
