@@ -389,10 +389,14 @@ class NatsConsumer:
             return self._pending.pop(message.sequence, None)
 
     def ack(self, message: LogMessage) -> None:
-        """Done with the message."""
-        msg = self._msg(message)
-        if msg is not None:
-            self._log._run(msg.ack_sync())
+        """Done with the message. If the server does not confirm (``Unavailable``) the message
+        stays owed, so the caller may try again."""
+        with self._pending_lock:
+            msg = self._pending.get(message.sequence)
+        if msg is None:
+            return
+        self._log._run(msg.ack_sync())
+        self._msg(message)
 
     def nak(self, message: LogMessage, error: str, delay: float = 0.0) -> bool:
         """Retry after ``delay``, or dead-letter it after the last attempt."""
