@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import shutil
 import signal
@@ -17,14 +18,16 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import httpx
 import nats
 import pytest
 
-from shardrag.cluster.launcher import ClusterSpec, ClusterState, down, up
+from shardrag.cluster.launcher import API_PROCESSES, ClusterSpec, ClusterState, down, up
 from shardrag.cluster.loadgen import VOCABULARY
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.models import Fusion, Hit, SearchMode
@@ -163,13 +166,40 @@ class Load:
     threads: list[threading.Thread] = field(default_factory=list)
 
 
+def spread_clients(cluster: Cluster, count: int) -> list[httpx.Client]:
+    """``count`` keep-alive clients spread evenly over the api processes.
+
+    The kernel picks an api process per connection (SO_REUSEPORT hashes the source port): left
+    to chance, 3 connections all land on one of 2 processes a quarter of the time, and the
+    other process sees no search at all. A connection to a process that already has its share
+    is closed and made again.
+    """
+    share = math.ceil(count / API_PROCESSES)
+    per_process: Counter[int] = Counter()
+    clients: list[httpx.Client] = []
+    for _ in range(40 * count):
+        if len(clients) == count:
+            return clients
+        client = cluster.client()
+        pid = client.get("/healthz").json()["pid"]
+        if per_process[pid] < share:
+            per_process[pid] += 1
+            clients.append(client)
+        else:
+            client.close()
+    for client in clients:
+        client.close()
+    pytest.fail(f"could not spread {count} connections over the api processes: {per_process}")
+
+
 def start_load(cluster: Cluster, clients: int = 3, writes: bool = False) -> Load:
-    """Start the load generator."""
+    """Start the load generator: ``clients`` searchers spread over the api processes."""
     load = Load()
     lock = threading.Lock()
+    connections = spread_clients(cluster, clients)
 
     def searcher(n: int) -> None:
-        with cluster.client() as client:
+        with closing(connections[n]) as client:
             i = 0
             while not load.stop.is_set():
                 i += 1
