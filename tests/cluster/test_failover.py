@@ -20,7 +20,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -89,15 +89,20 @@ def tenant_on(shard: int, shards: int = 2) -> str:
             return tenant
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A cluster with caching off (every search reaches a node) and short timers."""
+@contextmanager
+def running_cluster(
+    tmp_path_factory: pytest.TempPathFactory, prefix: str, env: dict[str, str], seeds: int
+) -> Iterator[Cluster]:
+    """A cluster started by ``up``: 3 nodes, 2 shards x 2 replicas, caching and the rate limit
+    off (every search reaches a node), ``env`` on top; a tenant on each shard with a writer and
+    a reader key and ``seeds`` documents live. Its logs outlive it, for a failure's post-mortem.
+    """
     require(postgres_is_up(), "PostgreSQL on 127.0.0.1:5432")
     require(redis_is_up(), "Redis on 127.0.0.1:6379")
     directory = tmp_path_factory.mktemp("cluster")
     spec = ClusterSpec(
         dir=directory,
-        name=f"fo{secrets.token_hex(3)}",
+        name=f"{prefix}{secrets.token_hex(3)}",
         shards=2,
         replicas=2,
         nodes=3,
@@ -105,8 +110,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         extra_env={
             "SHARDRAG_RESULT_CACHE_ENTRIES": "0",
             "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
-            "SHARDRAG_SNAPSHOT_INTERVAL_SECONDS": "2",
-            "SHARDRAG_REPLICA_TIMEOUT_SECONDS": "1",
+            **env,
         },
     )
     state = up(spec)
@@ -123,15 +127,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                         f"/v1/tenants/{tenant}/keys", json={"role": role}, headers=found.root
                     )
                     keys[tenant] = bearer(key.json()["key"])
-                for i in range(12):
+                for i in range(seeds):
                     put(client, found, tenant, f"seed-{i}", wait=True)
         yield found
     finally:
-        # The logs outlive the cluster, for a failure's post-mortem.
         shutil.copytree(
             directory / "logs", tmp_path_factory.mktemp("cluster-logs"), dirs_exist_ok=True
         )
         down(directory, purge=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A cluster with short timers."""
+    env = {"SHARDRAG_SNAPSHOT_INTERVAL_SECONDS": "2", "SHARDRAG_REPLICA_TIMEOUT_SECONDS": "1"}
+    with running_cluster(tmp_path_factory, "fo", env, seeds=12) as found:
+        yield found
 
 
 def text_of(doc_id: str) -> bytes:

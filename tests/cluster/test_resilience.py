@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,20 +21,17 @@ import httpx
 import pytest
 
 from shardrag.cluster.faults import inject_delay
-from shardrag.cluster.launcher import API_PROCESSES, ClusterSpec, down, up
+from shardrag.cluster.launcher import API_PROCESSES
 from shardrag.cluster.status import cluster_settings
 from shardrag.errors import Unavailable
 from tests.cluster.test_failover import (
     Cluster,
-    bearer,
     lag_of,
-    put,
+    running_cluster,
     start_load,
     stop_load,
-    tenant_on,
     wait_for,
 )
-from tests.support import postgres_is_up, redis_is_up, require
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -50,49 +45,16 @@ DELAY = 2.0
 
 @pytest.fixture(scope="module")
 def resilient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A cluster whose nodes obey fault injection; caching off: every search reaches a node."""
-    require(postgres_is_up(), "PostgreSQL on 127.0.0.1:5432")
-    require(redis_is_up(), "Redis on 127.0.0.1:6379")
-    directory = tmp_path_factory.mktemp("cluster")
-    spec = ClusterSpec(
-        dir=directory,
-        name=f"rs{secrets.token_hex(3)}",
-        shards=2,
-        replicas=2,
-        nodes=3,
-        api_port=0,
-        extra_env={
-            "SHARDRAG_FAULT_INJECTION": "true",
-            "SHARDRAG_RESULT_CACHE_ENTRIES": "0",
-            "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
-            "SHARDRAG_SEARCH_TIMEOUT_SECONDS": str(DEADLINE),
-            "SHARDRAG_REPLICA_TIMEOUT_SECONDS": str(REPLICA_TIMEOUT),
-            "SHARDRAG_BREAKER_FAILURES": "3",
-            "SHARDRAG_BREAKER_COOLDOWN_SECONDS": "2",
-        },
-    )
-    state = up(spec)
-    try:
-        found = Cluster(state, bearer(state.admin_key))
-        with found.client() as client:
-            for shard in (0, 1):
-                tenant = tenant_on(shard)
-                made = client.post("/v1/tenants", json={"id": tenant}, headers=found.root)
-                assert made.status_code == 201, made.text
-                found.tenants[shard] = tenant
-                for role, keys in (("writer", found.writers), ("reader", found.readers)):
-                    key = client.post(
-                        f"/v1/tenants/{tenant}/keys", json={"role": role}, headers=found.root
-                    )
-                    keys[tenant] = bearer(key.json()["key"])
-                for i in range(6):
-                    put(client, found, tenant, f"seed-{i}", wait=True)
+    """A cluster whose nodes obey fault injection, with this module's deadlines."""
+    env = {
+        "SHARDRAG_FAULT_INJECTION": "true",
+        "SHARDRAG_SEARCH_TIMEOUT_SECONDS": str(DEADLINE),
+        "SHARDRAG_REPLICA_TIMEOUT_SECONDS": str(REPLICA_TIMEOUT),
+        "SHARDRAG_BREAKER_FAILURES": "3",
+        "SHARDRAG_BREAKER_COOLDOWN_SECONDS": "2",
+    }
+    with running_cluster(tmp_path_factory, "rs", env, seeds=6) as found:
         yield found
-    finally:
-        shutil.copytree(
-            directory / "logs", tmp_path_factory.mktemp("cluster-logs"), dirs_exist_ok=True
-        )
-        down(directory, purge=True)
 
 
 def each_api_process(cluster: Cluster, read: Callable[[httpx.Client], _T]) -> dict[int, _T]:
