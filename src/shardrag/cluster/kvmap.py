@@ -138,13 +138,16 @@ class NatsShardMap(KeyValueShardMap):
         return sorted((n for n in found if n.heartbeat_at >= since), key=lambda n: n.node_id)
 
     async def _restart_watch(self) -> None:
+        await self._stop_watch()
+        await self._start_watch()
+
+    async def _stop_watch(self) -> None:
         if self._watch is not None:
             watcher, task = self._watch
+            self._watch = None
             task.cancel()
             with contextlib.suppress(Exception):
                 await watcher.stop()
-            self._watch = None
-        await self._start_watch()
 
     async def _start_watch(self) -> None:
         self._watch_started = time.monotonic()
@@ -198,13 +201,6 @@ class NatsShardMap(KeyValueShardMap):
     def close(self) -> None:
         """Stop the watch and close the connection."""
         if self._watch is not None and not self._conn.closed:
-            watcher, task = self._watch
-
-            async def stop() -> None:
-                task.cancel()
-                with contextlib.suppress(Exception):
-                    await watcher.stop()
-
             with contextlib.suppress(ShardragError):
-                self._conn.run(stop())
+                self._conn.run(self._stop_watch())
         self._conn.close()
