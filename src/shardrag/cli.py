@@ -29,6 +29,7 @@ from shardrag.client import ShardragClient
 from shardrag.clikit import console, err_console, errors_reported, print_json
 from shardrag.cluster.commands import cluster_app
 from shardrag.context import AnswerResult
+from shardrag.embed.bundled import BundledEmbedder
 from shardrag.embedded import Shardrag
 from shardrag.errors import InvalidParameter, ShardragError
 from shardrag.ingest import SUPPORTED_EXTENSIONS
@@ -69,21 +70,50 @@ DEFAULT_DATA_DIR = Path("./shardrag-data")
 INGEST_BATCH_BYTES = 16 * 1024 * 1024
 
 
-def _open(data_dir: Path) -> Shardrag:
-    return Shardrag.open(data_dir)
+def _open(data_dir: Path, reading: bool = False) -> Shardrag:
+    # A command that only reads does not run the write pipeline (which would keep the command
+    # waiting for its stage threads to stop); the next writer picks up anything pending.
+    return Shardrag.open(data_dir, stages="none") if reading else Shardrag.open(data_dir)
 
 
 @contextmanager
-def _backend(data_dir: Path, url: str | None, api_key: str | None) -> Iterator[Backend]:
+def _backend(
+    data_dir: Path, url: str | None, api_key: str | None, reading: bool = False
+) -> Iterator[Backend]:
     """The server at ``url`` when given (with ``api_key``), else the data dir."""
     if url is None:
-        with _open(data_dir) as rag:
+        with _open(data_dir, reading) as rag:
             yield rag
         return
     if not api_key:
         raise InvalidParameter("--url needs --api-key (or SHARDRAG_API_KEY)")
     with ShardragClient(url, api_key) as client:
         yield client
+
+
+def _load_model(rag: Backend, quiet: bool) -> None:
+    """Load the local embedding model, with a spinner if that takes more than half a second."""
+    if not isinstance(rag, Shardrag) or not isinstance(rag.embedder, BundledEmbedder):
+        return
+    status = console.status("loading the embedding model ...", spinner="dots")
+    lock = threading.Lock()
+    loaded = False
+
+    def show() -> None:
+        with lock:
+            if not loaded:
+                status.start()
+
+    timer = threading.Timer(0.5, show)
+    if not quiet:
+        timer.start()
+    try:
+        rag.embedder.encoder()
+    finally:
+        timer.cancel()
+        with lock:
+            loaded = True
+            status.stop()
 
 
 def _progress() -> Progress:
@@ -260,7 +290,8 @@ def query(
     as_json: JsonFlag = False,
 ) -> None:
     """Search a tenant's documents."""
-    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key, reading=True) as rag:
+        _load_model(rag, quiet=as_json)
         hits = rag.search(tenant, text, k=k, mode=mode, filters=parse_filters(filters or []))
     if as_json:
         print_json({"hits": [h.to_dict() for h in hits]})
@@ -292,7 +323,8 @@ def ask(
     as_json: JsonFlag = False,
 ) -> None:
     """Answer a question from a tenant's documents, with numbered citations."""
-    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+    with errors_reported(as_json), _backend(data_dir, url, api_key, reading=True) as rag:
+        _load_model(rag, quiet=as_json)
         result = rag.answer(tenant, question, k=k, max_context_tokens=max_context_tokens)
     if as_json:
         print_json(result.to_dict())

@@ -17,6 +17,10 @@ from shardrag.errors import InvalidParameter
 from shardrag.models import Fusion
 
 
+#: The bundled model's runtimes (embed/runtime.py).
+EMBED_RUNTIMES = ("auto", "onnx-int8", "onnx-fp32", "torch-fp32")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of an embedded shardrag; see docs/configuration.md."""
@@ -34,6 +38,12 @@ class Settings:
     #: Texts per model forward pass. 8 is as fast as any size on a 2-core CPU (64 is 18 % slower)
     #: and bounds how long a query waits behind ingestion (~180 ms); docs/benchmarks.md.
     embed_batch_size: int = 8
+    #: The bundled model's runtime: "auto" (int8 ONNX where the CPU has fast integer dot
+    #: products, else fp32 ONNX), "onnx-int8", "onnx-fp32", or "torch-fp32" (the reference,
+    #: needs the extra shardrag[torch]); docs/embedding.md.
+    embed_runtime: str = "auto"
+    #: Where the bundled model's compiled graphs are kept (default ~/.cache/shardrag/models).
+    model_cache_dir: Path | None = None
     embed_url: str | None = None
     embed_model: str | None = None
     embed_api_key: str | None = None
@@ -177,6 +187,7 @@ class Settings:
             "chunk_overlap_tokens": 0 <= self.chunk_overlap_tokens < self.chunk_tokens,
             "embedder": self.embedder in ("bundled", "http"),
             "embed_batch_size": self.embed_batch_size >= 1,
+            "embed_runtime": self.embed_runtime in EMBED_RUNTIMES,
             "max_k": self.max_k >= 1,
             "result_cache_entries": self.result_cache_entries >= 0,
             "answer_context_tokens": self.answer_context_tokens >= 1,
@@ -231,4 +242,6 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise InvalidParameter(f"setting {name}={value!r}: {exc}", setting=name) from exc
     if name == "embed_dimension":
         return int(value)
+    if name == "model_cache_dir":
+        return Path(value)
     return value

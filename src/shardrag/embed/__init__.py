@@ -21,7 +21,11 @@ def open_embedder(settings: Settings) -> Embedder:
         )
     from shardrag.embed.bundled import BundledEmbedder
 
-    return BundledEmbedder(batch_size=settings.embed_batch_size)
+    return BundledEmbedder(
+        batch_size=settings.embed_batch_size,
+        runtime=settings.embed_runtime,
+        cache_dir=settings.model_cache_dir,
+    )
 
 
 __all__ = ["Embedder", "EmbeddingCache", "ModelTokenizer", "open_embedder"]

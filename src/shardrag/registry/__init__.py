@@ -1,6 +1,7 @@
 """Tenants, documents, versions, keys, audit: the protocol and its SQLite and PostgreSQL stores."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from shardrag.errors import InvalidParameter
@@ -12,8 +13,10 @@ from shardrag.registry.base import (
     Registry,
     TenantRecord,
 )
-from shardrag.registry.postgres import PostgresRegistry
 from shardrag.registry.sqlite import SqliteRegistry
+
+if TYPE_CHECKING:
+    from shardrag.registry.postgres import PostgresRegistry
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -31,7 +34,18 @@ def open_registry(data_dir: Path, url: str | None = None) -> Registry:
             setting="registry_url",
             scheme=scheme,
         )
+    from shardrag.registry.postgres import PostgresRegistry
+
     return PostgresRegistry(url)
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is imported only by processes that use PostgreSQL.
+    if name == "PostgresRegistry":
+        from shardrag.registry.postgres import PostgresRegistry
+
+        return PostgresRegistry
+    raise AttributeError(name)
 
 
 __all__ = [

@@ -1,0 +1,140 @@
+"""Sentence encoders of the bundled model: ONNX Runtime (the default) and PyTorch (reference).
+
+An encoder turns a batch of texts into unit-length float32 vectors and knows nothing of
+queueing or batching policy, which the embedder above it owns (embed/bundled.py).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from shardrag.embed.runtime import compiled_graph
+from shardrag.errors import EmbedderUnavailable
+
+Vectors = npt.NDArray[np.float32]
+
+
+class SentenceEncoder(Protocol):
+    """Texts in, unit-length vectors out (one row per text)."""
+
+    runtime: str
+    load_seconds: float
+
+    def encode(self, texts: list[str], single_thread: bool) -> Vectors:
+        """Encode ``texts`` in one pass; on one thread when ``single_thread``."""
+        ...
+
+
+def batch_threads() -> int:
+    """Threads a batch may use: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxEncoder:
+    """The bundled model's ONNX graph on ONNX Runtime's CPU provider.
+
+    Two sessions over the same graph: one thread for single queries (a second thread costs a
+    query more in waiting for a busy core than it saves, docs/benchmarks.md) and every core for
+    batches. The batch session opens on first use, so a CLI query never pays for it. Worker
+    threads sleep instead of spinning between calls: a spinning pool steals the cores from
+    the rest of the process (the engine, the HTTP server).
+    """
+
+    def __init__(self, model_dir: Path, precision: str, cache_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        started = time.perf_counter()
+        self.runtime = f"onnx-{precision}"
+        self.graph = compiled_graph(model_dir, precision, cache_dir)
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # The model's sequence limit, special tokens included (sentence_bert_config.json).
+        self._tokenizer.enable_truncation(max_length=256)
+        self._tokenizer.no_padding()
+        self._sessions: dict[int, Any] = {}
+        self._sessions_lock = threading.Lock()
+        self._session(1)
+        self.load_seconds = time.perf_counter() - started
+
+    def _session(self, threads: int) -> Any:
+        with self._sessions_lock:
+            if threads not in self._sessions:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                try:
+                    self._sessions[threads] = ort.InferenceSession(
+                        str(self.graph.path), options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:  # a corrupt cache file, an unsupported CPU
+                    raise EmbedderUnavailable(
+                        f"ONNX Runtime could not load {self.graph.path}: {exc}",
+                        path=str(self.graph.path),
+                    ) from exc
+            return self._sessions[threads]
+
+    def encode(self, texts: list[str], single_thread: bool) -> Vectors:
+        """Tokenize, pad to the longest text, run the graph (which pools and normalises)."""
+        encodings = self._tokenizer.encode_batch(texts)
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), width), dtype=np.int64)
+        mask = np.zeros((len(texts), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        session = self._session(1 if single_thread else batch_threads())
+        vectors: Vectors = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return vectors
+
+
+class TorchEncoder:
+    """sentence-transformers on PyTorch, fp32: the reference (extra ``shardrag[torch]``)."""
+
+    runtime = "torch-fp32"
+
+    def __init__(self, model_dir: Path) -> None:
+        started = time.perf_counter()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+        except ImportError as exc:
+            raise EmbedderUnavailable(
+                "the torch-fp32 runtime needs the optional extra: pip install 'shardrag[torch]'"
+            ) from exc
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        self._torch = torch
+        self._threads = torch.get_num_threads()
+        self._model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        self.load_seconds = time.perf_counter() - started
+
+    def encode(self, texts: list[str], single_thread: bool) -> Vectors:
+        """``SentenceTransformer.encode`` of the texts as one batch."""
+        threads = 1 if single_thread else self._threads
+        if self._torch.get_num_threads() != threads:
+            self._torch.set_num_threads(threads)
+        vectors: Vectors = self._model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return vectors
