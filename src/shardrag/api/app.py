@@ -52,6 +52,10 @@ def create_app(rag: Shardrag) -> FastAPI:
         pipeline=rag.pipeline_stats,
         cache=lambda: rag.result_cache.stats() if rag.result_cache else None,
         resilience=lambda: _resilience(rag, admission),
+        embedding={
+            "model": rag.embedder.model_id,
+            "runtime": getattr(rag.embedder, "runtime", "unknown"),
+        },
     )
     app = FastAPI(
         title="shardrag",

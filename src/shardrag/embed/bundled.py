@@ -7,14 +7,13 @@ import threading
 from pathlib import Path
 
 from shardrag.embed.encoders import OnnxEncoder, SentenceEncoder, TorchEncoder
-from shardrag.embed.runtime import choose_runtime, default_cache_dir
+from shardrag.embed.runtime import BUNDLED_DIMENSION, choose_runtime, default_cache_dir
 from shardrag.embed.tokenizer import ModelTokenizer, bundled_tokenizer
 from shardrag.errors import EmbedderUnavailable
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-BUNDLED_DIMENSION = 384
 
 _encoders: dict[tuple[str, Path], SentenceEncoder] = {}
 _encoders_lock = threading.Lock()

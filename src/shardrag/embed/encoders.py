@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from shardrag.embed.runtime import compiled_graph
+from shardrag.embed.runtime import BUNDLED_DIMENSION, compiled_graph
 from shardrag.errors import EmbedderUnavailable
 
 Vectors = npt.NDArray[np.float32]
@@ -33,7 +33,11 @@ class SentenceEncoder(Protocol):
 
 
 def batch_threads() -> int:
-    """Threads a batch may use: the CPUs this process may run on."""
+    """Threads a batch may use: ``OMP_NUM_THREADS`` when set (a container's CPU limit, which
+    the process cannot see), else the CPUs this process may run on."""
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -55,6 +59,7 @@ class OnnxEncoder:
 
         started = time.perf_counter()
         self.runtime = f"onnx-{precision}"
+        self.dimension = BUNDLED_DIMENSION
         self.graph = compiled_graph(model_dir, precision, cache_dir)
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         # The model's sequence limit, special tokens included (sentence_bert_config.json).
@@ -88,16 +93,20 @@ class OnnxEncoder:
             return self._sessions[threads]
 
     def encode(self, texts: list[str], single_thread: bool) -> Vectors:
-        """Tokenize, pad to the longest text, run the graph (which pools and normalises)."""
-        encodings = self._tokenizer.encode_batch(texts)
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), width), dtype=np.int64)
-        mask = np.zeros((len(texts), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
+        """Each text in a pass of its own, at its own length (no padding).
+
+        One text per pass is what makes a vector a function of its text alone: the int8 graph
+        quantizes activations with one scale per pass, so a text batched with others would
+        come out slightly different from the same text alone (the same passage embedded
+        twice must give the same vector; a query must match its text embedded at ingest).
+        It is also the fastest way on a CPU: no compute spent on padding (docs/embedding.md).
+        """
         session = self._session(1 if single_thread else batch_threads())
-        vectors: Vectors = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for row, encoding in enumerate(self._tokenizer.encode_batch(texts)):
+            ids = np.asarray([encoding.ids], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            vectors[row] = session.run(None, feed)[0][0]
         return vectors
 
 

@@ -31,6 +31,7 @@ class HttpEmbedder:
         self.url = url.rstrip("/") + "/embeddings"
         self.model = model
         self.model_id = f"http:{model}"
+        self.runtime = "http"
         self.batch_size = batch_size
         self.tokenizer = tokenizer or bundled_tokenizer()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -34,6 +34,7 @@ from shardrag.errors import EmbedderUnavailable
 log = logging.getLogger(__name__)
 
 RUNTIMES = EMBED_RUNTIMES
+BUNDLED_DIMENSION = 384
 _INT8_FLAGS = frozenset({"avx2", "avx512_vnni", "avx_vnni", "amx_int8"})
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -162,8 +162,18 @@ class Metrics:
         pipeline: Callable[[], PipelineStats],
         cache: Callable[[], CacheStats | None],
         resilience: Callable[[], ResilienceStats] = ResilienceStats,
+        embedding: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        if embedding:
+            # Which model and runtime embed here (e.g. onnx-int8), as labels of a constant 1.
+            info = Gauge(
+                "shardrag_embedder_info",
+                "The embedding model and the runtime that runs it in this process",
+                sorted(embedding),
+                registry=self.registry,
+            )
+            info.labels(**embedding).set(1)
         self.request_seconds = Histogram(
             "shardrag_http_request_duration_seconds",
             "HTTP request latency by route template, method and status",
