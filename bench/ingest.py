@@ -35,7 +35,7 @@ from rich.table import Table
 
 from bench.cisi_to_beir import DEFAULT_SOURCE, convert_cisi
 from shardrag import DocumentInput, Shardrag
-from shardrag.embed.bundled import _load_sentence_transformer, bundled_model_dir
+from shardrag.embed.bundled import bundled_model_dir
 from shardrag.ingest import Chunker, parse
 from shardrag.pipeline import DOCUMENTS_PER_BATCH
 
@@ -67,8 +67,11 @@ def unique_chunk_texts(rag: Shardrag, documents: list[DocumentInput]) -> list[st
 
 
 def bare_encode(texts: list[str], batch_size: int) -> float:
-    """Seconds for SentenceTransformer.encode over ``texts`` (the model is already loaded)."""
-    model = _load_sentence_transformer(bundled_model_dir())
+    """Seconds for SentenceTransformer.encode (PyTorch fp32, the reference) over ``texts``."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
+    model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
     start = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
     return time.perf_counter() - start

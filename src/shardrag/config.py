@@ -16,7 +16,6 @@ from typing import Any
 from shardrag.errors import InvalidParameter
 from shardrag.models import Fusion
 
-
 #: The bundled model's runtimes (embed/runtime.py).
 EMBED_RUNTIMES = ("auto", "onnx-int8", "onnx-fp32", "torch-fp32")
 

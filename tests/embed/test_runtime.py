@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bench.cisi_to_beir import convert_cisi
+from tests.support import CISI_DIR, REPO_ROOT, require
 
 from shardrag.embed.bundled import BundledEmbedder, bundled_model_dir, load_encoder
 from shardrag.embed.encoders import OnnxEncoder, TorchEncoder
 from shardrag.embed.runtime import choose_runtime, compiled_graph
-from tests.support import CISI_DIR, REPO_ROOT, require
 
 PASSAGES = 300
 
@@ -42,7 +42,9 @@ def reference(passages: list[str]) -> np.ndarray:
 
 
 def _encode_all(encoder: OnnxEncoder | TorchEncoder, texts: list[str]) -> np.ndarray:
-    rows = [encoder.encode(texts[i : i + 16], single_thread=False) for i in range(0, len(texts), 16)]
+    rows = [
+        encoder.encode(texts[i : i + 16], single_thread=False) for i in range(0, len(texts), 16)
+    ]
     return np.concatenate(rows)
 
 

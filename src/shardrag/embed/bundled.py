@@ -84,11 +84,11 @@ class BundledEmbedder:
     with two threads on a busy 2-core machine its p99 grew several-fold; a batch uses every
     thread. Batches are sorted by length here and encoded one model batch at a time, so a
     query waits for one model batch at most, never for a whole ingest call. Queries that
-    arrive while the model is busy are embedded together in one forward pass when it frees up
-    (the first of them leads the pass), so concurrent searches share the model instead of
-    queueing one by one; a query that finds the model idle goes at once. A group of several
-    queries uses every thread: with that many searches waiting, the machine is busy with
-    queries, not with an ingest to protect.
+    arrive while the model is busy are embedded together in one turn when it frees up (the
+    first of them leads it), so concurrent searches share the model's threads instead of
+    queueing one by one for the lock; a query that finds the model idle goes at once. A group
+    of several queries uses every thread: with that many searches waiting, the machine is busy
+    with queries, not with an ingest to protect.
     """
 
     model_id = BUNDLED_MODEL_ID
@@ -128,7 +128,7 @@ class BundledEmbedder:
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed passages, shortest first in batches of ``batch_size``; vectors are unit length."""
-        # Similar lengths in one batch means little padding (what encode's own sort does).
+        # Similar lengths in one batch: little padding where the runtime pads (torch-fp32).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[list[float]] = [[] for _ in texts]
         for start in range(0, len(order), self.batch_size):

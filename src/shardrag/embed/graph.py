@@ -22,7 +22,13 @@ import numpy as np
 
 OPSET = 17
 # Bumped whenever the graph this module writes changes, so cached builds are rebuilt.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
+
+
+def ffn_output_matmuls(layers: int) -> list[str]:
+    """Names of the feed-forward down-projections (their input is the GELU's output, whose
+    outliers an int8 scale per pass represents worst)."""
+    return [f"encoder.layer.{i}.output.dense.matmul" for i in range(layers)]
 
 
 class _GraphBuilder:
@@ -46,8 +52,11 @@ class _GraphBuilder:
         self.initializers.append(self._numpy_helper.from_array(value, name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> Any:
-        names = [self._name(op_type.lower()) for _ in range(outputs)]
+    def op(
+        self, op_type: str, *inputs: str, outputs: int = 1, label: str | None = None, **attrs: Any
+    ) -> Any:
+        """Add a node; ``label`` names it (and its output) for tools that pick nodes by name."""
+        names = [label] if label else [self._name(op_type.lower()) for _ in range(outputs)]
         self.nodes.append(
             self._helper.make_node(op_type, list(inputs), names, name=names[0], **attrs)
         )
@@ -76,7 +85,7 @@ def build_bert_graph(model_dir: Path) -> bytes:
     def linear(x: str, prefix: str) -> str:
         weight = g.const(f"{prefix}.w", w(f"{prefix}.weight").T.copy())
         bias = g.const(f"{prefix}.b", w(f"{prefix}.bias"))
-        return str(g.op("Add", g.op("MatMul", x, weight), bias))
+        return str(g.op("Add", g.op("MatMul", x, weight, label=f"{prefix}.matmul"), bias))
 
     def layer_norm(x: str, prefix: str) -> str:
         gamma = g.const(f"{prefix}.g", w(f"{prefix}.weight"))
@@ -93,9 +102,9 @@ def build_bert_graph(model_dir: Path) -> bytes:
         g.const("one", np.array([1], dtype=np.int64)),
         g.const("two", np.array([2], dtype=np.int64)),
     )
-    positions = w("embeddings.position_embeddings.weight") + w(
-        "embeddings.token_type_embeddings.weight"
-    )[0]
+    positions = (
+        w("embeddings.position_embeddings.weight") + w("embeddings.token_type_embeddings.weight")[0]
+    )
     position_rows = g.op(
         "Slice",
         g.const("positions", positions.astype(np.float32)),
@@ -123,10 +132,19 @@ def build_bert_graph(model_dir: Path) -> bytes:
         qkv_w = np.concatenate(
             [w(f"{p}.attention.self.{n}.weight").T for n in ("query", "key", "value")], axis=1
         )
-        qkv_b = np.concatenate([w(f"{p}.attention.self.{n}.bias") for n in ("query", "key", "value")])
-        qkv = g.op("Add", g.op("MatMul", x, g.const(f"{p}.qkv.w", qkv_w)), g.const(f"{p}.qkv.b", qkv_b))
-        q, k, v = g.op("Split", qkv, g.const("split", np.array([hidden] * 3, dtype=np.int64)),
-                       axis=2, outputs=3)
+        qkv_b = np.concatenate(
+            [w(f"{p}.attention.self.{n}.bias") for n in ("query", "key", "value")]
+        )
+        qkv = g.op(
+            "Add", g.op("MatMul", x, g.const(f"{p}.qkv.w", qkv_w)), g.const(f"{p}.qkv.b", qkv_b)
+        )
+        q, k, v = g.op(
+            "Split",
+            qkv,
+            g.const("split", np.array([hidden] * 3, dtype=np.int64)),
+            axis=2,
+            outputs=3,
+        )
         q = g.op("Transpose", g.op("Reshape", q, shape_heads), perm=[0, 2, 1, 3])
         k = g.op("Transpose", g.op("Reshape", k, shape_heads), perm=[0, 2, 3, 1])
         v = g.op("Transpose", g.op("Reshape", v, shape_heads), perm=[0, 2, 1, 3])
@@ -142,7 +160,10 @@ def build_bert_graph(model_dir: Path) -> bytes:
             g.op("Mul", inner, g.const("half", np.array(0.5, dtype=np.float32))),
             g.op(
                 "Add",
-                g.op("Erf", g.op("Div", inner, g.const("sqrt2", np.array(math.sqrt(2), dtype=np.float32)))),
+                g.op(
+                    "Erf",
+                    g.op("Div", inner, g.const("sqrt2", np.array(math.sqrt(2), dtype=np.float32))),
+                ),
                 g.const("one_f", np.array(1.0, dtype=np.float32)),
             ),
         )
