@@ -172,6 +172,18 @@ def query_in_another_process(env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+def test_doctor_reports_the_runtime_it_picked_for_this_cpu() -> None:
+    from shardrag.embed.runtime import choose_runtime
+
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.stdout
+    report = json.loads(result.stdout)
+    assert report["embed_runtime"] == choose_runtime("auto")
+    assert report["embed_runtime_setting"] == "auto"
+    assert report["model_load_seconds"] > 0 and report["query_embed_ms"] > 0
+    assert Path(report["graph"]).is_file()
+
+
 def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with Shardrag.open(data) as rag:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from tests.api.conftest import ApiUnderTest, open_api
 
+from shardrag.embed.runtime import choose_runtime
+
 
 def test_health_and_readiness_need_no_key(api: ApiUnderTest) -> None:
     assert api.client.get("/healthz").json()["status"] == "ok"
@@ -57,6 +59,10 @@ def test_metrics_count_latency_per_route_cache_hits_and_documents_by_state(
     assert _sample(after, hits, kind="search") - _sample(before, hits, kind="search") == 2
     assert _sample(after, "shardrag_cache_misses_total", kind="search") >= 1
     assert _sample(after, "shardrag_documents", state="live") >= 1
+    # Which runtime embeds in this process, as the embedder itself reports it.
+    runtime = choose_runtime("auto")
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    assert _sample(after, "shardrag_embedder_info", model=model, runtime=runtime) == 1
 
 
 def test_a_key_over_its_rate_limit_gets_429_with_retry_after(tmp_path: Path) -> None:
