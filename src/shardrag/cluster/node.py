@@ -82,6 +82,11 @@ class HostedReplica:
     following: threading.Event = field(default_factory=threading.Event)
     #: Snapshot at the next step whatever the interval (a move just completed).
     snapshot_due: bool = False
+    #: A new replica (from a snapshot, a move's source or the log's start) answers no search
+    #: until it has applied its log to this offset, the head when it was placed here: before
+    #: that it would answer from a past state, even an empty one (a document missing). A
+    #: replica restarted on its own data answers at once (eventual reads may lag).
+    ready_at: int = 0
 
 
 class IndexNode:
@@ -214,7 +219,11 @@ class IndexNode:
         state_path = self.data_dir / "shards" / f"shard-{shard_id:04d}.applied.json"
         engine_dir = self.shards.root / f"shard-{shard_id:04d}"
         move = self.shard_map.move(shard_id)
-        if not engine_dir.exists():
+        fresh = not engine_dir.exists()
+        # Read before anything is created: if the log does not answer, the next sync retries
+        # this replica as fresh again.
+        ready_at = self.log.last_sequence(shard_subject(shard_id)) if fresh else 0
+        if fresh:
             if move is not None:
                 self._start_from_source(move, engine_dir)
             else:
@@ -231,6 +240,7 @@ class IndexNode:
         )
         replica = HostedReplica(shard_id, self.shards.shard(shard_id), applier)
         replica.snapshot_position = applier.applied(shard_id)
+        replica.ready_at = ready_at
         replica.thread = threading.Thread(
             target=run_until,
             args=(replica.stopped, lambda timeout: self._apply_step(replica, timeout), "index"),
@@ -496,6 +506,9 @@ class IndexNode:
         if replica is None:
             message = f"node {self.node_id} does not host shard {call.shard_id}"
             return SearchReply(self.node_id, 0, None, "shard_unavailable", message).encode()
+        if replica.applier.applied(call.shard_id) < replica.ready_at:
+            message = f"new replica still catching up to offset {replica.ready_at}"
+            return SearchReply(self.node_id, 0, None, "replica_behind", message).encode()
         applied = self._caught_up(replica, call)
         if applied < 0:
             message = f"replica has not followed its sources to {call.min_source} yet"
