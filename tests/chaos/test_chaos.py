@@ -1,4 +1,4 @@
-"""The chaos suite (``make chaos``): every fault of ``shardrag.cluster.chaos`` under load.
+"""The chaos suite (``make chaos``): every fault of ``tests/chaos/harness.py`` under load.
 
 One cluster for all scenarios, with its own Redis and PostgreSQL (restarting the machine's
 would break everyone else's work): 3 NATS servers, 3 index nodes, 2 shards x 2 replicas, the
@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from shardrag.cluster.chaos import (
+from shardrag.cluster.launcher import STATE_FILE, down, find_nats_server, up
+from tests.chaos.harness import (
     SCENARIOS,
     ChaosCluster,
     ChaosTimings,
@@ -30,7 +31,6 @@ from shardrag.cluster.chaos import (
     provision,
     run_scenario,
 )
-from shardrag.cluster.launcher import STATE_FILE, down, find_nats_server, up
 from tests.support import REPO_ROOT, require, require_own_servers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]

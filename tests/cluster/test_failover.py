@@ -28,9 +28,9 @@ import nats
 import pytest
 
 from shardrag.cluster.launcher import API_PROCESSES, ClusterSpec, ClusterState, down, up
-from shardrag.cluster.loadgen import VOCABULARY
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.models import Fusion, Hit, SearchMode
+from tests.chaos.loadgen import VOCABULARY
 from tests.support import postgres_is_up, redis_is_up, require
 
 pytestmark = pytest.mark.timeout(600)

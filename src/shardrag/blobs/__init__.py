@@ -6,6 +6,7 @@ from urllib.parse import unquote, urlsplit
 from shardrag.blobs.base import BlobStore
 from shardrag.blobs.local import LocalBlobStore
 from shardrag.errors import InvalidParameter
+from shardrag.extras import require_extra
 
 
 def open_blob_store(
@@ -24,6 +25,7 @@ def open_blob_store(
         return LocalBlobStore(data_dir / "blobs")
     parts = urlsplit(url)
     if parts.scheme == "s3" and parts.netloc:
+        require_extra("boto3", "cluster", "the S3 blob store")
         from shardrag.blobs.s3 import S3BlobStore  # boto3 loads only when it is used
 
         return S3BlobStore(parts.netloc, unquote(parts.path), endpoint_url, region)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from shardrag.cache.base import CacheCounts, CacheKey, CacheKind, CacheStats, ResultCache
 from shardrag.cache.memory import MemoryResultCache
 from shardrag.errors import InvalidParameter
+from shardrag.extras import require_extra
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -45,6 +46,7 @@ def open_result_cache(
             f"redis_url must start with redis://, rediss:// or unix://, not {scheme!r:.20}",
             setting="redis_url",
         )
+    require_extra("redis", "cluster", "the Redis cache")
     from shardrag.cache.redis import RedisResultCache  # redis-py loads only when it is used
 
     return RedisResultCache(url, prefix, ttl_seconds)

@@ -32,11 +32,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import nats
-import psycopg
-import redis
-from psycopg import sql
 
 from shardrag.errors import Conflict, InvalidParameter, NotFound, Unavailable
+from shardrag.extras import require_extra
+
+# The cluster's own PostgreSQL and Redis are driven with the distributed mode's clients.
+require_extra("psycopg", "cluster", "the local cluster launcher (shardrag cluster ...)")
+require_extra("redis", "cluster", "the local cluster launcher (shardrag cluster ...)")
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from psycopg import sql  # noqa: E402
 
 Role = Literal["nats", "node", "worker", "api", "redis", "postgres"]
 #: ``down`` stops the roles in this order: nothing is left writing to a server already gone.

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from shardrag.errors import InvalidParameter
+from shardrag.extras import require_extra
 from shardrag.registry.access import AuditEvent, KeyRecord, Role, StoredResponse
 from shardrag.registry.base import (
     ManifestEntry,
@@ -34,6 +35,7 @@ def open_registry(data_dir: Path, url: str | None = None) -> Registry:
             setting="registry_url",
             scheme=scheme,
         )
+    require_extra("psycopg", "cluster", "the PostgreSQL registry")
     from shardrag.registry.postgres import PostgresRegistry
 
     return PostgresRegistry(url)

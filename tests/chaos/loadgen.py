@@ -10,7 +10,7 @@ each attempt that was not (an error status, a timeout): only the accepted ones w
 A request counts in the phase (``baseline``, ``fault``, ``recovery``, ...) current when it
 started, except that one that ran while the ``fault`` phase was current counts in ``fault``:
 a search that started before a fault and hung in it met the fault. The chaos suite
-(``cluster/chaos.py``) drives it.
+(``tests/chaos/harness.py``) drives it.
 """
 
 from __future__ import annotations

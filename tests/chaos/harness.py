@@ -1,7 +1,7 @@
 """The chaos suite: one fault at a time injected into a running cluster under load, and what a
 user would check afterwards (docs/chaos.md).
 
-A scenario runs a ``LoadGenerator`` (``cluster/loadgen.py``) through three phases:
+A scenario runs a ``LoadGenerator`` (``tests/chaos/loadgen.py``) through three phases:
 ``baseline`` (no fault), ``fault`` (from the injection until the broken part is back:
 restarted, resumed or cleared, and answering) and ``recovery``. Then every accepted write must
 become live at its version within a bounded wait (the registry says so, and a session read
@@ -46,7 +46,10 @@ import nats
 
 from shardrag.cluster.faults import inject_delay
 from shardrag.cluster.launcher import ClusterSpec, ClusterState
-from shardrag.cluster.loadgen import (
+from shardrag.cluster.status import cluster_settings, read_status
+from shardrag.config import Settings
+from shardrag.errors import InvalidParameter, ShardragError, Unavailable
+from tests.chaos.loadgen import (
     FAULT_PHASE,
     REQUEST_TIMEOUT_SECONDS,
     AcceptedWrite,
@@ -55,9 +58,6 @@ from shardrag.cluster.loadgen import (
     PhaseCounts,
     put_document,
 )
-from shardrag.cluster.status import cluster_settings, read_status
-from shardrag.config import Settings
-from shardrag.errors import InvalidParameter, ShardragError, Unavailable
 
 #: The phases of a scenario, in order; availability is measured in each.
 PHASES = ("baseline", FAULT_PHASE, "recovery")
