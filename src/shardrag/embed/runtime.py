@@ -30,12 +30,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from shardrag.config import EMBED_RUNTIMES
 from shardrag.errors import EmbedderUnavailable
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = EMBED_RUNTIMES
 BUNDLED_DIMENSION = 384
 _INT8_FLAGS = frozenset({"avx2", "avx512_vnni", "avx_vnni", "amx_int8"})
 
