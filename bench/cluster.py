@@ -120,7 +120,7 @@ from shardrag.cluster import open_shard_map  # noqa: E402
 from shardrag.cluster.launcher import STATE_FILE, ClusterSpec, ClusterState, down, up  # noqa: E402
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject  # noqa: E402
 from shardrag.config import Settings  # noqa: E402
-from shardrag.models import Fusion, SearchMode, VersionState  # noqa: E402
+from shardrag.models import SearchMode, ShardQuery, VersionState  # noqa: E402
 from shardrag.natsconn import NatsConnection  # noqa: E402
 from shardrag.pipeline import DOCUMENTS_PER_BATCH  # noqa: E402
 from shardrag.pipeline.events import VersionRef  # noqa: E402
@@ -669,7 +669,7 @@ class LagProbe:
 
     def applied(self, shard: int, node: str) -> int | None:
         """The replica's applied offset, as the node answers now (None: no answer)."""
-        call = SearchCall(WRITE_TENANT, shard, SearchMode.KEYWORD, 1, None, "lag", {}, Fusion.DBSF)
+        call = SearchCall(ShardQuery(WRITE_TENANT, SearchMode.KEYWORD, 1, "lag"), shard)
 
         async def ask() -> bytes:
             subject = search_subject(self.prefix, shard, node)

@@ -78,7 +78,7 @@ from shardrag.engine import ShardEngine  # noqa: E402
 from shardrag.engine import shard as engine_shard  # noqa: E402
 from shardrag.engine.ids import point_id  # noqa: E402
 from shardrag.ingest import Chunker, parse  # noqa: E402
-from shardrag.models import Chunk, EmbeddedChunk, SearchMode  # noqa: E402
+from shardrag.models import Chunk, EmbeddedChunk, SearchMode, ShardQuery  # noqa: E402
 
 console = Console()
 T = TypeVar("T")
@@ -242,7 +242,7 @@ def engine_search_ranking(
 ) -> Ranking:
     """(point id, score) of ``ShardEngine.search``'s hits for the same vector and text."""
     hits = engine.search(
-        tenant, mode, K, dense=query.vector, text=query.text, fusion=rag.settings.fusion
+        ShardQuery(tenant, mode, K, query.text, query.vector, fusion=rag.settings.fusion)
     )
     return [(point_id(tenant, h.doc_id, h.version, h.chunk_index), h.score) for h in hits]
 
@@ -309,7 +309,7 @@ def measure_mode(
 
     def engine_search(query: Query) -> object:
         return engine.search(
-            tenant, mode, K, dense=query.vector, text=query.text, fusion=rag.settings.fusion
+            ShardQuery(tenant, mode, K, query.text, query.vector, fusion=rag.settings.fusion)
         )
 
     return ModeReport(

@@ -107,7 +107,7 @@ from shardrag.embed.bundled import BundledEmbedder  # noqa: E402
 from shardrag.engine import EngineSettings, ShardEngine  # noqa: E402
 from shardrag.engine.shard import BM25, DENSE  # noqa: E402
 from shardrag.ingest import Chunker  # noqa: E402
-from shardrag.models import Chunk, EmbeddedChunk, Fusion, Hit, SearchMode  # noqa: E402
+from shardrag.models import Chunk, EmbeddedChunk, Fusion, Hit, SearchMode, ShardQuery  # noqa: E402
 
 # Wide when written to a log file (not a terminal): the tables have many columns.
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -269,7 +269,7 @@ def calibrate(
 
 
 @dataclass(frozen=True)
-class ShardQuery:
+class ScaleQuery:
     """One query: the tenant it asks, its text and its vector."""
 
     tenant: str
@@ -279,7 +279,7 @@ class ShardQuery:
 
 def make_queries(
     centres: Centres, shape: NoiseShape, count: int, tenants: int, rng: np.random.Generator
-) -> list[ShardQuery]:
+) -> list[ScaleQuery]:
     """The CISI questions cycled to ``count``; every repeat moved by fresh noise (half spread).
 
     Query i asks tenant ``i mod tenants``.
@@ -291,7 +291,7 @@ def make_queries(
         vectors[repeats] + shape.sample(int(repeats.sum()), SPREAD / 2, rng)
     )
     return [
-        ShardQuery(tenant_name(i % tenants), centres.query_texts[i % base], vectors[i])
+        ScaleQuery(tenant_name(i % tenants), centres.query_texts[i % base], vectors[i])
         for i in range(count)
     ]
 
@@ -482,7 +482,7 @@ def load_shard(
 def search_mode(
     engine: ShardEngine,
     mode: SearchMode,
-    queries: list[ShardQuery],
+    queries: list[ScaleQuery],
     fusion: Fusion,
     warmup: int,
     scenario: Scenario,
@@ -500,13 +500,13 @@ def search_mode(
     one after the other, so this assumes each would have a core of its own).
     """
 
-    def asked(query: ShardQuery) -> list[str]:
+    def asked(query: ScaleQuery) -> list[str]:
         return [tenant_name(t) for t in range(scenario.tenants)] if split else [query.tenant]
 
-    def search(call: tuple[ShardQuery, str]) -> list[Hit]:
+    def search(call: tuple[ScaleQuery, str]) -> list[Hit]:
         query, tenant = call
         return engine.search(
-            tenant, mode, K, dense=query.vector.tolist(), text=query.text, fusion=fusion
+            ShardQuery(tenant, mode, K, query.text, query.vector.tolist(), fusion=fusion)
         )
 
     recalls: list[float] = []
@@ -548,7 +548,7 @@ def slowest_per_query(timing: Timing, parts: int) -> Timing:
 
 
 def exact_search(
-    scenario: Scenario, corpus: Corpus, queries: list[ShardQuery], warmup: int
+    scenario: Scenario, corpus: Corpus, queries: list[ScaleQuery], warmup: int
 ) -> tuple[Timing, list[list[int]]]:
     """Time exact search per query over the query's tenant; its top ``K`` are the truth.
 
@@ -577,7 +577,7 @@ def run_scenario(
     scenario: Scenario,
     corpus: Corpus,
     words: list[list[str]],
-    queries: list[ShardQuery],
+    queries: list[ScaleQuery],
     warmup: int,
     work_dir: Path,
 ) -> ScenarioReport:
@@ -707,7 +707,7 @@ def serve_canned_replies(url: str, prefix: str, shards: int, texts: list[str], r
 
         async def answer(msg: Any) -> None:
             call = SearchCall.decode(msg.data)
-            await msg.respond(SearchReply("responder", 0, hits[: call.k]).encode())
+            await msg.respond(SearchReply("responder", 0, hits[: call.query.k]).encode())
 
         for shard in range(shards):
             await client.subscribe(
@@ -732,7 +732,7 @@ class RouterReport:
 def measure_router(
     url: str,
     fanouts: list[int],
-    queries: list[ShardQuery],
+    queries: list[ScaleQuery],
     texts: list[str],
     warmup: int,
     work_dir: Path,
@@ -741,6 +741,7 @@ def measure_router(
     from shardrag.cluster.protocol import SearchCall, SearchReply
     from shardrag.cluster.router import Router
     from shardrag.cluster.shardmap import SqliteShardMap
+    from shardrag.cluster.transport import NatsTransport
     from shardrag.natsconn import NatsConnection
 
     prefix = f"shardscale{secrets.token_hex(4)}"
@@ -759,29 +760,30 @@ def measure_router(
     try:
         if not ready.wait(60):
             raise RuntimeError("the canned responder did not subscribe within 60 s")
-        router = Router(conn, shard_map, prefix)
+        router = Router(NatsTransport(conn, prefix), shard_map, prefix)
         reports = []
         for fanout in fanouts:
 
-            def calls(query: ShardQuery, fanout: int = fanout) -> list[SearchCall]:
+            def calls(query: ScaleQuery, fanout: int = fanout) -> list[SearchCall]:
                 return [
                     SearchCall(
-                        query.tenant,
+                        ShardQuery(
+                            query.tenant,
+                            SearchMode.DENSE,
+                            K,
+                            query.text,
+                            query.vector.tolist(),
+                            fusion=fusion,
+                        ),
                         shard,
-                        SearchMode.DENSE,
-                        K,
-                        query.vector.tolist(),
-                        query.text,
-                        {},
-                        fusion,
                     )
                     for shard in range(fanout)
                 ]
 
-            def routed(query: ShardQuery, fanout: int = fanout) -> object:
+            def routed(query: ScaleQuery, fanout: int = fanout) -> object:
                 return router.search(calls(query, fanout), K)
 
-            def in_process(query: ShardQuery, fanout: int = fanout) -> object:
+            def in_process(query: ScaleQuery, fanout: int = fanout) -> object:
                 merged: list[Hit] = []
                 for call in calls(query, fanout):
                     SearchCall.decode(call.encode())

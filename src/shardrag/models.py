@@ -6,7 +6,7 @@ import base64
 import binascii
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from shardrag.errors import InvalidParameter
@@ -228,10 +228,22 @@ class WriteResult:
     reused_vectors: int = 0
     embedded_chunks: int = 0
     write_token: str | None = None
+    #: The result of an earlier write with the same idempotency key, given again (not part
+    #: of the result's value: ``to_dict`` leaves it out).
+    replayed: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (CLI --json, API); the state is its string value."""
-        return {**asdict(self), "state": self.state.value}
+        values = asdict(self)
+        del values["replayed"]
+        return {**values, "state": self.state.value}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> WriteResult:
+        """The result ``to_dict`` gave (unknown keys are ignored)."""
+        names = {f.name for f in fields(cls)} - {"replayed"}
+        known = {k: v for k, v in values.items() if k in names}
+        return cls(**{**known, "state": VersionState(values["state"])})
 
 
 @dataclass(frozen=True)
@@ -242,6 +254,24 @@ class SearchRequest:
     query: str
     k: int = 10
     mode: SearchMode = SearchMode.HYBRID
+    filters: Metadata = field(default_factory=dict)
+    fusion: Fusion = Fusion.DBSF
+
+
+@dataclass(frozen=True)
+class ShardQuery:
+    """One search as each shard runs it: a validated ``SearchRequest`` with its query vector.
+
+    Built once by the searcher and carried unchanged through the router and the transport to
+    every replica's engine; no layer spells its fields out again.
+    """
+
+    tenant: str
+    mode: SearchMode
+    k: int
+    text: str = ""
+    #: The query's embedding (None for a keyword search).
+    dense: list[float] | None = None
     filters: Metadata = field(default_factory=dict)
     fusion: Fusion = Fusion.DBSF
 

@@ -1,16 +1,15 @@
 """One NATS connection driven from blocking code: nats-py's asyncio on a thread of its own.
 
 The log (``log/nats.py``), the shard map on JetStream key-value and the cluster's request-reply
-(index nodes, router) all talk to NATS from threads that block. Each owns a ``NatsConnection``:
-an event loop on a daemon thread, the connection, and ``run`` to wait for a coroutine there.
+(index nodes, router) all talk to NATS from threads that block, over the process's one
+``NatsConnection`` (``backends.py``): an event loop on a daemon thread (``LoopThread``), the
+connection, and ``run`` to wait for a coroutine there.
 A URL may name several servers of one cluster, separated by commas; the client fails over
 between them and reconnects without limit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shardrag.errors import Unavailable
+from shardrag.loopthread import LoopThread
 
 _T = TypeVar("_T")
 
@@ -35,9 +35,8 @@ class NatsConnection:
     def __init__(self, url: str, timeout: float = 5.0, name: str = "nats") -> None:
         self.url = url
         self.timeout = timeout
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
+        self._loop_thread = LoopThread(name)
+        self.loop = self._loop_thread.loop
         try:
             self.client: Client = self.run(
                 nats.connect(
@@ -49,15 +48,14 @@ class NatsConnection:
                 )
             )
         except BaseException:
-            self._stop_loop()
+            self._loop_thread.close()
             raise
         self.js: JetStreamContext = self.client.jetstream(timeout=timeout)
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
         """Run ``coroutine`` on the connection's loop and wait for it (NATS faults → 503)."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
-            return future.result(timeout=(timeout or self.timeout) + 1)
+            return self._loop_thread.run(coroutine, (timeout or self.timeout) + 1)
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             raise Unavailable(f"NATS: {type(exc).__name__}: {exc}") from exc
 
@@ -90,9 +88,4 @@ class NatsConnection:
         try:
             self.run(self.client.close())
         finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+            self._loop_thread.close()

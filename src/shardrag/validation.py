@@ -18,6 +18,7 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DOC_ID_LENGTH = 512
 MAX_QUERY_CHARS = 4096
 MAX_METADATA_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -47,6 +48,19 @@ def doc_id(value: str) -> str:
             f"document id {value!r} has an empty, '.' or '..' path segment, a leading or "
             "trailing '/', or a backslash",
             doc_id=value[:100],
+        )
+    return value
+
+
+def idempotency_key(value: str) -> str:
+    """An idempotency key: 1-255 printable characters."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        or not value.isprintable()
+    ):
+        raise InvalidParameter(
+            f"an idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters"
         )
     return value
 

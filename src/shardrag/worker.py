@@ -10,21 +10,20 @@ worker of that stage takes the data dir's lock (the api then must not host the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from pathlib import Path
 
-from shardrag.blobs import open_blob_store
+from shardrag.backends import Backends
 from shardrag.config import Settings
 from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
 from shardrag.engine import EngineSettings, ShardSet
 from shardrag.errors import InvalidParameter
 from shardrag.ingest import Chunker
-from shardrag.log import open_log
 from shardrag.pipeline import STAGES, ChunkVectorizer, Pipeline, Retry
-from shardrag.registry import open_registry
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +44,24 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(data_dir) if stage == "index" else None
-    registry = open_registry(data_dir, settings.registry_url)
-    embedder = open_embedder(settings)
-    cache = EmbeddingCache(data_dir / "embeddings.sqlite3", settings.embedding_cache_entries)
-    shards = ShardSet(
-        data_dir / "shards",
-        EngineSettings(dimension=_dimension(data_dir, embedder.dimension)),
-        settings.optimize_threshold,
-    )
-    log = open_log(data_dir, settings.nats_url, settings.log_prefix, settings.log_replicas)
-    try:
+    with contextlib.ExitStack() as opened:
+        if lock is not None:
+            opened.callback(lock.release)
+        backends = Backends.from_settings(settings, f"worker-{stage}")
+        opened.callback(backends.close)
+        embedder = open_embedder(settings)
+        cache = EmbeddingCache(data_dir / "embeddings.sqlite3", settings.embedding_cache_entries)
+        opened.callback(cache.close)
+        shards = ShardSet(
+            data_dir / "shards",
+            EngineSettings(dimension=_dimension(data_dir, embedder.dimension)),
+            settings.optimize_threshold,
+        )
+        opened.callback(shards.close)
         pipeline = Pipeline(
-            log=log,
-            registry=registry,
-            blobs=open_blob_store(
-                data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
-            ),
+            log=backends.log,
+            registry=backends.registry,
+            blobs=backends.blobs,
             chunker=Chunker(
                 embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens
             ),
@@ -74,13 +75,6 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
         logger.info("worker %s running against %s", stage, settings.nats_url)
         stopped.wait()
         pipeline.stop()
-    finally:
-        log.close()
-        shards.close()
-        cache.close()
-        registry.close()
-        if lock is not None:
-            lock.release()
 
 
 def _dimension(data_dir: Path, default: int) -> int:

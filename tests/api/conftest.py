@@ -29,7 +29,7 @@ from shardrag.api import create_app
 from shardrag.cluster.launcher import ClusterState
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.config import Settings
-from shardrag.models import Fusion, SearchMode
+from shardrag.models import SearchMode, ShardQuery
 from shardrag.pipeline.events import shard_subject
 
 ROOT_KEY = "root-key-for-the-test-suite-0123456789"
@@ -97,8 +97,10 @@ def settle_replicas(rag: Shardrag, timeout: float = 30.0) -> None:
     the router caches only results of replicas at the log head). Each replica is asked by
     name, as the router does, with the head as the offset it must have applied.
     """
-    router = rag.router
-    assert router is not None, "settle_replicas needs an api core of a cluster"
+    conn = rag.backends.nats
+    assert rag.settings.cluster and conn is not None, (
+        "settle_replicas needs an api core of a cluster"
+    )
     prefix = rag.settings.log_prefix
     deadline = time.monotonic() + timeout
     for shard_id in range(rag.layout.shards):
@@ -110,20 +112,14 @@ def settle_replicas(rag: Shardrag, timeout: float = 30.0) -> None:
             while True:
                 wait = max(0.0, min(5.0, deadline - time.monotonic()))
                 probe = SearchCall(
-                    tenant="settle",
+                    ShardQuery("settle", SearchMode.KEYWORD, 1, "settle"),
                     shard_id=shard_id,
-                    mode=SearchMode.KEYWORD,
-                    k=1,
-                    dense=None,
-                    text="settle",
-                    filters={},
-                    fusion=Fusion.DBSF,
                     min_applied=head,
                     wait_seconds=wait,
                 )
                 subject = search_subject(prefix, shard_id, node_id)
-                message = router.conn.run(
-                    router.conn.client.request(subject, probe.encode(), timeout=wait + 2.0),
+                message = conn.run(
+                    conn.client.request(subject, probe.encode(), timeout=wait + 2.0),
                     timeout=wait + 5.0,
                 )
                 reply = SearchReply.decode(message.data)

@@ -9,13 +9,11 @@ for them run to their end as they do in production.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import nats.errors
 import pytest
 
 from shardrag.cluster.breaker import Breaker, Breakers, BreakerState
@@ -24,7 +22,8 @@ from shardrag.cluster.protocol import SearchCall, SearchReply
 from shardrag.cluster.router import Router
 from shardrag.cluster.shardmap import NodeInfo, Replicas
 from shardrag.errors import ShardUnavailable
-from shardrag.models import Fusion, Hit, SearchMode
+from shardrag.loopthread import LoopThread
+from shardrag.models import Fusion, Hit, SearchMode, ShardQuery
 
 _T = TypeVar("_T")
 
@@ -162,46 +161,32 @@ def test_the_hedge_delay_never_goes_below_the_floor() -> None:
 
 
 @dataclass
-class FakeMessage:
-    data: bytes
-
-
-@dataclass
-class FakeNats:
-    """Replicas that answer after ``delays[node]`` seconds (or never, within a timeout)."""
+class FakeTransport:
+    """Replicas that answer after ``delays[node]`` seconds (or never, within a timeout), on an
+    event loop of its own: the ``SearchTransport`` surface the router uses."""
 
     delays: dict[str, float] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
+    loop: LoopThread = field(default_factory=lambda: LoopThread("fake-transport"))
 
-    async def request(self, subject: str, payload: bytes, timeout: float) -> FakeMessage:
-        node = subject.rsplit(".", 1)[-1]
+    def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        return self.loop.run(coroutine, timeout + 1)
+
+    async def request(self, call: SearchCall, node_id: str | None, timeout: float) -> SearchReply:
+        node = node_id or "queue-group"
         self.asked.append(node)
         delay = self.delays.get(node, 0.002)
         if delay > timeout:
             await asyncio.sleep(timeout)
-            raise nats.errors.TimeoutError
+            raise TimeoutError
         await asyncio.sleep(delay)
-        call = SearchCall.decode(payload)
-        hit = Hit(doc_id=node, version=1, chunk_index=0, text=call.text, score=1.0, metadata={})
-        return FakeMessage(SearchReply(node, 7, [hit]).encode())
-
-
-class FakeConnection:
-    """The ``NatsConnection`` surface the router uses: a loop on its own thread."""
-
-    def __init__(self, client: FakeNats) -> None:
-        self.client = client
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        return future.result(None if timeout is None else timeout + 1)
+        text = call.query.text
+        hit = Hit(doc_id=node, version=1, chunk_index=0, text=text, score=1.0, metadata={})
+        # Through the wire format, as a node's reply would come.
+        return SearchReply.decode(SearchReply(node, 7, [hit]).encode())
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+        self.loop.close()
 
 
 class FakeMap:
@@ -218,17 +203,18 @@ class FakeMap:
 
 
 @pytest.fixture
-def transport() -> Iterator[FakeNats]:
-    yield FakeNats()
+def transport() -> Iterator[FakeTransport]:
+    fake = FakeTransport()
+    yield fake
+    fake.close()
 
 
 def make_router(
-    transport: FakeNats, nodes: list[str], replica_timeout: float = 0.5, failures: int = 3
-) -> tuple[Router, FakeConnection]:
-    conn = FakeConnection(transport)
+    transport: FakeTransport, nodes: list[str], replica_timeout: float = 0.5, failures: int = 3
+) -> tuple[Router, FakeTransport]:
     router = Router(
-        conn,  # type: ignore[arg-type]
-        FakeMap(nodes),  # type: ignore[arg-type]
+        transport,
+        FakeMap(nodes),
         "test",
         search_timeout=2.0,
         replica_timeout=replica_timeout,
@@ -236,10 +222,10 @@ def make_router(
         breaker_cooldown=0.5,
         hedge_floor=0.02,
     )
-    return router, conn
+    return router, transport
 
 
-CALL = SearchCall("acme", 0, SearchMode.KEYWORD, 3, None, "query", {}, Fusion.RRF)
+CALL = SearchCall(ShardQuery("acme", SearchMode.KEYWORD, 3, "query", fusion=Fusion.RRF), 0)
 
 
 def timed_search(router: Router) -> tuple[str, float]:
@@ -255,7 +241,7 @@ def hedged_search(router: Router) -> tuple[str, float, int]:
     return result.hits[0].doc_id, time.monotonic() - started, result.hedges
 
 
-def test_a_slow_node_is_hedged_around_and_its_breaker_opens(transport: FakeNats) -> None:
+def test_a_slow_node_is_hedged_around_and_its_breaker_opens(transport: FakeTransport) -> None:
     router, conn = make_router(transport, ["fast", "slow"])
     try:
         for _ in range(30):  # fill the shard's latency window
@@ -283,7 +269,7 @@ def test_a_slow_node_is_hedged_around_and_its_breaker_opens(transport: FakeNats)
         conn.close()
 
 
-def test_a_breaker_closes_after_a_successful_trial(transport: FakeNats) -> None:
+def test_a_breaker_closes_after_a_successful_trial(transport: FakeTransport) -> None:
     router, conn = make_router(transport, ["fast", "slow"], failures=1)
     try:
         transport.delays["slow"] = 5.0
@@ -301,7 +287,7 @@ def test_a_breaker_closes_after_a_successful_trial(transport: FakeNats) -> None:
 
 
 def test_a_hedge_loser_that_answers_in_time_does_not_count_as_a_failure(
-    transport: FakeNats,
+    transport: FakeTransport,
 ) -> None:
     router, conn = make_router(transport, ["fast", "sluggish"], failures=1)
     try:
@@ -317,7 +303,7 @@ def test_a_hedge_loser_that_answers_in_time_does_not_count_as_a_failure(
         conn.close()
 
 
-def test_when_every_breaker_is_open_the_replicas_are_still_asked(transport: FakeNats) -> None:
+def test_when_every_breaker_is_open_the_replicas_are_still_asked(transport: FakeTransport) -> None:
     router, conn = make_router(transport, ["a", "b"], replica_timeout=0.05, failures=1)
     try:
         transport.delays.update(a=5.0, b=5.0)
@@ -332,7 +318,9 @@ def test_when_every_breaker_is_open_the_replicas_are_still_asked(transport: Fake
         conn.close()
 
 
-def test_the_replica_with_the_fewest_outstanding_requests_is_asked(transport: FakeNats) -> None:
+def test_the_replica_with_the_fewest_outstanding_requests_is_asked(
+    transport: FakeTransport,
+) -> None:
     router, conn = make_router(transport, ["busy", "idle"], replica_timeout=1.0)
     try:
         transport.delays["busy"] = 0.5

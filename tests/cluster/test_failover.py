@@ -29,7 +29,7 @@ import pytest
 
 from shardrag.cluster.launcher import API_PROCESSES, ClusterSpec, ClusterState, down, up
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
-from shardrag.models import Fusion, Hit, SearchMode
+from shardrag.models import Fusion, Hit, SearchMode, ShardQuery
 from tests.chaos.loadgen import VOCABULARY
 from tests.support import postgres_is_up, redis_is_up, require
 
@@ -435,7 +435,7 @@ def test_a_new_replica_starts_from_a_snapshot_and_catches_up(cluster: Cluster) -
     log = (cluster.state.dir / "logs" / "node-1.log").read_text()
     assert "restored from snapshot" in log
     # node-1's replica answers exactly as an old replica does.
-    call = SearchCall(tenant, 1, SearchMode.KEYWORD, 10, None, "snap", {}, Fusion.RRF)
+    call = SearchCall(ShardQuery(tenant, SearchMode.KEYWORD, 10, "snap", fusion=Fusion.RRF), 1)
     assert ask(cluster, call, "node-1") == ask(cluster, call, "node-2")
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from shardrag.cluster.launcher import ClusterSpec, ClusterState, down, up
 from shardrag.cluster.protocol import SearchCall
-from shardrag.models import Fusion, SearchMode
+from shardrag.models import Fusion, SearchMode, ShardQuery
 from tests.cluster.test_failover import WORDS, ask_replica, bearer, text_of, wait_for
 from tests.support import postgres_is_up, redis_is_up, require
 
@@ -454,7 +454,9 @@ def found_on_every_replica(
     marker = f"marker{zlib.crc32(doc_id.encode())}"
     for shard, nodes in replicas.items():
         for node in nodes:
-            call = SearchCall(tenant, shard, SearchMode.KEYWORD, 3, None, marker, {}, Fusion.RRF)
+            call = SearchCall(
+                ShardQuery(tenant, SearchMode.KEYWORD, 3, marker, fusion=Fusion.RRF), shard
+            )
             hits = [h.doc_id for h in ask_replica(placed.state, call, node)]
             if (doc_id in hits) != (shard == home):
                 return False

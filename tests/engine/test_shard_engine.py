@@ -6,12 +6,13 @@ import hashlib
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shardrag.engine import EngineSettings, ShardEngine
 from shardrag.errors import InvalidParameter
-from shardrag.models import Chunk, EmbeddedChunk, SearchMode
+from shardrag.models import Chunk, EmbeddedChunk, Hit, SearchMode, ShardQuery
 
 DIM = 8
 
@@ -40,6 +41,11 @@ def engine(tmp_path: Path) -> ShardEngine:
     e.close()
 
 
+def find(engine: ShardEngine, tenant: str, mode: SearchMode, k: int, **fields: Any) -> list[Hit]:
+    """``engine.search`` of a ``ShardQuery`` made of these fields."""
+    return engine.search(ShardQuery(tenant, mode, k, **fields))
+
+
 def put(
     engine: ShardEngine, tenant: str, doc: str, version: int, texts: list[str], **meta: object
 ) -> None:
@@ -49,10 +55,10 @@ def put(
 
 def test_pending_points_are_invisible_until_commit(engine: ShardEngine) -> None:
     engine.upsert("acme", "doc", 1, chunks(["alpha replication"]), {}, None)
-    assert engine.search("acme", SearchMode.KEYWORD, 10, text="replication") == []
+    assert find(engine, "acme", SearchMode.KEYWORD, 10, text="replication") == []
     assert engine.count("acme", "doc", 1).pending == 1
     engine.commit("acme", "doc", 1)
-    hits = engine.search("acme", SearchMode.KEYWORD, 10, text="replication")
+    hits = find(engine, "acme", SearchMode.KEYWORD, 10, text="replication")
     assert [(h.doc_id, h.version) for h in hits] == [("doc", 1)]
 
 
@@ -61,7 +67,7 @@ def test_commit_replaces_older_versions_and_is_idempotent(engine: ShardEngine) -
     put(engine, "acme", "doc", 2, ["replication three"])
     engine.commit("acme", "doc", 2)
     assert engine.count("acme", "doc").live == 1
-    hits = engine.search("acme", SearchMode.KEYWORD, 10, text="replication")
+    hits = find(engine, "acme", SearchMode.KEYWORD, 10, text="replication")
     assert {h.version for h in hits} == {2}
 
 
@@ -69,7 +75,7 @@ def test_replaying_an_old_commit_never_removes_a_newer_version(engine: ShardEngi
     put(engine, "acme", "doc", 1, ["replication one"])
     put(engine, "acme", "doc", 2, ["replication two"])
     engine.commit("acme", "doc", 1)  # a redelivered, older commit
-    hits = engine.search("acme", SearchMode.KEYWORD, 10, text="replication")
+    hits = find(engine, "acme", SearchMode.KEYWORD, 10, text="replication")
     assert [h.version for h in hits] == [2]
 
 
@@ -78,9 +84,9 @@ def test_abort_removes_only_the_failed_version(engine: ShardEngine) -> None:
     engine.upsert("acme", "doc", 2, chunks(["replication broken"]), {}, None)
     engine.abort("acme", "doc", 2)
     assert engine.count("acme", "doc", 2).pending == 0
-    assert [
-        h.version for h in engine.search("acme", SearchMode.KEYWORD, 5, text="replication")
-    ] == [1]
+    assert [h.version for h in find(engine, "acme", SearchMode.KEYWORD, 5, text="replication")] == [
+        1
+    ]
 
 
 def test_tombstone_commit_deletes_every_chunk(engine: ShardEngine) -> None:
@@ -101,7 +107,7 @@ def test_searches_never_see_a_commit_half_applied(engine: ShardEngine) -> None:
     def read() -> None:
         while not stop.is_set():
             seen.add(engine.count("acme", "doc").live)
-            seen.add(len(engine.search("acme", SearchMode.DENSE, 10, dense=vector("a one"))))
+            seen.add(len(find(engine, "acme", SearchMode.DENSE, 10, dense=vector("a one"))))
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
@@ -126,7 +132,8 @@ def test_a_tenant_never_sees_another_tenants_points(engine: ShardEngine) -> None
     put(engine, "b", "same", 1, ["identical text about replication"], owner="b")
     for tenant in ("a", "b"):
         for mode in SearchMode:
-            hits = engine.search(
+            hits = find(
+                engine,
                 tenant,
                 mode,
                 10,
@@ -138,10 +145,10 @@ def test_a_tenant_never_sees_another_tenants_points(engine: ShardEngine) -> None
 
 def test_keyword_scores_ignore_other_tenants_corpora(engine: ShardEngine) -> None:
     put(engine, "a", "doc", 1, ["replication of shards", "failover of nodes"])
-    before = engine.search("a", SearchMode.KEYWORD, 1, text="replication")[0].score
+    before = find(engine, "a", SearchMode.KEYWORD, 1, text="replication")[0].score
     for i in range(50):
         put(engine, "b", f"noise{i}", 1, [f"replication replication item {i}"])
-    after = engine.search("a", SearchMode.KEYWORD, 1, text="replication")[0].score
+    after = find(engine, "a", SearchMode.KEYWORD, 1, text="replication")[0].score
     assert after == pytest.approx(before)
 
 
@@ -150,7 +157,7 @@ def test_metadata_filters(engine: ShardEngine) -> None:
     put(engine, "acme", "dev", 1, ["design replication"], team="dev", level=3, public=False)
 
     def docs(filters: dict[str, object]) -> set[str]:
-        hits = engine.search("acme", SearchMode.KEYWORD, 10, text="replication", filters=filters)
+        hits = find(engine, "acme", SearchMode.KEYWORD, 10, text="replication", filters=filters)
         return {h.doc_id for h in hits}
 
     assert docs({"team": "ops"}) == {"ops"}
@@ -180,6 +187,6 @@ def test_an_abort_after_the_commit_removes_nothing_live(engine: ShardEngine) -> 
     put(engine, "acme", "doc", 1, ["replication one"])
     put(engine, "acme", "doc", 2, ["replication two"])
     engine.abort("acme", "doc", 2)  # late or redelivered abort of a committed version
-    assert [
-        h.version for h in engine.search("acme", SearchMode.KEYWORD, 5, text="replication")
-    ] == [2]
+    assert [h.version for h in find(engine, "acme", SearchMode.KEYWORD, 5, text="replication")] == [
+        2
+    ]

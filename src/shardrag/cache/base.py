@@ -148,3 +148,7 @@ class ResultCache(Protocol):
     def clear(self) -> None:
         """Drop every entry. Hits, misses and evictions keep counting from where they were."""
         ...
+
+    def close(self) -> None:
+        """Release the cache's connections (entries in a shared cache stay)."""
+        ...

@@ -106,6 +106,10 @@ class MemoryResultCache:
                 {kind: counters.snapshot() for kind, counters in self._counters.items()}
             )
 
+    def close(self) -> None:
+        """Drop every entry: nothing else is held."""
+        self.clear()
+
     def clear(self) -> None:
         """Drop every entry; hits, misses and evictions keep their counts."""
         with self._lock:

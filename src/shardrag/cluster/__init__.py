@@ -6,7 +6,10 @@ group per shard). An ``IndexNode`` hosts shard replicas, applies each shard's lo
 answers those requests. ``shardrag cluster up`` (``launcher.py``) starts all of it on loopback.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardrag.cluster.shardmap import (
     ClusterStatus,
@@ -20,12 +23,16 @@ from shardrag.cluster.shardmap import (
 )
 from shardrag.config import Settings
 
+if TYPE_CHECKING:
+    from shardrag.natsconn import NatsConnection
+
 #: The node id of the embedded mode: the one process that holds every shard.
 LOCAL_NODE = "local"
 
 
-def open_shard_map(settings: Settings) -> ShardMap:
-    """NATS key-value in the distributed mode, else the data dir's SQLite file."""
+def open_shard_map(settings: Settings, conn: NatsConnection | None = None) -> ShardMap:
+    """NATS key-value in the distributed mode (over ``conn`` if given), else the data dir's
+    SQLite file."""
     if settings.cluster:
         from shardrag.cluster.kvmap import NatsShardMap  # nats-py loads only when it is used
 
@@ -35,6 +42,7 @@ def open_shard_map(settings: Settings) -> ShardMap:
             settings.log_prefix,
             settings.node_ttl_seconds,
             settings.log_replicas,
+            conn=conn,
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteShardMap(Path(settings.data_dir) / "shardmap.sqlite3", settings.node_ttl_seconds)

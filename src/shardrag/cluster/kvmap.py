@@ -34,6 +34,7 @@ class NatsShardMap(KeyValueShardMap):
         ttl_seconds: float = 6.0,
         replicas: int = 1,
         timeout: float = 5.0,
+        conn: NatsConnection | None = None,
     ) -> None:
         self.ttl_seconds = ttl_seconds
         # The heartbeats as the watch last told them (see ``nodes``).
@@ -44,13 +45,16 @@ class NatsShardMap(KeyValueShardMap):
         self._synced = False
         self._watch_started = float("-inf")
         self._watch: tuple[Any, asyncio.Task[None]] | None = None
-        self._conn = NatsConnection(url, timeout, name="shard-map")
+        # ``conn``: the process's one connection (``Backends``), which outlives this map.
+        self._owns_conn = conn is None
+        self._conn = conn if conn is not None else NatsConnection(url, timeout, name="shard-map")
         stem = prefix.upper().replace("-", "_")
         try:
             self._map = self._bucket(f"{stem}_MAP", replicas, None)
             self._nodes = self._bucket(f"{stem}_NODES", replicas, ttl_seconds)
         except BaseException:
-            self._conn.close()
+            if self._owns_conn:
+                self._conn.close()
             raise
 
     def _bucket(self, name: str, replicas: int, ttl: float | None) -> KeyValue:
@@ -199,8 +203,9 @@ class NatsShardMap(KeyValueShardMap):
         self._conn.run(drop())
 
     def close(self) -> None:
-        """Stop the watch and close the connection."""
+        """Stop the watch and close the connection (when this map opened it)."""
         if self._watch is not None and not self._conn.closed:
             with contextlib.suppress(ShardragError):
                 self._conn.run(self._stop_watch())
-        self._conn.close()
+        if self._owns_conn:
+            self._conn.close()

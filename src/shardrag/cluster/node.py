@@ -17,7 +17,6 @@ starts within one beat. It needs no embedding model: the router sends the query 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import json
@@ -26,6 +25,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shardrag.blobs import BlobStore, open_blob_store
-from shardrag.cluster import open_shard_map
+from shardrag.backends import Backends
+from shardrag.blobs import BlobStore
 from shardrag.cluster.faults import fault_subject, parse_delay
 from shardrag.cluster.follow import SourceFollower
 from shardrag.cluster.protocol import (
@@ -43,19 +43,20 @@ from shardrag.cluster.protocol import (
     queue_group,
     search_subject,
 )
+from shardrag.cluster.serving import SearchServer
 from shardrag.cluster.shardmap import Layout, Move, NodeInfo, ShardMap
 from shardrag.cluster.snapshot import restore_snapshot, take_snapshot
 from shardrag.config import Settings
 from shardrag.datadir import DataDirLock
 from shardrag.engine import EngineSettings, ShardEngine, ShardSet
 from shardrag.errors import InvalidParameter, ShardragError, Unavailable
-from shardrag.log import Log, open_log
+from shardrag.log import Log
 from shardrag.natsconn import NatsConnection
 from shardrag.pipeline import Retry
 from shardrag.pipeline.applier import IndexApplier
 from shardrag.pipeline.events import shard_subject
 from shardrag.pipeline.workers import run_until
-from shardrag.registry import Registry, open_registry
+from shardrag.registry import Registry
 
 logger = logging.getLogger(__name__)
 # Searches answered at once per node (qdrant-edge runs one query at a time per process).
@@ -88,6 +89,20 @@ class HostedReplica:
     #: replica restarted on its own data answers at once (eventual reads may lag).
     ready_at: int = 0
 
+    def applied(self) -> int:
+        """The offset of the shard's log applied so far."""
+        return self.applier.applied(self.shard_id)
+
+    def followed(self, min_source: Mapping[int, int]) -> bool:
+        """Whether the replica has followed each source log far enough (a replica without a
+        follower of a source finished following it, or started after the move)."""
+        followers = dict(self.followers)  # it is emptied when following ends
+        return all(
+            followers[source].applied(source) >= offset
+            for source, offset in min_source.items()
+            if source in followers
+        )
+
 
 class IndexNode:
     """The shard replicas a node hosts, kept in step with the shard map."""
@@ -105,17 +120,14 @@ class IndexNode:
         self._lock = DataDirLock(self.data_dir)
         self._opened: list[Any] = []
         try:
-            self.shard_map: ShardMap = self._keep(open_shard_map(settings))
+            self.backends = self._keep(Backends.from_settings(settings, f"node-{self.node_id}"))
+            assert self.backends.nats is not None  # the distributed mode has NATS
+            self.conn: NatsConnection = self.backends.nats
+            self.shard_map: ShardMap = self.backends.shard_map
+            self.registry: Registry = self.backends.registry
+            self.blobs: BlobStore = self.backends.blobs
+            self.log: Log = self.backends.log
             self.layout = self._wait_for_layout()
-            self.registry: Registry = self._keep(
-                open_registry(self.data_dir, settings.registry_url)
-            )
-            self.blobs: BlobStore = open_blob_store(
-                self.data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
-            )
-            self.log: Log = self._keep(
-                open_log(self.data_dir, settings.nats_url, self.prefix, settings.log_replicas)
-            )
             self.shards = self._keep(
                 ShardSet(
                     self.data_dir / "shards",
@@ -123,7 +135,6 @@ class IndexNode:
                     settings.optimize_threshold,
                 )
             )
-            self.conn = self._keep(NatsConnection(settings.nats_url, name=f"node-{self.node_id}"))
         except BaseException:
             self._close_opened()
             self._lock.release()
@@ -131,8 +142,8 @@ class IndexNode:
         self.retry = Retry.from_settings(settings)
         self.changed = threading.Condition()
         self.hosted: dict[int, HostedReplica] = {}
+        self.server = SearchServer(self.node_id, self.hosted.get, self.changed)
         self._heads: dict[int, int] = {}
-        self._searches: collections.Counter[int] = collections.Counter()
         self._last_beat = 0.0
         self._hosting = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(_SEARCH_THREADS, "node-search")
@@ -447,7 +458,7 @@ class IndexNode:
             started_at=self.started_at,
             heartbeat_at=time.time(),
             sources=sources,
-            searches=dict(self._searches),
+            searches=dict(self.server.searches),
         )
         self.shard_map.heartbeat(info)
         self._last_beat = time.monotonic()
@@ -502,60 +513,7 @@ class IndexNode:
             call = SearchCall.decode(data)
         except (ValueError, KeyError, TypeError) as exc:
             return SearchReply(self.node_id, 0, None, "invalid_request", str(exc)).encode()
-        replica = self.hosted.get(call.shard_id)
-        if replica is None:
-            message = f"node {self.node_id} does not host shard {call.shard_id}"
-            return SearchReply(self.node_id, 0, None, "shard_unavailable", message).encode()
-        if replica.applier.applied(call.shard_id) < replica.ready_at:
-            message = f"new replica still catching up to offset {replica.ready_at}"
-            return SearchReply(self.node_id, 0, None, "replica_behind", message).encode()
-        applied = self._caught_up(replica, call)
-        if applied < 0:
-            message = f"replica has not followed its sources to {call.min_source} yet"
-            return SearchReply(self.node_id, 0, None, "replica_behind", message).encode()
-        if applied < call.min_applied:
-            message = f"replica at offset {applied}, the read needs {call.min_applied}"
-            return SearchReply(self.node_id, applied, None, "replica_behind", message).encode()
-        try:
-            hits = replica.engine.search(
-                call.tenant,
-                call.mode,
-                call.k,
-                dense=call.dense,
-                text=call.text,
-                filters=call.filters,
-                fusion=call.fusion,
-            )
-        except ShardragError as exc:
-            return SearchReply(self.node_id, applied, None, exc.code, exc.message).encode()
-        self._searches[call.shard_id] += 1
-        return SearchReply(self.node_id, applied, hits).encode()
-
-    def _caught_up(self, replica: HostedReplica, call: SearchCall) -> int:
-        """This replica's applied offset, after waiting (bounded) for ``min_applied`` (and
-        the sources' offsets of a move, else -1 is returned: behind)."""
-        deadline = time.monotonic() + call.wait_seconds
-        with self.changed:
-            while True:
-                applied = replica.applier.applied(call.shard_id)
-                followed = self._followed(replica, call.min_source)
-                if applied >= call.min_applied and followed:
-                    return applied
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return applied if followed else -1
-                self.changed.wait(min(remaining, 0.05))
-
-    @staticmethod
-    def _followed(replica: HostedReplica, min_source: dict[int, int]) -> bool:
-        """Whether the replica has followed each source log far enough (a replica without a
-        follower of a source finished following it, or started after the move)."""
-        followers = dict(replica.followers)  # it is emptied when following ends
-        return all(
-            followers[source].applied(source) >= offset
-            for source, offset in min_source.items()
-            if source in followers
-        )
+        return self.server.answer(call).encode()
 
 
 def run_node(settings: Settings, stopped: threading.Event) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shardrag.models import Fusion, Hit, Metadata, SearchMode
+from shardrag.models import Fusion, Hit, SearchMode, ShardQuery
 
 
 def search_subject(prefix: str, shard_id: int, node_id: str | None = None) -> str:
@@ -35,14 +35,8 @@ def queue_group(shard_id: int) -> str:
 class SearchCall:
     """One shard's part of a query, as the router sends it to a replica."""
 
-    tenant: str
+    query: ShardQuery
     shard_id: int
-    mode: SearchMode
-    k: int
-    dense: list[float] | None
-    text: str
-    filters: Metadata
-    fusion: Fusion
     #: Only a replica that has applied the shard's log up to here may answer (read concerns).
     min_applied: int = 0
     #: How long a replica behind ``min_applied`` may wait to catch up before refusing.
@@ -53,25 +47,38 @@ class SearchCall:
 
     def encode(self) -> bytes:
         """The request body."""
-        values: dict[str, Any] = asdict(self)
-        values["mode"] = self.mode.value
-        values["fusion"] = self.fusion.value
-        if self.dense is not None:
-            raw = np.asarray(self.dense, dtype="<f4").tobytes()
-            values["dense"] = base64.b64encode(raw).decode()
+        query: dict[str, Any] = asdict(self.query)
+        query["mode"] = self.query.mode.value
+        query["fusion"] = self.query.fusion.value
+        if self.query.dense is not None:
+            raw = np.asarray(self.query.dense, dtype="<f4").tobytes()
+            query["dense"] = base64.b64encode(raw).decode()
+        values = {
+            "query": query,
+            "shard_id": self.shard_id,
+            "min_applied": self.min_applied,
+            "wait_seconds": self.wait_seconds,
+            "min_source": self.min_source,
+        }
         return json.dumps(values).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> SearchCall:
         """A request body read back (ValueError / KeyError / TypeError if malformed)."""
         values: dict[str, Any] = json.loads(data)
-        dense = values.get("dense")
+        query: dict[str, Any] = dict(values["query"])
+        dense = query.get("dense")
         if dense is not None:
-            values["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()
-        values["mode"] = SearchMode(values["mode"])
-        values["fusion"] = Fusion(values["fusion"])
-        values["min_source"] = {int(k): int(v) for k, v in values.get("min_source", {}).items()}
-        return cls(**values)
+            query["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()
+        query["mode"] = SearchMode(query["mode"])
+        query["fusion"] = Fusion(query["fusion"])
+        return cls(
+            ShardQuery(**query),
+            int(values["shard_id"]),
+            int(values.get("min_applied", 0)),
+            float(values.get("wait_seconds", 0.0)),
+            {int(k): int(v) for k, v in values.get("min_source", {}).items()},
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A tenant's search through the router: the ``Searcher``'s target in a cluster (one per query)."""
+"""A tenant's search through the router: the ``Searcher``'s target (one per query)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from shardrag.cluster.protocol import SearchCall
 from shardrag.cluster.router import Router
 from shardrag.errors import Unavailable
-from shardrag.models import Fusion, Hit, Metadata, SearchMode
+from shardrag.models import Hit, ShardQuery
 
 logger = logging.getLogger(__name__)
 
@@ -43,36 +43,21 @@ class RoutedSearch:
         self.heads = heads
         self._complete = False
 
-    def search(
-        self,
-        tenant: str,
-        mode: SearchMode,
-        k: int,
-        dense: list[float] | None = None,
-        text: str = "",
-        filters: Metadata | None = None,
-        fusion: Fusion = Fusion.DBSF,
-    ) -> list[Hit]:
+    def search(self, query: ShardQuery) -> list[Hit]:
         """The tenant's top-k over all its shards."""
         heads = self._heads()
         min_source = self._source_heads()
         calls = [
             SearchCall(
-                tenant,
+                query,
                 shard_id,
-                mode,
-                k,
-                dense,
-                text,
-                dict(filters or {}),
-                fusion,
                 self.positions.get(shard_id, 0),
                 self.wait_seconds if self.positions.get(shard_id, 0) or min_source else 0.0,
                 min_source,
             )
             for shard_id in self.shards
         ]
-        result = self.router.search(calls, k)
+        result = self.router.search(calls, query.k)
         self._complete = bool(heads) and all(
             result.applied.get(s, 0) >= head for s, head in heads.items()
         )

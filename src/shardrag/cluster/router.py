@@ -1,4 +1,7 @@
-"""The router (in the api): one query → the tenant's shards → one replica each → merged top-k.
+"""The router: one query → the tenant's shards → one replica each → merged top-k.
+
+The one read path of both modes: in a cluster its ``SearchTransport`` is NATS to the index
+nodes, in the embedded mode the process's own search server (``transport.py``).
 
 Per shard the router asks one live replica from the shard map, by name: a half-open node's
 trial if one is due, else the replica with the fewest requests outstanding from this process
@@ -21,13 +24,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field, replace
-
-import nats.errors
+from typing import Protocol
 
 from shardrag.cluster.breaker import Breakers, BreakerState
 from shardrag.cluster.hedging import LatencyWindow
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
-from shardrag.cluster.shardmap import ShardMap
+from shardrag.cluster.shardmap import NodeInfo, Replicas
+from shardrag.cluster.transport import ReplicaUnreachable, SearchTransport
 from shardrag.config import Settings
 from shardrag.errors import (
     ReadConcernTimeout,
@@ -36,7 +39,6 @@ from shardrag.errors import (
     error_from,
 )
 from shardrag.models import Hit
-from shardrag.natsconn import NatsConnection
 
 logger = logging.getLogger(__name__)
 # Errors after which another replica is worth asking; any other error is the query's own.
@@ -47,6 +49,19 @@ _NODE_FAULTS = {"internal_error", "unavailable"}
 _MAP_TTL = 1.0
 # In a shard's ``asked`` set: its queue group was asked this round.
 _QUEUE_GROUP = ""
+
+
+class ReplicaDirectory(Protocol):
+    """Where the router learns which replicas a shard has and which nodes are alive: the
+    shard map in a cluster, the process itself in the embedded mode."""
+
+    def nodes(self) -> list[NodeInfo]:
+        """The live nodes."""
+        ...
+
+    def replicas(self, shard_id: int) -> Replicas:
+        """The nodes that hold a replica of ``shard_id``."""
+        ...
 
 
 class _RoundOver:
@@ -82,12 +97,12 @@ class _ShardAnswer:
 
 
 class Router:
-    """Fans a query out to one replica of each of its shards over NATS."""
+    """Fans a query out to one replica of each of its shards over its transport."""
 
     def __init__(
         self,
-        conn: NatsConnection,
-        shard_map: ShardMap,
+        transport: SearchTransport,
+        shard_map: ReplicaDirectory,
         prefix: str,
         search_timeout: float = 10.0,
         replica_timeout: float = 2.0,
@@ -95,7 +110,7 @@ class Router:
         breaker_cooldown: float = 2.0,
         hedge_floor: float = 0.02,
     ) -> None:
-        self.conn = conn
+        self.transport = transport
         self.shard_map = shard_map
         self.prefix = prefix
         self.search_timeout = search_timeout
@@ -113,10 +128,12 @@ class Router:
         self.hedges = 0
 
     @classmethod
-    def from_settings(cls, conn: NatsConnection, shard_map: ShardMap, settings: Settings) -> Router:
+    def from_settings(
+        cls, transport: SearchTransport, shard_map: ReplicaDirectory, settings: Settings
+    ) -> Router:
         """A router with the deadlines, breaker and hedging of ``settings``."""
         return cls(
-            conn,
+            transport,
             shard_map,
             settings.log_prefix,
             settings.search_timeout_seconds,
@@ -137,7 +154,7 @@ class Router:
         async def fan_out() -> list[_ShardAnswer]:
             return list(await asyncio.gather(*(self._ask(call, deadline) for call in calls)))
 
-        answers = self.conn.run(fan_out(), timeout=self.search_timeout)
+        answers = self.transport.run(fan_out(), timeout=self.search_timeout)
         hits = [hit for answer in answers for hit in answer.reply.hits or []]
         hits.sort(key=lambda h: h.score, reverse=True)
         failovers = sum(a.failovers for a in answers)
@@ -270,16 +287,15 @@ class Router:
         verdict: bool | None = None
         started = time.monotonic()
         try:
-            msg = await self.conn.client.request(
-                subject, replace(call, wait_seconds=wait).encode(), timeout=timeout
+            reply = await self.transport.request(
+                replace(call, wait_seconds=wait), node_id, timeout=timeout
             )
-            reply = SearchReply.decode(msg.data)
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (ReplicaUnreachable, TimeoutError) as exc:
             # No answer in time, no replica subscribed, or the connection is moving to
             # another NATS server: all worth another try. Only the node's own failure counts
             # against it; a wait cut short by the query's deadline is no verdict.
             full_wait = timeout >= wait + self.replica_timeout
-            if isinstance(exc, nats.errors.NoRespondersError) or (
+            if (isinstance(exc, ReplicaUnreachable) and exc.no_responders) or (
                 isinstance(exc, TimeoutError) and full_wait
             ):
                 verdict = False

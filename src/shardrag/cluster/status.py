@@ -10,14 +10,13 @@ from typing import Any
 
 import httpx
 
-from shardrag.cluster import open_shard_map
+from shardrag.backends import Backends
 from shardrag.cluster.placement import Mover
 from shardrag.cluster.shardmap import ClusterStatus, Layout, NodeInfo, Replicas, ShardMap
 from shardrag.config import Settings
 from shardrag.errors import InvalidParameter, ShardMapConflict, Unavailable
-from shardrag.log import Log, open_log
+from shardrag.log import Log
 from shardrag.pipeline.events import shard_subject
-from shardrag.registry import open_registry
 
 
 def collect_status(
@@ -57,21 +56,23 @@ def cluster_settings(cluster_dir: Path) -> Settings:
     return Settings.load(cluster=True)
 
 
+@contextlib.contextmanager
+def opened_backends(cluster_dir: Path) -> Iterator[Backends]:
+    """The backends of the cluster of ``cluster_settings(cluster_dir)``, closed after use."""
+    backends = Backends.from_settings(cluster_settings(cluster_dir), "shardrag-cli")
+    try:
+        yield backends
+    finally:
+        backends.close()
+
+
 def read_status(cluster_dir: Path) -> ClusterStatus:
     """The status of the cluster of ``cluster_settings(cluster_dir)``."""
-    settings = cluster_settings(cluster_dir)
-    shard_map = open_shard_map(settings)
-    try:
-        layout = shard_map.layout()
+    with opened_backends(cluster_dir) as backends:
+        layout = backends.shard_map.layout()
         if layout is None:
             raise Unavailable("the cluster's shard map has no layout (run `shardrag cluster init`)")
-        log = open_log(settings.data_dir, settings.nats_url, settings.log_prefix)
-        try:
-            return collect_status(layout, shard_map, log)
-        finally:
-            log.close()
-    finally:
-        shard_map.close()
+        return collect_status(layout, backends.shard_map, backends.log)
 
 
 @contextlib.contextmanager
@@ -80,15 +81,10 @@ def opened_mover(
 ) -> Iterator[Mover]:
     """A ``Mover`` over the cluster of ``cluster_settings(cluster_dir)`` (map, log, registry),
     closed after use."""
-    settings = cluster_settings(cluster_dir)
-    with contextlib.ExitStack() as stack:
-        shard_map = open_shard_map(settings)
-        stack.callback(shard_map.close)
-        log = open_log(settings.data_dir, settings.nats_url, settings.log_prefix)
-        stack.callback(log.close)
-        registry = open_registry(settings.data_dir, settings.registry_url)
-        stack.callback(registry.close)
-        yield Mover(shard_map, log, registry, timeout=timeout, progress=progress)
+    with opened_backends(cluster_dir) as backends:
+        yield Mover(
+            backends.shard_map, backends.log, backends.registry, timeout=timeout, progress=progress
+        )
 
 
 def add_replica(cluster_dir: Path, shard_id: int, node_id: str) -> Replicas:
@@ -97,8 +93,8 @@ def add_replica(cluster_dir: Path, shard_id: int, node_id: str) -> Replicas:
     The node starts it within a heartbeat: from the shard's newest snapshot in the blob
     store, then the log from the snapshot's position.
     """
-    shard_map = open_shard_map(cluster_settings(cluster_dir))
-    try:
+    with opened_backends(cluster_dir) as backends:
+        shard_map = backends.shard_map
         layout = shard_map.layout()
         if layout is None or shard_id not in shard_map.shard_ids():
             raise InvalidParameter(f"the cluster has no shard {shard_id}", shard_id=shard_id)
@@ -110,8 +106,6 @@ def add_replica(cluster_dir: Path, shard_id: int, node_id: str) -> Replicas:
                 return shard_map.set_replicas(shard_id, [*current.nodes, node_id], current.revision)
             except ShardMapConflict:
                 continue  # someone else changed it: read again
-    finally:
-        shard_map.close()
 
 
 def api_breakers(cluster_dir: Path, api_url: str | None = None) -> dict[str, Any] | None:

@@ -40,7 +40,7 @@ import qdrant_edge as qe
 from shardrag.engine.ids import point_id
 from shardrag.engine.rwlock import ReadWriteLock
 from shardrag.errors import InternalError, InvalidParameter
-from shardrag.models import EmbeddedChunk, Fusion, Hit, Metadata, SearchMode
+from shardrag.models import EmbeddedChunk, Fusion, Hit, Metadata, SearchMode, ShardQuery
 
 DENSE = "dense"
 BM25 = "bm25"
@@ -358,24 +358,21 @@ class ShardEngine:
 
     # -- read path ----------------------------------------------------------------------------
 
-    def search(
-        self,
-        tenant: str,
-        mode: SearchMode,
-        k: int,
-        dense: list[float] | None = None,
-        text: str = "",
-        filters: Metadata | None = None,
-        fusion: Fusion = Fusion.DBSF,
-    ) -> list[Hit]:
+    def search(self, query: ShardQuery) -> list[Hit]:
         """Top-k live chunks of one tenant, in one engine call (hybrid: prefetch + fusion)."""
         live = qe.Filter(
-            must=[_eq("tenant", tenant), _eq("state", _LIVE), *_metadata_conditions(filters or {})]
+            must=[
+                _eq("tenant", query.tenant),
+                _eq("state", _LIVE),
+                *_metadata_conditions(query.filters),
+            ]
         )
-        request = self._request(tenant, mode, k, dense, text, live, fusion)
+        request = self._request(
+            query.tenant, query.mode, query.k, query.dense, query.text, live, query.fusion
+        )
         with self._lock.shared():
             points = self._shard.query(request)
-        return _one_version_per_document([_hit(p) for p in points])[:k]
+        return _one_version_per_document([_hit(p) for p in points])[: query.k]
 
     def _request(
         self,

@@ -64,7 +64,12 @@ class NatsLog:
     """A log on a JetStream server (or cluster) reachable at ``url``."""
 
     def __init__(
-        self, url: str, prefix: str = "shardrag", timeout: float = 5.0, replicas: int = 1
+        self,
+        url: str,
+        prefix: str = "shardrag",
+        timeout: float = 5.0,
+        replicas: int = 1,
+        conn: NatsConnection | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
             raise InvalidParameter(f"log prefix {prefix!r} must be letters, digits, _ or -")
@@ -75,12 +80,14 @@ class NatsLog:
         self.replicas = replicas
         # Ordered readers by filter.
         self._readers: dict[str, _Reader] = {}
-        self._conn = NatsConnection(url, timeout, name="nats-log")
+        # ``conn``: the process's one connection (``Backends``), which outlives this log.
+        self._owns_conn = conn is None
+        self._conn = conn if conn is not None else NatsConnection(url, timeout, name="nats-log")
         self._js = self._conn.js
         try:
             self._conn.run_patiently(self._create_streams)
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
 
     def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
@@ -321,8 +328,9 @@ class NatsLog:
         self._run(drop())
 
     def close(self) -> None:
-        """Close the connection and stop the loop."""
-        self._conn.close()
+        """Close the connection and stop the loop (when this log opened them)."""
+        if self._owns_conn:
+            self._conn.close()
 
 
 class NatsConsumer:

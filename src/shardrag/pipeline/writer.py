@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from shardrag.blobs import BlobStore
 from shardrag.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument
@@ -32,10 +32,17 @@ from shardrag.registry import NewVersion, Registry, TenantRecord
 #: the texts of a batch by length, so fuller batches pad less.
 DOCUMENTS_PER_BATCH = 256
 
-# Given a tenant, its record: shard and incarnation (creating the tenant if needed).
-PlaceTenant = Callable[[str], TenantRecord]
-#: The shard of a document of a tenant (the tenant's placement; the record's shard if none).
-ShardFor = Callable[[TenantRecord, str], int]
+
+class TenantPlacer(Protocol):
+    """Where tenants and their documents go (``cluster/placements.py``)."""
+
+    def ensure_tenant(self, tenant: str) -> TenantRecord:
+        """The tenant's record (shard and incarnation), creating the tenant if needed."""
+        ...
+
+    def shard_for(self, record: TenantRecord, doc_id: str) -> int:
+        """The shard a new version of the tenant's document goes to, as placed now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -57,22 +64,20 @@ class DocumentWriter:
         registry: Registry,
         blobs: BlobStore,
         log: Log,
-        place: PlaceTenant,
+        placer: TenantPlacer,
         max_document_bytes: int,
-        shard_for: ShardFor | None = None,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
         self.log = log
-        self.place = place
+        self.placer = placer
         self.max_document_bytes = max_document_bytes
-        self.shard_for = shard_for
 
     def _shard(self, record: TenantRecord, doc_id: str) -> int:
         """The shard a new version of ``doc_id`` goes to. Asked after the version is pending,
         so a tenant move that flips the placement later waits for this version (see
         ``cluster/placement.py``); one that flipped it before is seen here."""
-        return self.shard_for(record, doc_id) if self.shard_for else record.shard_id
+        return self.placer.shard_for(record, doc_id)
 
     def accept(
         self, tenant: str, upload: DocumentInput, submit: bool = True
@@ -94,7 +99,7 @@ class DocumentWriter:
                 limit=self.max_document_bytes,
             )
         parser_for(upload.filename, upload.content_type)  # UnsupportedFormat before a version
-        record = self.place(tenant)
+        record = self.placer.ensure_tenant(tenant)
         content_hash = hashlib.sha256(upload.data).hexdigest()
         current = self.registry.document(tenant, doc_id)
         live = current.live if current else None
@@ -147,7 +152,7 @@ class DocumentWriter:
         if current is None or current.state is VersionState.DELETED:
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
         version = self.registry.begin_tombstone(tenant, doc_id)
-        record = self.place(tenant)
+        record = self.placer.ensure_tenant(tenant)
         shard_id = self._shard(record, doc_id)
         ref = VersionRef(tenant, doc_id, version, shard_id, epoch=epoch_of(record))
         position = self._append_tombstone(ref)
@@ -177,7 +182,7 @@ class DocumentWriter:
         """Append again the event of every pending version (after a crash); how many."""
         count = 0
         for pending in self.registry.pending_versions():
-            record = self.place(pending.tenant)
+            record = self.placer.ensure_tenant(pending.tenant)
             ref = VersionRef(
                 pending.tenant,
                 pending.doc_id,

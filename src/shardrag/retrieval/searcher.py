@@ -10,22 +10,13 @@ from typing import Protocol
 
 from shardrag.cache import CacheKey, CacheKind, ResultCache
 from shardrag.embed import Embedder
-from shardrag.models import Fusion, Hit, Metadata, SearchMode, SearchRequest
+from shardrag.models import Hit, SearchMode, SearchRequest, ShardQuery
 
 
 class SearchTarget(Protocol):
-    """What answers a tenant's search: its shard's engine (embedded) or the router (cluster)."""
+    """What answers a tenant's search: the router, over the tenant's shards."""
 
-    def search(
-        self,
-        tenant: str,
-        mode: SearchMode,
-        k: int,
-        dense: list[float] | None = None,
-        text: str = "",
-        filters: Metadata | None = None,
-        fusion: Fusion = Fusion.DBSF,
-    ) -> list[Hit]:
+    def search(self, query: ShardQuery) -> list[Hit]:
         """The top-k live chunks of the tenant."""
         ...
 
@@ -101,13 +92,15 @@ class Searcher:
             None if request.mode is SearchMode.KEYWORD else self._query_vector(request.tenant, text)
         )
         return engine.search(
-            request.tenant,
-            request.mode,
-            request.k,
-            dense=dense,
-            text=text,
-            filters=request.filters,
-            fusion=request.fusion,
+            ShardQuery(
+                request.tenant,
+                request.mode,
+                request.k,
+                text,
+                dense,
+                request.filters,
+                request.fusion,
+            )
         )
 
     def _query_vector(self, tenant: str, text: str) -> list[float]:

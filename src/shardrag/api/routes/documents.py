@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -15,9 +13,9 @@ from starlette.datastructures import UploadFile
 from shardrag import validation
 from shardrag.api.deps import Caller, tenant_caller
 from shardrag.api.schemas import DocumentList, DocumentOut, ErrorOut, WriteOut
-from shardrag.errors import IdempotencyConflict, InvalidParameter, InvalidRequest
-from shardrag.models import Metadata, VersionState
-from shardrag.registry import Role, StoredResponse
+from shardrag.errors import InvalidParameter, InvalidRequest
+from shardrag.models import Metadata, VersionState, WriteResult
+from shardrag.registry import Role
 
 router = APIRouter(prefix="/v1/tenants/{t}/documents", tags=["documents"])
 
@@ -115,42 +113,27 @@ async def put_document(
     upload = await _Upload.read(request)
     meta = _metadata(upload.metadata_field if upload.metadata_field is not None else metadata)
     name = filename or upload.filename or doc_id.rsplit("/", 1)[-1]
-    fingerprint = hashlib.sha256(
-        json.dumps([doc_id, name, upload.content_type, title, meta, wait], sort_keys=True).encode()
-        + upload.data
-    ).hexdigest()
-    registry = who.service.rag.registry
-    if idempotency_key is not None:
-        stored = registry.stored_response(t, idempotency_key)
-        if stored is not None:
-            return _replay(stored, fingerprint)
 
-    def write() -> dict[str, Any]:
+    def write() -> WriteResult:
         with who.audited("document.put", doc_id) as details:
             result = who.service.rag.put_document(
-                t, doc_id, upload.data, name, meta, upload.content_type, title, wait=wait
+                t,
+                doc_id,
+                upload.data,
+                name,
+                meta,
+                upload.content_type,
+                title,
+                wait=wait,
+                idempotency_key=idempotency_key,
             )
             details.update(version=result.version, state=result.state.value)
-        return result.to_dict()
+        return result
 
-    body = await run_in_threadpool(write)
-    status = 202 if body["state"] == VersionState.PENDING else 200
-    if idempotency_key is None:
-        return JSONResponse(body, status_code=status)
-    registry.store_response(
-        t, idempotency_key, StoredResponse(fingerprint, status, body, time.time())
-    )
-    # Two first requests may race: the answer stored first is the answer to both.
-    winner = registry.stored_response(t, idempotency_key)
-    return _replay(winner, fingerprint) if winner else JSONResponse(body, status_code=status)
-
-
-def _replay(stored: StoredResponse, fingerprint: str) -> JSONResponse:
-    if stored.request_hash != fingerprint:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was used for a different request; use a new key"
-        )
-    return JSONResponse(stored.body, status_code=stored.status, headers={REPLAY_HEADER: "true"})
+    result = await run_in_threadpool(write)
+    status = 202 if result.state is VersionState.PENDING else 200
+    headers = {REPLAY_HEADER: "true"} if result.replayed else None
+    return JSONResponse(result.to_dict(), status_code=status, headers=headers)
 
 
 @router.get("", response_model=DocumentList)
