@@ -367,8 +367,7 @@ def docs(
     """List a tenant's documents with versions and states."""
     with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         rows = [
-            d if isinstance(d, dict) else d.to_dict()
-            for d in rag.list_documents(tenant, state=state, limit=limit, after=after)
+            d.to_dict() for d in rag.list_documents(tenant, state=state, limit=limit, after=after)
         ]
     if as_json:
         print_json({"documents": rows})
@@ -460,7 +459,7 @@ def reconcile(
     """
     with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
         found = rag.reconcile(dry_run)
-    report = found if isinstance(found, dict) else found.to_dict()
+    report = found.to_dict()
     if as_json:
         print_json(report)
         return

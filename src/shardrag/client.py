@@ -1,4 +1,4 @@
-"""A Python client of the shardrag HTTP API, returning the same types as ``Shardrag``.
+"""A Python client of the shardrag HTTP API: a ``RagService`` with the same types as ``Shardrag``.
 
     >>> client = ShardragClient("http://127.0.0.1:8080", api_key="srk_...")  # doctest: +SKIP
     >>> client.search("acme", "how do shards fail over?", k=5)               # doctest: +SKIP
@@ -9,6 +9,7 @@ handle a remote ``document_not_found`` exactly like an embedded one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,17 +19,22 @@ from urllib.parse import quote
 
 import httpx
 
+from shardrag.cluster.shardmap import ClusterStatus
 from shardrag.context import Answer, AnswerResult, Citation
 from shardrag.errors import ShardragError, Unavailable, error_from
 from shardrag.models import (
     DeadLetterInfo,
+    DocumentInfo,
     DocumentInput,
+    Fusion,
     Hit,
     Metadata,
+    ReadConcern,
     SearchMode,
     VersionState,
     WriteResult,
 )
+from shardrag.pipeline.reconcile import ReconcileReport
 
 
 def _error_from(response: httpx.Response) -> ShardragError:
@@ -46,8 +52,9 @@ def _hit(raw: dict[str, Any]) -> Hit:
     return Hit(**raw)
 
 
-def _write_result(raw: dict[str, Any]) -> WriteResult:
-    return WriteResult(**{**raw, "state": VersionState(raw["state"])})
+def _value(value: Any) -> str:
+    """An enum as its wire value, anything else as text."""
+    return str(getattr(value, "value", value))
 
 
 class ShardragClient:
@@ -65,13 +72,16 @@ class ShardragClient:
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise Unavailable(f"cannot reach {self.url}: {exc}", url=self.url) from None
         if response.status_code >= 400:
             raise _error_from(response)
-        return response.json()
+        return response
 
     @staticmethod
     def _documents(tenant: str, doc_id: str | None = None) -> str:
@@ -87,7 +97,10 @@ class ShardragClient:
         data: bytes,
         filename: str | None = None,
         metadata: Metadata | None = None,
+        content_type: str | None = None,
+        title: str | None = None,
         wait: bool = True,
+        idempotency_key: str | None = None,
     ) -> WriteResult:
         """Store a version; with ``wait`` (default) return once it is live."""
         params: dict[str, Any] = {"wait": "true" if wait else "false"}
@@ -95,14 +108,16 @@ class ShardragClient:
             params["filename"] = filename
         if metadata:
             params["metadata"] = json.dumps(metadata)
-        raw = self._call(
-            "PUT",
-            self._documents(tenant, doc_id),
-            content=data,
-            params=params,
-            headers={"Content-Type": "application/octet-stream"},
+        if title:
+            params["title"] = title
+        headers = {"Content-Type": content_type or "application/octet-stream"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        response = self._send(
+            "PUT", self._documents(tenant, doc_id), content=data, params=params, headers=headers
         )
-        return _write_result(raw)
+        replayed = response.headers.get("Idempotent-Replayed") == "true"
+        return dataclasses.replace(WriteResult.from_dict(response.json()), replayed=replayed)
 
     def put_documents(
         self, tenant: str, documents: Iterable[DocumentInput]
@@ -122,26 +137,31 @@ class ShardragClient:
 
     def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
         """Delete a document."""
-        return _write_result(self._call("DELETE", self._documents(tenant, doc_id)))
+        return WriteResult.from_dict(self._call("DELETE", self._documents(tenant, doc_id)))
 
-    def get_document(self, tenant: str, doc_id: str) -> dict[str, Any]:
-        """A document as ``DocumentInfo.to_dict`` gives it."""
-        found: dict[str, Any] = self._call("GET", self._documents(tenant, doc_id))
-        return found
+    def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
+        """A document's live and latest versions, as ``Shardrag.get_document``."""
+        return DocumentInfo.from_dict(self._call("GET", self._documents(tenant, doc_id)))
 
     def list_documents(
-        self, tenant: str, state: str | None = None, limit: int = 100, after: str | None = None
-    ) -> list[dict[str, Any]]:
-        """A page of documents as ``DocumentInfo.to_dict`` gives them."""
-        params = {"limit": limit, **({"state": state} if state else {})}
+        self,
+        tenant: str,
+        state: VersionState | str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[DocumentInfo]:
+        """A page of documents by id, as ``Shardrag.list_documents``."""
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            params["state"] = _value(state)
         if after:
             params["after"] = after
-        page: list[dict[str, Any]] = self._call("GET", self._documents(tenant), params=params)[
-            "documents"
-        ]
-        return page
+        page = self._call("GET", self._documents(tenant), params=params)["documents"]
+        return [DocumentInfo.from_dict(d) for d in page]
 
-    def iter_documents(self, tenant: str, state: str | None = None) -> Iterator[dict[str, Any]]:
+    def iter_documents(
+        self, tenant: str, state: VersionState | str | None = None
+    ) -> Iterator[DocumentInfo]:
         """Every document, page by page."""
         after: str | None = None
         while True:
@@ -149,7 +169,7 @@ class ShardragClient:
             yield from page
             if len(page) < 1000:
                 return
-            after = page[-1]["doc_id"]
+            after = page[-1].doc_id
 
     # -- search ---------------------------------------------------------------------------
 
@@ -160,18 +180,21 @@ class ShardragClient:
         k: int = 10,
         mode: SearchMode | str = SearchMode.HYBRID,
         filters: Metadata | None = None,
-        read_concern: str = "eventual",
+        fusion: Fusion | str | None = None,
+        read_concern: ReadConcern | str = ReadConcern.EVENTUAL,
         write_token: str | None = None,
     ) -> list[Hit]:
         """The top-k passages, as ``Shardrag.search``."""
         body: dict[str, Any] = {
             "query": query,
             "k": k,
-            "mode": str(mode),
-            "read_concern": read_concern,
+            "mode": _value(mode),
+            "read_concern": _value(read_concern),
         }
         if filters:
             body["filters"] = filters
+        if fusion is not None:
+            body["fusion"] = _value(fusion)
         if write_token:
             body["write_token"] = write_token
         raw = self._call("POST", f"/v1/tenants/{quote(tenant, safe='')}/search", json=body)
@@ -215,17 +238,14 @@ class ShardragClient:
         )
         return DeadLetterInfo(**body)
 
-    def reconcile(self, dry_run: bool = False) -> dict[str, Any]:
+    def reconcile(self, dry_run: bool = False) -> ReconcileReport:
         """One reconciliation pass on the server (the root key); its report."""
-        report: dict[str, Any] = self._call(
-            "POST", "/v1/admin/reconcile", params={"dry_run": str(dry_run).lower()}
-        )
-        return report
+        report = self._call("POST", "/v1/admin/reconcile", params={"dry_run": str(dry_run).lower()})
+        return ReconcileReport.from_dict(report)
 
-    def cluster_status(self) -> dict[str, Any]:
+    def cluster_status(self) -> ClusterStatus:
         """The server's cluster status (the root key): layout, shards, live nodes and lag."""
-        status: dict[str, Any] = self._call("GET", "/v1/admin/cluster")
-        return status
+        return ClusterStatus.from_dict(self._call("GET", "/v1/admin/cluster"))
 
     def close(self) -> None:
         """Close the connection pool."""

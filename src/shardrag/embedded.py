@@ -10,11 +10,8 @@ over NATS.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +19,6 @@ from typing import Any
 
 from shardrag import validation
 from shardrag.backends import Backends
-from shardrag.cache import CacheKey, CacheKind
 from shardrag.cluster import ClusterStatus
 from shardrag.cluster.placement import Mover, ReplicaMove
 from shardrag.cluster.placements import Placements
@@ -31,22 +27,18 @@ from shardrag.cluster.shardmap import Placement
 from shardrag.cluster.status import collect_status
 from shardrag.config import Settings
 from shardrag.context import (
-    Answer,
-    Answerer,
     AnswerResult,
     Context,
     ContextAssembler,
     ExtractiveAnswerer,
     OpenAIChatGenerator,
-    citations_in,
 )
+from shardrag.context.answering import Answering
 from shardrag.datadir import DataDirLock
 from shardrag.embed import EmbeddingCache, open_embedder
 from shardrag.errors import (
     ClusterOnly,
-    DeadLetterNotFound,
     DocumentNotFound,
-    IdempotencyConflict,
     InvalidParameter,
     ShardragError,
     TenantNotFound,
@@ -76,8 +68,10 @@ from shardrag.pipeline import (
     Reconciler,
     ReconcileReport,
 )
-from shardrag.pipeline.events import VersionRef, ref_of, shard_subject
-from shardrag.registry import StoredResponse, TenantRecord
+from shardrag.pipeline.events import VersionRef, shard_subject
+from shardrag.pipeline.idempotency import IdempotentWrites
+from shardrag.pipeline.operations import dead_letters_of, pipeline_stats, redrive
+from shardrag.registry import TenantRecord
 from shardrag.retrieval import Routed, Searcher
 from shardrag.retrieval.consistency import ReadPositions
 
@@ -143,6 +137,7 @@ class Shardrag:
             if self.shards is not None
             else None
         )
+        self.idempotent = IdempotentWrites(self.registry)
         self.read_positions = ReadPositions(
             self.registry,
             self.log,
@@ -151,16 +146,22 @@ class Shardrag:
             settings.read_concern_timeout_seconds,
         )
         self.searcher = Searcher(self.embedder, self._route, self.result_cache)
-        self.assembler = ContextAssembler(self.embedder.tokenizer)
-        self.answerer: Answerer = (
-            OpenAIChatGenerator(
-                settings.llm_url,
-                settings.llm_model,
-                settings.llm_api_key,
-                settings.llm_timeout_seconds,
-            )
-            if settings.llm_url
-            else ExtractiveAnswerer()
+        self.answering = Answering(
+            lambda tenant, question, k, filters: self.search(tenant, question, k, filters=filters),
+            lambda tenant: self.tenant(tenant).generation,
+            ContextAssembler(self.embedder.tokenizer),
+            (
+                OpenAIChatGenerator(
+                    settings.llm_url,
+                    settings.llm_model,
+                    settings.llm_api_key,
+                    settings.llm_timeout_seconds,
+                )
+                if settings.llm_url
+                else ExtractiveAnswerer()
+            ),
+            self.result_cache,
+            settings.answer_context_tokens,
         )
         self._moving: dict[str, threading.Thread] = {}
         # A crash between a version's registry row and its event leaves it pending without
@@ -267,21 +268,9 @@ class Shardrag:
         document = DocumentInput(doc_id, bytes(data), filename, metadata or {}, content_type, title)
         if idempotency_key is None:
             return self._put(tenant, document, wait)
-        validation.idempotency_key(idempotency_key)
-        fingerprint = _fingerprint(document, wait)
-        stored = self.registry.stored_response(tenant, idempotency_key)
-        if stored is not None:
-            return _replayed(stored, fingerprint)
-        result = self._put(tenant, document, wait)
-        status = 202 if result.state is VersionState.PENDING else 200
-        self.registry.store_response(
-            tenant,
-            idempotency_key,
-            StoredResponse(fingerprint, status, result.to_dict(), time.time()),
+        return self.idempotent.run(
+            tenant, idempotency_key, document, wait, lambda: self._put(tenant, document, wait)
         )
-        # Two first requests may race: the answer stored first is the answer to both.
-        winner = self.registry.stored_response(tenant, idempotency_key)
-        return _replayed(winner, fingerprint) if winner else result
 
     def _put(self, tenant: str, document: DocumentInput, wait: bool) -> WriteResult:
         accepted = self.writer.accept(tenant, self._checked(document), submit=self._through_log)
@@ -476,17 +465,7 @@ class Shardrag:
         without one, answers with the best-supported sentences of the passages. Answers are
         cached like searches (until the tenant's documents change).
         """
-        budget = self._answer_budget(max_context_tokens)
-        key = self._answer_key(tenant, question, k, budget, filters)
-        cached = self.result_cache.get(key) if self.result_cache else None
-        if isinstance(cached, AnswerResult):
-            return cached
-        hits = self.search(tenant, question, k=k, filters=filters)
-        context = self.assembler.run(question, hits, budget)
-        result = AnswerResult(self.answerer.run(context), hits)
-        if self.result_cache is not None:
-            self.result_cache.put(key, result)
-        return result
+        return self.answering.answer(tenant, question, k, max_context_tokens, filters)
 
     def answer_stream(
         self,
@@ -503,51 +482,7 @@ class Shardrag:
         The citations of the joined text are ``citations_in(text, context)``. A stream read
         to its end is cached for ``answer`` and later streams.
         """
-        budget = self._answer_budget(max_context_tokens)
-        key = self._answer_key(tenant, question, k, budget, filters)
-        cached = self.result_cache.get(key) if self.result_cache else None
-        if isinstance(cached, AnswerResult):
-            context = self.assembler.run(question, cached.hits, budget)
-            return cached.hits, context, iter([cached.answer.text])
-        hits = self.search(tenant, question, k=k, filters=filters)
-        context = self.assembler.run(question, hits, budget)
-        if isinstance(self.answerer, OpenAIChatGenerator):
-            pieces = self.answerer.stream(context)
-            return hits, context, self._cached_at_end(key, hits, context, pieces)
-        result = AnswerResult(self.answerer.run(context), hits)
-        if self.result_cache is not None:
-            self.result_cache.put(key, result)
-        return hits, context, iter([result.answer.text])
-
-    def _cached_at_end(
-        self, key: CacheKey, hits: list[Hit], context: Context, pieces: Iterator[str]
-    ) -> Iterator[str]:
-        """``pieces``, and once they are all read, the answer they make in the cache."""
-        text: list[str] = []
-        for piece in pieces:
-            text.append(piece)
-            yield piece
-        if self.result_cache is not None:
-            answer = "".join(text).strip()
-            cited = citations_in(answer, context)
-            self.result_cache.put(key, AnswerResult(Answer(answer, cited, True), hits))
-
-    def _answer_key(
-        self, tenant: str, question: str, k: int, budget: int, filters: Metadata | None
-    ) -> CacheKey:
-        return CacheKey.for_search(
-            tenant,
-            self.tenant(tenant).generation,
-            CacheKind.ANSWER,
-            validation.query_text(question),
-            {"k": k, "budget": budget, "filters": filters or {}, "answerer": self.answerer.name},
-        )
-
-    def _answer_budget(self, max_context_tokens: int | None) -> int:
-        budget = max_context_tokens or self.settings.answer_context_tokens
-        if budget < 1:
-            raise InvalidParameter("max_context_tokens must be at least 1")
-        return budget
+        return self.answering.stream(tenant, question, k, max_context_tokens, filters)
 
     def _applied(self, shard_id: int) -> int | float:
         """How far every live replica of the shard has applied its log (the slowest one;
@@ -574,55 +509,23 @@ class Shardrag:
 
     def pipeline_stats(self) -> PipelineStats:
         """Pending writes, dead letters, and how far each shard's log is applied (metrics)."""
-        shards = range(self.layout.shards)
-        applied: dict[int, int] = {}
-        for node in self.mode.directory.nodes():
-            for shard_id, offset in node.applied.items():
-                applied[shard_id] = min(offset, applied.get(shard_id, offset))
-        return PipelineStats(
-            pending_writes=self.pending_writes(),
-            dead_letters=len(self.log.dead_letters(limit=100_000)),
-            applied=applied,
-            log_head={s: self.log.last_sequence(shard_subject(s)) for s in shards},
+        nodes = self.mode.directory.nodes()
+        return pipeline_stats(
+            self.registry, self.log, self.layout.shards, [n.applied for n in nodes]
         )
 
     def dead_letters(self, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:
         """The tenant's events that a stage gave up on, oldest first."""
         self.tenant(tenant)
-        found = []
-        for dead in self.log.dead_letters(limit=100_000):
-            ref = ref_of(dead.subject, dead.data)
-            if ref is None or ref.tenant != tenant:
-                continue
-            found.append(
-                DeadLetterInfo(
-                    dead.dead_letter_id,
-                    dead.consumer,
-                    dead.subject,
-                    ref.doc_id,
-                    ref.version,
-                    dead.attempts,
-                    dead.error,
-                    dead.failed_at,
-                )
-            )
-            if len(found) >= limit:
-                break
-        return found
+        return dead_letters_of(self.log, tenant, limit)
 
     def redrive(self, tenant: str, dead_letter_id: int) -> DeadLetterInfo:
         """Put a dead letter of the tenant back in its stream (after fixing its cause).
 
         Its version is pending again and flows on from the stage that gave up on it.
         """
-        for dead in self.dead_letters(tenant, limit=100_000):
-            if dead.dead_letter_id == dead_letter_id:
-                self.registry.reopen(tenant, dead.doc_id, dead.version)
-                self.log.redrive(dead_letter_id)
-                return dead
-        raise DeadLetterNotFound(
-            f"no dead letter {dead_letter_id} in tenant {tenant!r}", dead_letter_id=dead_letter_id
-        )
+        self.tenant(tenant)
+        return redrive(self.log, self.registry, tenant, dead_letter_id)
 
     def reconcile(self, dry_run: bool = False) -> ReconcileReport:
         """Compare the registry with the shards and repair what drifted (see pipeline/reconcile)."""
@@ -726,25 +629,3 @@ class Shardrag:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _fingerprint(document: DocumentInput, wait: bool) -> str:
-    """What an idempotent write's key is bound to: every input of the write."""
-    fields = [
-        document.doc_id,
-        document.filename,
-        document.content_type,
-        document.title,
-        document.metadata,
-        wait,
-    ]
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + document.data).hexdigest()
-
-
-def _replayed(stored: StoredResponse, fingerprint: str) -> WriteResult:
-    """The first answer to an idempotency key, for a retry of the same write."""
-    if stored.request_hash != fingerprint:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was used for a different request; use a new key"
-        )
-    return dataclasses.replace(WriteResult.from_dict(stored.body), replayed=True)

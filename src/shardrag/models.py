@@ -214,6 +214,47 @@ class DocumentInfo:
             ),
         }
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DocumentInfo:
+        """A document as ``to_dict`` gave it (what ``to_dict`` leaves out comes back empty:
+        hashes, sizes, times)."""
+        error = values.get("error") or {}
+        state = VersionState(values["state"])
+        latest_state = VersionState(values["latest_state"])
+        latest_version = int(values["latest_version"])
+        has_live = state is VersionState.LIVE or (
+            state is VersionState.DELETED and int(values["version"]) != latest_version
+        )
+        live = (
+            VersionInfo(
+                int(values["version"]),
+                VersionState.LIVE,
+                None,
+                values.get("filename"),
+                0,
+                int(values["chunk_count"]),
+                dict(values.get("metadata") or {}),
+            )
+            if has_live
+            else None
+        )
+        latest = (
+            live
+            if live is not None and latest_version == live.version
+            else VersionInfo(
+                latest_version,
+                latest_state,
+                None,
+                values.get("filename"),
+                0,
+                0,
+                dict(values.get("metadata") or {}),
+                error.get("code"),
+                error.get("message"),
+            )
+        )
+        return cls(values["tenant"], values["doc_id"], live, latest)
+
 
 @dataclass(frozen=True)
 class WriteResult:

@@ -10,8 +10,6 @@ the registry or the app's schema. Tests marked ``in_process`` are skipped there.
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from tests.support import served
 
 from shardrag import Shardrag
 from shardrag.api import create_app
@@ -265,14 +263,6 @@ class LiveServer:
             settle_replicas(self.rag)
 
 
-def free_port() -> int:
-    """A loopback port free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def live_server(
     tmp_path_factory: pytest.TempPathFactory, cluster: Cluster | None, cluster_cleanup: None
@@ -287,26 +277,8 @@ def live_server(
         admin_key=ROOT_KEY,
         rate_limit_per_second=0,
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rag), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
     try:
-        yield LiveServer(url, ROOT_KEY, rag)
+        with served(create_app(rag)) as url:
+            yield LiveServer(url, ROOT_KEY, rag)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         rag.close()

@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.api.conftest import LiveServer, bearer, free_port
+from tests.api.conftest import LiveServer, bearer
+from tests.support import free_port
 from typer.testing import CliRunner
 
 from shardrag.cli import app

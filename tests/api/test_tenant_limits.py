@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.api.conftest import ROOT_KEY, bearer, free_port
+from tests.api.conftest import ROOT_KEY, bearer
+from tests.support import free_port
 
 from shardrag.api.limits import QueryAdmission
 from shardrag.errors import Overloaded, TenantOverloaded

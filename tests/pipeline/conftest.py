@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import ROOT_KEY, free_port
-from tests.support import NATS_URL, nats_is_up, require
+from tests.api.conftest import ROOT_KEY
+from tests.support import NATS_URL, free_port, nats_is_up, require
 
 
 @pytest.fixture(params=["sqlite", "nats"])

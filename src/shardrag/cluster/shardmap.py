@@ -282,6 +282,39 @@ class ClusterStatus:
             ],
         }
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClusterStatus:
+        """A status as ``to_dict`` gave it (a node's start time is not in it: 0)."""
+        now = time.time()
+        nodes = [
+            NodeInfo(
+                node["id"],
+                int(node["pid"]),
+                node["address"],
+                {int(s["shard"]): int(s["applied"]) for s in node["shards"]},
+                0.0,
+                now - float(node["heartbeat_age_seconds"]),
+                {int(s["shard"]): int(s["applied"]) + int(s["lag"]) for s in node["shards"]},
+                {
+                    int(shard): {int(src): int(o) for src, o in offsets.items()}
+                    for shard, offsets in node.get("following", {}).items()
+                },
+                {int(s["shard"]): int(s["searches"]) for s in node["shards"]},
+            )
+            for node in values["nodes"]
+        ]
+        placements = {
+            t["tenant"]: Placement(tuple(t["shards"]), tuple(t["target"]), tuple(t["source"]))
+            for t in values.get("tenants", [])
+        }
+        return cls(
+            Layout(**values["layout"]),
+            {int(s["shard"]): list(s["replicas"]) for s in values["shards"]},
+            {int(s["shard"]): int(s["log_head"]) for s in values["shards"]},
+            nodes,
+            placements,
+        )
+
 
 class ShardMap(Protocol):
     """The cluster's shared map; every change is a compare-and-set."""

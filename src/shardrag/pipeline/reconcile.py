@@ -75,6 +75,19 @@ class ReconcileReport:
         """JSON-ready form (CLI --json, API)."""
         return {**asdict(self), "repaired": sum(self.counts.values())}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ReconcileReport:
+        """A report as ``to_dict`` gave it."""
+        return cls(
+            [int(s) for s in values["shards"]],
+            int(values["versions_checked"]),
+            int(values["documents_checked"]),
+            {str(k): int(v) for k, v in values.get("counts", {}).items()},
+            [Repair(**r) for r in values.get("repairs", [])],
+            bool(values.get("dry_run", False)),
+            float(values.get("seconds", 0.0)),
+        )
+
 
 class Reconciler:
     """Finds and repairs drift between the registry and the shards of this process."""

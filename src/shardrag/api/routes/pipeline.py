@@ -71,7 +71,7 @@ async def cluster_status(who: Root) -> Any:
     """
     rag = who.service.rag
     status = await run_in_threadpool(rag.cluster_status)
-    breakers = rag.router.breaker_states() if rag.router else {}
+    breakers = rag.router.breaker_states()
     return {
         **status.to_dict(),
         "breakers": {node: state.label for node, state in breakers.items()},

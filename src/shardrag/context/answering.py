@@ -1,0 +1,125 @@
+"""Answers: search, assemble the passages within a budget, answer, cache — whole or streamed.
+
+An answer is cached like a search result, under the tenant's generation read before it is
+made (so no answer computed before a change of the tenant's documents is served after it),
+the question as normalised, k, the budget, the filters and the answerer's name. A streamed
+answer reads and fills the same cache entry as a whole one: a stream read to its end is
+cached; a cached answer streams as one piece.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from shardrag import validation
+from shardrag.cache import CacheKey, CacheKind, ResultCache
+from shardrag.context.assembly import (
+    Answer,
+    Answerer,
+    AnswerResult,
+    Context,
+    ContextAssembler,
+    citations_in,
+)
+from shardrag.context.generation import OpenAIChatGenerator
+from shardrag.errors import InvalidParameter
+from shardrag.models import Hit, Metadata
+
+#: Searches a tenant: (tenant, question, k, filters) → hits.
+Search = Callable[[str, str, int, Metadata | None], list[Hit]]
+
+
+class Answering:
+    """Answers questions of a tenant from its search results (see the module)."""
+
+    def __init__(
+        self,
+        search: Search,
+        generation: Callable[[str], int],
+        assembler: ContextAssembler,
+        answerer: Answerer,
+        cache: ResultCache | None,
+        default_budget: int,
+    ) -> None:
+        self.search = search
+        self.generation = generation
+        self.assembler = assembler
+        self.answerer = answerer
+        self.cache = cache
+        self.default_budget = default_budget
+
+    def answer(
+        self,
+        tenant: str,
+        question: str,
+        k: int,
+        max_context_tokens: int | None,
+        filters: Metadata | None,
+    ) -> AnswerResult:
+        """The answer with its citations and the hits searched."""
+        budget = self._budget(max_context_tokens)
+        key = self._key(tenant, question, k, budget, filters)
+        cached = self.cache.get(key) if self.cache else None
+        if isinstance(cached, AnswerResult):
+            return cached
+        hits = self.search(tenant, question, k, filters)
+        context = self.assembler.run(question, hits, budget)
+        result = AnswerResult(self.answerer.run(context), hits)
+        if self.cache is not None:
+            self.cache.put(key, result)
+        return result
+
+    def stream(
+        self,
+        tenant: str,
+        question: str,
+        k: int,
+        max_context_tokens: int | None,
+        filters: Metadata | None,
+    ) -> tuple[list[Hit], Context, Iterator[str]]:
+        """(hits, context, text pieces as they are generated)."""
+        budget = self._budget(max_context_tokens)
+        key = self._key(tenant, question, k, budget, filters)
+        cached = self.cache.get(key) if self.cache else None
+        if isinstance(cached, AnswerResult):
+            context = self.assembler.run(question, cached.hits, budget)
+            return cached.hits, context, iter([cached.answer.text])
+        hits = self.search(tenant, question, k, filters)
+        context = self.assembler.run(question, hits, budget)
+        if isinstance(self.answerer, OpenAIChatGenerator):
+            pieces = self.answerer.stream(context)
+            return hits, context, self._cached_at_end(key, hits, context, pieces)
+        result = AnswerResult(self.answerer.run(context), hits)
+        if self.cache is not None:
+            self.cache.put(key, result)
+        return hits, context, iter([result.answer.text])
+
+    def _cached_at_end(
+        self, key: CacheKey, hits: list[Hit], context: Context, pieces: Iterator[str]
+    ) -> Iterator[str]:
+        """``pieces``, and once they are all read, the answer they make in the cache."""
+        text: list[str] = []
+        for piece in pieces:
+            text.append(piece)
+            yield piece
+        if self.cache is not None:
+            answer = "".join(text).strip()
+            cited = citations_in(answer, context)
+            self.cache.put(key, AnswerResult(Answer(answer, cited, True), hits))
+
+    def _key(
+        self, tenant: str, question: str, k: int, budget: int, filters: Metadata | None
+    ) -> CacheKey:
+        return CacheKey.for_search(
+            tenant,
+            self.generation(tenant),
+            CacheKind.ANSWER,
+            validation.query_text(question),
+            {"k": k, "budget": budget, "filters": filters or {}, "answerer": self.answerer.name},
+        )
+
+    def _budget(self, max_context_tokens: int | None) -> int:
+        budget = max_context_tokens or self.default_budget
+        if budget < 1:
+            raise InvalidParameter("max_context_tokens must be at least 1")
+        return budget
