@@ -1,6 +1,6 @@
 """Bad input through the API: a 4xx with a stable code, one error shape, and nothing lost.
 
-The embedded core's bad-input corpus (tests/core/test_isolation_and_input.py) sent over HTTP,
+The embedded core's bad-input corpus (tests/embedded/test_isolation_and_input.py) sent over HTTP,
 plus what only HTTP has: malformed JSON, schema violations, path tricks, bad headers, bodies
 over the size limits. Every answer is ``{"error": {"code", "message", "details"}}`` with the
 expected status and code; afterwards the server still answers and the document stored before
