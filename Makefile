@@ -51,7 +51,9 @@ serve: install
 	$(BIN)/shardrag serve --data-dir ./shardrag-data
 
 ## Lint, type-check and run the whole test suite.
-test: install-dev lint typecheck unit
+# Lint and type checks run beside the tests (make -j): they are done long before them.
+test: install-dev system-deps
+	$(MAKE) --no-print-directory -j3 lint typecheck unit
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench
@@ -60,8 +62,11 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy src
 
+# Two workers (pytest-xdist); the modules that start clusters run one after another on one
+# of them (tests/conftest.py), everything else beside them.
+TEST_WORKERS ?= 2
 unit: install-dev system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench-ingest: install-dev
 	$(BIN)/python bench/ingest.py

@@ -13,32 +13,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from shardrag import Shardrag
 
-#: Modules that start clusters of their own processes (NATS servers, nodes, workers, api
-#: processes), by path under tests/, with the xdist group each runs in: a group runs on one
-#: worker, one module after another, so no two of its clusters compete for the cores; the
-#: groups run beside each other and beside the rest of the suite.
+#: Modules that start clusters of their own processes (NATS servers, index nodes, workers,
+#: api processes), by path under tests/. They run in one xdist group: on one worker, one module
+#: after another, so no two clusters compete for the cores (their latency and availability
+#: assertions need the CPU a cluster of their own would have); the rest of the suite runs on
+#: the other workers beside them.
 CLUSTER_MODULES = {
-    "cluster/test_api_suite.py": "cluster-api-suite",
-    "chaos/test_chaos.py": "cluster-chaos",
-    "cluster/test_placement.py": "cluster-faults",
-    "cluster/test_failover.py": "cluster-faults",
-    "cluster/test_resilience.py": "cluster-faults",
-    "cluster/test_launcher.py": "cluster-faults",
-    "bench/test_cluster_bench.py": "cluster-faults",
+    "cluster/test_api_suite.py",
+    "chaos/test_chaos.py",
+    "cluster/test_placement.py",
+    "cluster/test_failover.py",
+    "cluster/test_resilience.py",
+    "bench/test_cluster_bench.py",
 }
 TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests of ``CLUSTER_MODULES`` ``cluster`` and put them in their xdist group."""
+    """Mark the tests of ``CLUSTER_MODULES`` ``cluster``, in the xdist group ``cluster``."""
     for item in items:
         path = Path(item.path).resolve()
-        if TESTS not in path.parents:
-            continue
-        group = CLUSTER_MODULES.get(path.relative_to(TESTS).as_posix())
-        if group is not None:
+        if TESTS in path.parents and path.relative_to(TESTS).as_posix() in CLUSTER_MODULES:
             item.add_marker(pytest.mark.cluster)
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 @pytest.fixture

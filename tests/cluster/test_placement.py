@@ -423,6 +423,12 @@ def test_a_tenant_past_the_size_threshold_is_promoted_on_its_own(placed: Placed)
     wait_for(lambda: live_at_least(placed, [(tenant, d, 1) for d in docs]), 120, "the late writes")
     shards = split["shards"]
     assert isinstance(shards, list)
+    # Each new shard's second replica shows in its node's next heartbeat.
+    wait_for(
+        lambda: all(len(hosted_replicas(placed, shard)) == 2 for shard in shards),
+        60,
+        f"both replicas of shards {shards} to be hosted",
+    )
     replicas = {shard: hosted_replicas(placed, shard) for shard in shards}
     assert all(len(nodes) == 2 for nodes in replicas.values()), replicas
     deadline = time.monotonic() + 60  # a replica may apply the last writes a moment later
