@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -184,6 +184,9 @@ class FakeTransport:
         hit = Hit(doc_id=node, version=1, chunk_index=0, text=text, score=1.0, metadata={})
         # Through the wire format, as a node's reply would come.
         return SearchReply.decode(SearchReply(node, 7, [hit]).encode())
+
+    async def blocking(self, function: Callable[..., _T], *args: Any) -> _T:
+        return function(*args)
 
     def close(self) -> None:
         self.loop.close()

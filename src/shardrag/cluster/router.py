@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -119,8 +120,10 @@ class Router:
         self.breakers = Breakers(breaker_failures, breaker_cooldown)
         self._candidates: dict[int, tuple[float, list[str]]] = {}
         self._windows: dict[int, LatencyWindow] = {}
-        # Requests sent and not yet ended, per node; touched on the connection's loop only.
+        # Requests sent and not yet ended, per node (an in-process transport runs searches
+        # on their callers' threads: counted under a lock).
         self._outstanding: dict[str, int] = {}
+        self._counting = threading.Lock()
         # Requests whose query no longer waits for them (hedge losers): kept until they end.
         self._background: set[asyncio.Task[_Outcome]] = set()
         self._random = random.Random()
@@ -240,8 +243,7 @@ class Router:
         """
         candidates = self._fresh_replicas(shard_id)
         if candidates is None:
-            loop = asyncio.get_running_loop()
-            candidates = await loop.run_in_executor(None, self._live_replicas, shard_id)
+            candidates = await self.transport.blocking(self._live_replicas, shard_id)
         if not candidates:
             if hedge or _QUEUE_GROUP in asked:
                 return _ROUND_OVER
@@ -283,7 +285,8 @@ class Router:
         breaker = self.breakers.of(node_id) if node_id else None
         trial = breaker.begin() if breaker else False
         if node_id:
-            self._outstanding[node_id] = self._outstanding.get(node_id, 0) + 1
+            with self._counting:
+                self._outstanding[node_id] = self._outstanding.get(node_id, 0) + 1
         verdict: bool | None = None
         started = time.monotonic()
         try:
@@ -307,7 +310,8 @@ class Router:
             return _Outcome(reply)
         finally:
             if node_id and breaker is not None:
-                self._outstanding[node_id] -= 1
+                with self._counting:
+                    self._outstanding[node_id] -= 1
                 if verdict is True:
                     breaker.succeeded()
                 elif verdict is False:

@@ -15,13 +15,12 @@ mode as well.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from collections.abc import Coroutine
+import threading
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.cluster.serving import SearchServer
-from shardrag.loopthread import LoopThread
 
 if TYPE_CHECKING:
     from shardrag.natsconn import NatsConnection
@@ -51,6 +50,11 @@ class SearchTransport(Protocol):
         Raises ``TimeoutError`` past ``timeout`` and ``ReplicaUnreachable`` when no replica
         got the call.
         """
+        ...
+
+    async def blocking(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)``, a blocking call (a shard map read), without stalling other
+        requests of the transport's loop."""
         ...
 
     def close(self) -> None:
@@ -84,32 +88,45 @@ class NatsTransport:
             raise ReplicaUnreachable(f"{subject}: {type(exc).__name__}") from exc
         return SearchReply.decode(message.data)
 
+    async def blocking(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)`` on a worker thread: the connection's loop never blocks."""
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
     def close(self) -> None:
         """Nothing: the connection belongs to the process's ``Backends``."""
 
 
 class LocalTransport:
-    """Search calls answered by this process's ``SearchServer`` (the embedded mode)."""
+    """Search calls answered by this process's ``SearchServer`` (the embedded mode).
 
-    def __init__(self, server: SearchServer, threads: int = 4) -> None:
+    Nothing crosses a thread: the router's coroutines run on an event loop of the calling
+    thread (one per thread, made on first use), and the server answers inline — a replica
+    that must wait for its applier waits in the caller's thread, bounded by the call's
+    ``wait_seconds``. A search costs no thread switch, as a direct engine call did.
+    """
+
+    def __init__(self, server: SearchServer) -> None:
         self.server = server
-        self._loop = LoopThread("local-router")
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "local-search")
+        self._local = threading.local()
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
-        """Run ``coroutine`` on this transport's loop."""
-        return self._loop.run(coroutine, timeout + 1)
+        """Run ``coroutine`` to its end on this thread's loop (the router keeps to its own
+        deadline, and nothing here waits on anything but the server's bounded wait)."""
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coroutine)
 
     async def request(self, call: SearchCall, node_id: str | None, timeout: float) -> SearchReply:
         """The local server's reply (see ``SearchTransport``); another node's name reaches
         nobody here."""
         if node_id is not None and node_id != self.server.node_id:
             raise ReplicaUnreachable(f"node {node_id} is not this process", no_responders=True)
-        loop = asyncio.get_running_loop()
-        answering = loop.run_in_executor(self._pool, self.server.answer, call)
-        return await asyncio.wait_for(answering, timeout)
+        return self.server.answer(call)
+
+    async def blocking(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)`` inline: nothing else runs on this thread's loop meanwhile."""
+        return function(*args)
 
     def close(self) -> None:
-        """Stop the loop and the search threads."""
-        self._loop.close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Nothing to release: each thread's loop goes with its thread."""
