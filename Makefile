@@ -63,10 +63,12 @@ typecheck: install-dev
 	$(BIN)/mypy src
 
 # Two workers (pytest-xdist); the modules that start clusters run one after another on one
-# of them (tests/conftest.py), everything else beside them.
+# of them (tests/conftest.py), everything else beside them. Tests that compare latencies
+# (marked serial) run afterwards, alone.
 TEST_WORKERS ?= 2
 unit: install-dev system-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 bench-ingest: install-dev
 	$(BIN)/python bench/ingest.py

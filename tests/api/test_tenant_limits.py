@@ -320,6 +320,7 @@ def metric(client: httpx.Client, sample: str) -> float:
     return 0.0
 
 
+@pytest.mark.serial
 def test_a_flooding_tenant_gets_429s_and_another_tenants_p99_stays_within_twice_unloaded(
     server: Server,
 ) -> None:

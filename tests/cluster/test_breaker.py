@@ -244,6 +244,7 @@ def hedged_search(router: Router) -> tuple[str, float, int]:
     return result.hits[0].doc_id, time.monotonic() - started, result.hedges
 
 
+@pytest.mark.serial
 def test_a_slow_node_is_hedged_around_and_its_breaker_opens(transport: FakeTransport) -> None:
     router, conn = make_router(transport, ["fast", "slow"])
     try:
