@@ -124,6 +124,8 @@ class Router:
         # on their callers' threads: counted under a lock).
         self._outstanding: dict[str, int] = {}
         self._counting = threading.Lock()
+        # Shards whose replicas are being read again in the background.
+        self._refreshing: set[int] = set()
         # Requests whose query no longer waits for them (hedge losers): kept until they end.
         self._background: set[asyncio.Task[_Outcome]] = set()
         self._random = random.Random()
@@ -243,7 +245,14 @@ class Router:
         """
         candidates = self._fresh_replicas(shard_id)
         if candidates is None:
-            candidates = await self.transport.blocking(self._live_replicas, shard_id)
+            known = self._candidates.get(shard_id)
+            if known is not None:
+                # Past their time: used while one background read refreshes them, so a map
+                # slow for a while (its NATS server moving) holds no search.
+                candidates = known[1]
+                self._refresh_soon(shard_id)
+            else:
+                candidates = await self.transport.blocking(self._live_replicas, shard_id)
         if not candidates:
             if hedge or _QUEUE_GROUP in asked:
                 return _ROUND_OVER
@@ -339,6 +348,22 @@ class Router:
         if cached is not None and time.monotonic() - cached[0] < _MAP_TTL:
             return cached[1]
         return None
+
+    def _refresh_soon(self, shard_id: int) -> None:
+        """Read the shard's live replicas again on a thread of its own (once at a time)."""
+        with self._counting:
+            if shard_id in self._refreshing:
+                return
+            self._refreshing.add(shard_id)
+
+        def refresh() -> None:
+            try:
+                self._live_replicas(shard_id)
+            finally:
+                with self._counting:
+                    self._refreshing.discard(shard_id)
+
+        threading.Thread(target=refresh, name=f"replicas-{shard_id}", daemon=True).start()
 
     def _live_replicas(self, shard_id: int) -> list[str]:
         fresh = self._fresh_replicas(shard_id)
