@@ -1,8 +1,7 @@
 """An asyncio event loop on a daemon thread of its own, driven from blocking code.
 
-The NATS connection (``natsconn.py``) and the router's in-process transport
-(``cluster/transport.py``) run their coroutines here; callers on ordinary threads wait for
-them with ``run``.
+The NATS connection (``natsconn.py``) runs its coroutines here; callers on ordinary threads
+wait for them with ``run``.
 """
 
 from __future__ import annotations

@@ -79,11 +79,11 @@ class NatsConnection:
     @property
     def closed(self) -> bool:
         """Whether ``close`` ran."""
-        return self.loop.is_closed()
+        return self._loop_thread.closed
 
     def close(self) -> None:
         """Drain nothing, close the connection, stop the loop. Idempotent."""
-        if self.loop.is_closed():
+        if self.closed:
             return
         try:
             self.run(self.client.close())

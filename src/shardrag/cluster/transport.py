@@ -5,8 +5,8 @@ to a ``SearchTransport`` and gets a ``SearchReply`` back:
 
 - ``NatsTransport`` (distributed): request-reply on ``<prefix>_rpc.search.<shard>[.<node>]``,
   answered by an index node (``node.py``);
-- ``LocalTransport`` (embedded): the process's own ``SearchServer`` on a small thread pool,
-  with the same replies, errors and read-concern waits as a node's.
+- ``LocalTransport`` (embedded): the process's own ``SearchServer``, answering inline on the
+  caller's thread, with the same replies, errors and read-concern waits as a node's.
 
 So breakers, hedging, failover and the read-concern wait run, and are tested, in the embedded
 mode as well.
