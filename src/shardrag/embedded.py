@@ -499,7 +499,9 @@ class Shardrag:
 
         Embedded, the one node is this process (``local``).
         """
-        return collect_status(self.layout, self.shard_map, self.log, self.mode.directory.nodes())
+        return collect_status(
+            self.layout, self.shard_map, self.log, self.mode.directory.nodes(fresh=True)
+        )
 
     # -- the pipeline's operations --------------------------------------------------------------
 
@@ -509,7 +511,7 @@ class Shardrag:
 
     def pipeline_stats(self) -> PipelineStats:
         """Pending writes, dead letters, and how far each shard's log is applied (metrics)."""
-        nodes = self.mode.directory.nodes()
+        nodes = self.mode.directory.nodes(fresh=True)
         return pipeline_stats(
             self.registry, self.log, self.layout.shards, [n.applied for n in nodes]
         )

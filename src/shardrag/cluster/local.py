@@ -76,8 +76,9 @@ class LocalNode:
         """This node holds every shard's one replica."""
         return Replicas(shard_id, (LOCAL_NODE,))
 
-    def nodes(self) -> list[NodeInfo]:
-        """This node, as its heartbeat would say it now (applied offsets and log heads)."""
+    def nodes(self, fresh: bool = False) -> list[NodeInfo]:
+        """This node, as its heartbeat would say it now (applied offsets and log heads;
+        always fresh)."""
         shards = range(self.shard_count)
         heads = {s: self.log.last_sequence(shard_subject(s)) for s in shards}
         applied = {s: self.applier.applied(s) if self.applier else heads[s] for s in shards}

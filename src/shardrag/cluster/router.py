@@ -56,8 +56,8 @@ class ReplicaDirectory(Protocol):
     """Where the router learns which replicas a shard has and which nodes are alive: the
     shard map in a cluster, the process itself in the embedded mode."""
 
-    def nodes(self) -> list[NodeInfo]:
-        """The live nodes."""
+    def nodes(self, fresh: bool = False) -> list[NodeInfo]:
+        """The live nodes (``fresh``: as they are now, not as last read)."""
         ...
 
     def replicas(self, shard_id: int) -> Replicas:
@@ -271,8 +271,11 @@ class Router:
                 usable = fresh
         if not usable:
             return _ROUND_OVER
-        fewest = min(self._outstanding.get(n, 0) for n in usable)
-        chosen = self._random.choice([n for n in usable if self._outstanding.get(n, 0) == fewest])
+        # One reading of the counts: other threads' requests change them meanwhile.
+        with self._counting:
+            load = {n: self._outstanding.get(n, 0) for n in usable}
+        fewest = min(load.values())
+        chosen = self._random.choice([n for n in usable if load[n] == fewest])
         asked.add(chosen)
         return chosen
 
