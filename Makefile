@@ -65,7 +65,7 @@ typecheck: install-dev
 # Two workers (pytest-xdist); the modules that start clusters run one after another on one
 # of them (tests/conftest.py), everything else beside them. Tests that compare latencies
 # (marked serial) run afterwards, alone.
-TEST_WORKERS ?= 1
+TEST_WORKERS ?= 2
 unit: install-dev system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
 	$(BIN)/python -m pytest -m serial

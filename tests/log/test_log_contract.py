@@ -112,12 +112,19 @@ def test_a_poison_message_is_dead_lettered_after_its_attempts_and_can_be_redrive
     log.append("doc.ingest", b"fine")
     consumer = log.consumer("ingest", "doc.ingest", max_attempts=3)
     outcomes = []
-    for _ in range(10):
+    # Until it is dead-lettered (a deadline, not a count of fetches: a busy machine is slow),
+    # then a while longer to see it come no more.
+    deadline = time.monotonic() + 30
+    settled = None
+    while settled is None or time.monotonic() < settled:
+        assert time.monotonic() < deadline, outcomes
         for message in consumer.fetch(timeout=0.2):
             if message.data == b"fine":
                 consumer.ack(message)
             else:
                 outcomes.append(consumer.nak(message, f"broken pdf (try {message.attempts})"))
+        if settled is None and True in outcomes:
+            settled = time.monotonic() + 0.6
     assert outcomes == [False, False, True]  # three attempts, then no more
     (dead,) = log.dead_letters("ingest")
     assert (dead.data, dead.attempts, dead.error) == (b"poison", 3, "broken pdf (try 3)")
@@ -134,7 +141,14 @@ def test_a_consumer_left_unacked_until_its_last_attempt_is_dead_lettered(
     log = open_log()
     log.append("doc.ingest", b"hangs")
     consumer = log.consumer("hung", "doc.ingest", max_attempts=2, ack_wait=0.1)
-    deliveries = [m.attempts for _ in range(20) for m in consumer.fetch(timeout=0.1)]
+    deliveries: list[int] = []
+    deadline = time.monotonic() + 30
+    while not log.dead_letters("hung"):
+        assert time.monotonic() < deadline, deliveries
+        deliveries += [m.attempts for m in consumer.fetch(timeout=0.1)]
+    settled = time.monotonic() + 0.5  # and it comes no more
+    while time.monotonic() < settled:
+        deliveries += [m.attempts for m in consumer.fetch(timeout=0.1)]
     assert deliveries == [1, 2]
     assert "not acknowledged" in log.dead_letters("hung")[0].error
 
