@@ -29,13 +29,36 @@ CLUSTER_MODULES = {
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests of ``CLUSTER_MODULES`` ``cluster``, in the xdist group ``cluster``."""
+    """Mark the tests of ``CLUSTER_MODULES`` ``cluster``, in the xdist group ``cluster``.
+
+    First of the hook's implementations: pytest-xdist's own (on each worker, under
+    ``--dist loadgroup``) reads the group marks to rename the items it groups.
+    """
     for item in items:
         path = Path(item.path).resolve()
         if TESTS in path.parents and path.relative_to(TESTS).as_posix() in CLUSTER_MODULES:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On an xdist worker under ``--dist loadgroup``: stop unless the cluster tests were
+    grouped (a pytest or pytest-xdist upgrade broke that once, silently: clusters then ran two
+    at a time and started twice)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("cluster") and not item.nodeid.endswith("@cluster")
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {len(lost)} cluster tests (e.g. {lost[0]}): "
+            "check the pytest and pytest-xdist versions against pyproject.toml"
+        )
 
 
 @pytest.fixture
