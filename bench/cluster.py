@@ -671,13 +671,15 @@ class LagProbe:
         """The replica's applied offset, as the node answers now (None: no answer)."""
         call = SearchCall(ShardQuery(WRITE_TENANT, SearchMode.KEYWORD, 1, "lag"), shard)
 
+        # A node applying a burst of writes on a busy machine may take a while to answer: a
+        # generous timeout, so that a failure means no answer, not a slow one.
         async def ask() -> bytes:
             subject = search_subject(self.prefix, shard, node)
-            msg = await self.conn.client.request(subject, call.encode(), timeout=2.0)
+            msg = await self.conn.client.request(subject, call.encode(), timeout=5.0)
             return bytes(msg.data)
 
         try:
-            return SearchReply.decode(self.conn.run(ask(), timeout=2.0)).applied
+            return SearchReply.decode(self.conn.run(ask(), timeout=5.0)).applied
         except Exception:
             self.probe_failures += 1
             return None
