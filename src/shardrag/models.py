@@ -299,6 +299,10 @@ class SearchRequest:
     fusion: Fusion = Fusion.DBSF
 
 
+#: One chunk of one version of a document: (doc id, version, chunk index).
+ChunkKey = tuple[str, int, int]
+
+
 @dataclass(frozen=True)
 class ShardQuery:
     """One search as each shard runs it: a validated ``SearchRequest`` with its query vector.
@@ -315,6 +319,47 @@ class ShardQuery:
     dense: list[float] | None = None
     filters: Metadata = field(default_factory=dict)
     fusion: Fusion = Fusion.DBSF
+    #: A hybrid search of a tenant on several shards: each shard answers its candidates of
+    #: each signal unfused too (``SearchReply.dense``/``keyword``), and the router fuses their
+    #: union once, as one shard holding everything would (``engine/fusion.py``).
+    unfused: bool = False
+    #: Not a search: these chunks (doc id, version, chunk index), those still live, with their
+    #: text (the router's second step when a globally fused hit came without it).
+    chunks: tuple[ChunkKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate of one signal (dense or keyword) of a shard, unfused: the chunk it is and
+    its raw score (cosine; BM25 over the tenant's chunks on that shard)."""
+
+    doc_id: str
+    version: int
+    chunk_index: int
+    score: float
+    #: A keyword candidate's BM25 weight of each term of the query (``KeywordStats.terms``),
+    #: before IDF: what its score is rebuilt from with the IDF of all the tenant's shards.
+    weights: tuple[float, ...] = ()
+
+    @property
+    def key(self) -> ChunkKey:
+        """The chunk it is."""
+        return (self.doc_id, self.version, self.chunk_index)
+
+
+@dataclass(frozen=True)
+class KeywordStats:
+    """What BM25's IDF of a query's terms is computed from, on one shard for one tenant: the
+    tenant's live chunks there and, per term of the query, how many of them hold it. Summed
+    over a tenant's shards they give the IDF one shard holding everything would use."""
+
+    #: The tenant's live chunks matching the query's filters on the shard (BM25's N).
+    chunks: int
+    #: The query's BM25 terms (the engine's token ids) and their weights in the query.
+    terms: tuple[int, ...] = ()
+    query_weights: tuple[float, ...] = ()
+    #: Per term, the chunks holding it (BM25's n; recovered from the engine's IDF, a float).
+    holding: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shardrag.models import Fusion, Hit, SearchMode, ShardQuery
+from shardrag.models import Fusion, Hit, KeywordStats, Scored, SearchMode, ShardQuery
 
 
 def search_subject(prefix: str, shard_id: int, node_id: str | None = None) -> str:
@@ -72,6 +72,9 @@ class SearchCall:
             query["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()
         query["mode"] = SearchMode(query["mode"])
         query["fusion"] = Fusion(query["fusion"])
+        query["chunks"] = tuple(
+            (str(doc_id), int(version), int(chunk)) for doc_id, version, chunk in query["chunks"]
+        )
         return cls(
             ShardQuery(**query),
             int(values["shard_id"]),
@@ -83,17 +86,32 @@ class SearchCall:
 
 @dataclass(frozen=True)
 class SearchReply:
-    """A replica's answer: its hits, or the error it hit; with how far it had applied."""
+    """A replica's answer: its hits, or the error it hit; with how far it had applied.
+
+    To an ``unfused`` query, also each signal's candidates with their raw scores (``dense``,
+    ``keyword``; the hits are then the shard's own fused top, whose text the router uses).
+    """
 
     node_id: str
     applied: int
     hits: list[Hit] | None = None
     error_code: str | None = None
     error_message: str | None = None
+    dense: list[Scored] | None = None
+    keyword: list[Scored] | None = None
+    stats: KeywordStats | None = None
 
     def encode(self) -> bytes:
-        """The reply body."""
+        """The reply body (candidates as compact [doc id, version, chunk, score, weights]
+        rows)."""
         values = asdict(self)
+        for signal in ("dense", "keyword"):
+            candidates: list[Scored] | None = getattr(self, signal)
+            if candidates is not None:
+                values[signal] = [
+                    [c.doc_id, c.version, c.chunk_index, c.score, list(c.weights)]
+                    for c in candidates
+                ]
         return json.dumps(values).encode()
 
     @classmethod
@@ -103,4 +121,19 @@ class SearchReply:
         hits = values.get("hits")
         if hits is not None:
             values["hits"] = [Hit(**h) for h in hits]
+        for signal in ("dense", "keyword"):
+            rows = values.get(signal)
+            if rows is not None:
+                values[signal] = [
+                    Scored(str(d), int(v), int(c), float(x), tuple(float(w) for w in ws))
+                    for d, v, c, x, ws in rows
+                ]
+        stats = values.get("stats")
+        if stats is not None:
+            values["stats"] = KeywordStats(
+                int(stats["chunks"]),
+                tuple(int(t) for t in stats["terms"]),
+                tuple(float(w) for w in stats["query_weights"]),
+                tuple(float(n) for n in stats["holding"]),
+            )
         return cls(**values)

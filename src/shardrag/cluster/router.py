@@ -154,18 +154,26 @@ class Router:
 
     def search(self, calls: list[SearchCall], k: int) -> RoutedResult:
         """Ask every call's shard (in parallel) and merge the answers into the top ``k``."""
+        replies, result = self.gather(calls)
+        hits = [hit for reply in replies for hit in reply.hits or []]
+        hits.sort(key=lambda h: h.score, reverse=True)
+        result.hits = hits[:k]
+        return result
+
+    def gather(self, calls: list[SearchCall]) -> tuple[list[SearchReply], RoutedResult]:
+        """Every call's reply (in the calls' order, asked in parallel), and a result with how
+        far each answering replica had applied its shard, its failovers and hedges (no hits:
+        the caller merges them)."""
         deadline = time.monotonic() + self.search_timeout
 
         async def fan_out() -> list[_ShardAnswer]:
             return list(await asyncio.gather(*(self._ask(call, deadline) for call in calls)))
 
         answers = self.transport.run(fan_out(), timeout=self.search_timeout)
-        hits = [hit for answer in answers for hit in answer.reply.hits or []]
-        hits.sort(key=lambda h: h.score, reverse=True)
         failovers = sum(a.failovers for a in answers)
         self.failovers += failovers
-        return RoutedResult(
-            hits[:k],
+        return [a.reply for a in answers], RoutedResult(
+            [],
             {call.shard_id: a.reply.applied for call, a in zip(calls, answers, strict=True)},
             failovers,
             sum(a.hedges for a in answers),

@@ -26,6 +26,7 @@ from typing import Protocol
 from shardrag.cluster.protocol import SearchCall, SearchReply
 from shardrag.engine import ShardEngine
 from shardrag.errors import ShardragError
+from shardrag.models import SearchMode
 
 
 class ServedReplica(Protocol):
@@ -86,12 +87,24 @@ class SearchServer:
         if applied < call.min_applied:
             message = f"replica at offset {applied}, the read needs {call.min_applied}"
             return SearchReply(self.node_id, applied, None, "replica_behind", message)
+        candidates = None
         try:
             hits = replica.engine.search(call.query)
+            if call.query.unfused and call.query.mode is SearchMode.HYBRID:
+                candidates = replica.engine.candidates(call.query)
         except ShardragError as exc:
             return SearchReply(self.node_id, applied, None, exc.code, exc.message)
         self.searches[call.shard_id] += 1
-        return SearchReply(self.node_id, applied, hits)
+        if candidates is None:
+            return SearchReply(self.node_id, applied, hits)
+        return SearchReply(
+            self.node_id,
+            applied,
+            hits,
+            dense=candidates.dense,
+            keyword=candidates.keyword,
+            stats=candidates.stats,
+        )
 
     def caught_up(self, replica: ServedReplica, call: SearchCall) -> int:
         """The replica's applied offset, after waiting (up to ``call.wait_seconds``) for

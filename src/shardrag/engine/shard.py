@@ -37,10 +37,21 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from shardrag.engine.fusion import holding_of, prefetch_depth
 from shardrag.engine.ids import point_id
 from shardrag.engine.rwlock import ReadWriteLock
 from shardrag.errors import InternalError, InvalidParameter
-from shardrag.models import EmbeddedChunk, Fusion, Hit, Metadata, SearchMode, ShardQuery
+from shardrag.models import (
+    ChunkKey,
+    EmbeddedChunk,
+    Fusion,
+    Hit,
+    KeywordStats,
+    Metadata,
+    Scored,
+    SearchMode,
+    ShardQuery,
+)
 
 DENSE = "dense"
 BM25 = "bm25"
@@ -49,6 +60,8 @@ _LIVE = "live"
 _TOMBSTONE = "tombstone"
 # The chunk index of a tombstone's marker point.
 _MARKER = -1
+#: The payload fields that name a chunk (candidates carry nothing else).
+_IDENTITY = ["doc_id", "version", "chunk_index"]
 _SETTINGS_FILE = "shardrag-engine.json"
 
 
@@ -93,6 +106,15 @@ class StoredVersion:
     pending: int = 0
     live: int = 0
     tombstone: bool = False
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A hybrid query's candidates on one shard, unfused (``ShardEngine.candidates``)."""
+
+    dense: list[Scored]
+    keyword: list[Scored]
+    stats: KeywordStats
 
 
 class ShardEngine:
@@ -359,20 +381,85 @@ class ShardEngine:
     # -- read path ----------------------------------------------------------------------------
 
     def search(self, query: ShardQuery) -> list[Hit]:
-        """Top-k live chunks of one tenant, in one engine call (hybrid: prefetch + fusion)."""
-        live = qe.Filter(
-            must=[
-                _eq("tenant", query.tenant),
-                _eq("state", _LIVE),
-                *_metadata_conditions(query.filters),
-            ]
-        )
+        """Top-k live chunks of one tenant, in one engine call (hybrid: prefetch + fusion);
+        a query naming ``chunks`` gets those of them still live instead."""
+        if query.chunks:
+            return self.fetch(query.tenant, query.chunks)
+        live = _live_filter(query)
         request = self._request(
             query.tenant, query.mode, query.k, query.dense, query.text, live, query.fusion
         )
         with self._lock.shared():
             points = self._shard.query(request)
         return _one_version_per_document([_hit(p) for p in points])[: query.k]
+
+    def candidates(self, query: ShardQuery) -> Candidates:
+        """The dense and the keyword candidates of a hybrid query, unfused, best first:
+        ``prefetch_depth(k)`` of each with their raw scores, as the engine would fuse them;
+        the keyword ones with their BM25 weight of each query term, and the shard's
+        ``KeywordStats`` (the router fuses several shards' candidates: ``engine/fusion.py``).
+
+        A term's count of chunks is recovered from the engine's own IDF: a search for the
+        term alone scores its best chunk IDF x that chunk's stored weight of the term.
+        """
+        live = _live_filter(query)
+        depth = prefetch_depth(query.k)
+        sparse = self._bm25.embed_query(query.text)
+        terms = [int(t) for t in sparse.indices]
+        corpus = qe.SearchParams(idf=qe.IdfParams(corpus=live))
+        with self._lock.shared():
+            dense = self._shard.query(
+                qe.QueryRequest(
+                    limit=depth,
+                    query=qe.Query.Nearest(query.dense or [], using=DENSE),
+                    filter=live,
+                    with_payload=_IDENTITY,
+                )
+            )
+            keyword = self._shard.query(
+                qe.QueryRequest(
+                    limit=depth,
+                    query=qe.Query.Nearest(sparse, using=BM25),
+                    filter=live,
+                    params=corpus,
+                    with_payload=_IDENTITY,
+                    with_vector=[BM25],
+                )
+            )
+            chunks = int(self._shard.count(qe.CountRequest(exact=True, filter=live)))
+            holding = []
+            for term in terms:
+                top = self._shard.query(
+                    qe.QueryRequest(
+                        limit=1,
+                        query=qe.Query.Nearest(qe.SparseVector([term], [1.0]), using=BM25),
+                        filter=live,
+                        params=corpus,
+                        with_vector=[BM25],
+                    )
+                )
+                weight = _weights(top[0], [term])[0] if top else 0.0
+                holding.append(holding_of(chunks, top[0].score / weight) if weight else 0.0)
+        return Candidates(
+            [_scored(p) for p in dense],
+            [_scored(p, _weights(p, terms)) for p in keyword],
+            KeywordStats(
+                chunks, tuple(terms), tuple(float(v) for v in sparse.values), tuple(holding)
+            ),
+        )
+
+    def fetch(self, tenant: str, chunks: Sequence[ChunkKey]) -> list[Hit]:
+        """The live ones of ``chunks`` of ``tenant`` (score 0), in the order asked."""
+        ids: list[Any] = [point_id(tenant, *chunk) for chunk in chunks]
+        with self._lock.shared():
+            records = self._shard.retrieve(ids, with_payload=True, with_vector=False)
+        found = {}
+        for record in records:
+            payload = record.payload or {}
+            if payload.get("tenant") == tenant and payload.get("state") == _LIVE:
+                hit = _hit(_Scoreless(record.id, payload))
+                found[(hit.doc_id, hit.version, hit.chunk_index)] = hit
+        return [found[chunk] for chunk in chunks if chunk in found]
 
     def _request(
         self,
@@ -393,7 +480,7 @@ class ShardEngine:
             return qe.QueryRequest(
                 limit=limit, query=query, filter=live, params=params, with_payload=True
             )
-        depth = max(100, 4 * limit)
+        depth = prefetch_depth(k)
         prefetches = [
             qe.Prefetch(limit=depth, query=query, filter=live, params=params)
             for query, params in (
@@ -568,6 +655,44 @@ def _hit(point: Any) -> Hit:
         raise InternalError(
             f"point {point.id} lacks payload field {exc}", point=str(point.id)
         ) from exc
+
+
+def _live_filter(query: ShardQuery) -> qe.Filter:
+    """The tenant's live chunks that match the query's metadata filters."""
+    return qe.Filter(
+        must=[
+            _eq("tenant", query.tenant),
+            _eq("state", _LIVE),
+            *_metadata_conditions(query.filters),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class _Scoreless:
+    """A retrieved record, shaped as a scored point for ``_hit``."""
+
+    id: Any
+    payload: dict[str, Any]
+    score: float = 0.0
+
+
+def _scored(point: Any, weights: Sequence[float] = ()) -> Scored:
+    payload = point.payload or {}
+    return Scored(
+        str(payload["doc_id"]),
+        int(payload["version"]),
+        int(payload["chunk_index"]),
+        float(point.score),
+        tuple(weights),
+    )
+
+
+def _weights(point: Any, terms: Sequence[int]) -> list[float]:
+    """The point's stored BM25 weight (before IDF) of each of ``terms`` (0: it lacks it)."""
+    vector = (point.vector or {}).get(BM25)
+    stored = dict(zip(vector.indices, vector.values, strict=True)) if vector else {}
+    return [float(stored.get(term, 0.0)) for term in terms]
 
 
 def _one_version_per_document(hits: list[Hit]) -> list[Hit]:
