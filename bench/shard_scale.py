@@ -74,7 +74,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
 from importlib import metadata as package_metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, TypeVar  # noqa: E402
@@ -418,6 +418,9 @@ class ScenarioReport:
     split: dict[str, ModeReport]
     split_exact: Timing | None
     other_processes_cores: float
+    #: One tenant only: dense search at each HNSW search effort (``--efforts``; 0: the
+    #: engine's default), the same queries and truth.
+    efforts: dict[str, ModeReport] = field(default_factory=dict)
 
 
 def p95(latency: Latency) -> float:
@@ -580,6 +583,7 @@ def run_scenario(
     queries: list[ScaleQuery],
     warmup: int,
     work_dir: Path,
+    efforts: Sequence[int] = (),
 ) -> ScenarioReport:
     """Build one shard, index it, and measure it beside exact search; the shard is removed."""
     console.print(f"[bold]{scenario.name}[/bold]: exact search (baseline) ...")
@@ -625,6 +629,13 @@ def run_scenario(
             for mode in MODES
             if split
         }
+        swept = {}
+        for effort in efforts if not split else ():
+            engine.search_ef = effort
+            swept[str(effort)] = search_mode(
+                engine, SearchMode.DENSE, queries, fusion, warmup, scenario, truth, corpus.vectors
+            )
+        engine.search_ef = 0
         others = machine.cores()
         memory = {
             "rss_before": rss_before,
@@ -658,6 +669,7 @@ def run_scenario(
         split=split_modes,
         split_exact=split_exact if split else None,
         other_processes_cores=round(others, 2),
+        efforts=swept,
     )
 
 
@@ -866,6 +878,29 @@ def search_table(reports: list[ScenarioReport], queries: int) -> Table:
     return table
 
 
+def effort_table(reports: list[ScenarioReport]) -> Table:
+    """Dense recall and latency at each HNSW search effort, beside exact search."""
+    table = Table(
+        title=f"dense search by HNSW search effort (ef), k={K}, one tenant",
+        caption="ef 0 = the engine's default (its ef_construct); exact = the baseline",
+    )
+    for column in ("shard", "ef", "recall@10", "similarity kept", "wall p50/p95/p99", "CPU"):
+        table.add_column(column, justify="left" if column == "shard" else "right")
+    for r in reports:
+        for effort, mode in r.efforts.items():
+            table.add_row(
+                r.name,
+                str(effort),
+                f"{mode.recall_at_10:.3f}",
+                f"{mode.similarity_kept:.4f}",
+                wall_percentiles(mode.timing),
+                cpu_percentiles(mode.timing),
+            )
+        if r.efforts:
+            table.add_row(r.name, "exact", "1.000", "1.0000", wall_percentiles(r.exact), "")
+    return table
+
+
 def wall_percentiles(timing: Timing) -> str:
     """Wall ``p50 / p95 / p99`` in ms."""
     wall = timing.wall
@@ -978,6 +1013,8 @@ def print_tables(report: dict[str, Any], parts: BenchParts) -> None:
     )
     if parts.scenarios:
         console.print(search_table(parts.scenarios, report["settings"]["queries"]))
+        if any(r.efforts for r in parts.scenarios):
+            console.print(effort_table(parts.scenarios))
         console.print(build_table(parts.scenarios))
     if parts.router:
         console.print(router_table(parts.router, parts.embed_query))
@@ -1038,6 +1075,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--centres", type=int, default=3000, help="CISI chunks embedded")
     parser.add_argument("--spread", type=float, default=SPREAD)
     parser.add_argument("--fanout", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--efforts",
+        type=int,
+        nargs="*",
+        default=[],
+        help="HNSW search efforts (ef) to sweep dense search over, one tenant; 0: default",
+    )
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     parser.add_argument("--embed-queries", type=int, default=300, help="0 skips")
     parser.add_argument("--seed", type=int, default=7)
@@ -1077,7 +1121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 centres, shape, args.queries, scenario.tenants, np.random.default_rng(args.seed)
             )
             parts.scenarios.append(
-                run_scenario(scenario, corpus, words, queries, args.warmup, work_dir)
+                run_scenario(scenario, corpus, words, queries, args.warmup, work_dir, args.efforts)
             )
             print_tables(write(), parts)
         if args.embed_queries:

@@ -30,7 +30,7 @@ from shardrag.cluster.heartbeats import HeartbeatDirectory
 from shardrag.cluster.local import LocalNode
 from shardrag.cluster.placement import Mover
 from shardrag.cluster.placer import SizePlacer
-from shardrag.cluster.router import ReplicaDirectory, Router
+from shardrag.cluster.router import NodeDirectory, Router
 from shardrag.cluster.transport import LocalTransport, NatsTransport, SearchTransport
 from shardrag.config import Settings
 from shardrag.embed import Embedder
@@ -52,7 +52,7 @@ class ModeParts:
     pipeline: Pipeline
     router: Router
     #: Which replicas each shard has, which nodes live, how far each applied.
-    directory: ReplicaDirectory
+    directory: NodeDirectory
     transport: SearchTransport
     #: The shards this process hosts (None: index nodes host them).
     shards: ShardSet | None = None

@@ -23,6 +23,7 @@ from bench import shard_scale as bench  # noqa: E402
 POINTS = 2000
 QUERIES = 20
 FANOUT = (1, 2)
+EFFORTS = (0, 16, 64)
 LATENCY_FIGURES = ("p50_ms", "p99_ms", "mean_ms", "max_ms", "qps")
 
 
@@ -42,6 +43,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path,
             "--fanout",
             *map(str, FANOUT),
             "--embed-queries=5",
+            "--efforts",
+            *map(str, EFFORTS),
             f"--cache-dir={cache}",
             f"--work-dir={root}",
             f"--out={out}",
@@ -89,6 +92,12 @@ def test_every_scenario_reports_every_figure(run: tuple[dict[str, Any], Path, Pa
         assert scenario["segments"] >= 1
         memory = scenario["memory_mib"]
         assert memory["peak"] >= memory["rss_before"] > 0
+        # The search-effort sweep: one tenant's shard only, dense, every effort asked.
+        efforts = scenario["efforts"]
+        assert list(map(int, efforts)) == (list(EFFORTS) if scenario["tenants"] == 1 else [])
+        for mode in efforts.values():
+            assert_timing(mode["timing"], QUERIES)
+            assert 0.0 <= mode["recall_at_10"] <= 1.0 and mode["foreign_hits"] == 0
 
 
 def assert_split(scenario: dict[str, Any]) -> None:

@@ -33,9 +33,7 @@ from tests.support import (
 # Bringing the cluster up, about 400 tests over HTTP (the fuzzing sends thousands of
 # requests), and down again, on a 2-core machine.
 SUITE_TIMEOUT_SECONDS = 3600
-# serial: the suite holds a test that compares latencies (tests/api/test_tenant_limits.py), so it
-# runs with the machine to itself, after the parallel part of make test.
-pytestmark = [pytest.mark.timeout(SUITE_TIMEOUT_SECONDS + 600), pytest.mark.serial]
+pytestmark = pytest.mark.timeout(SUITE_TIMEOUT_SECONDS + 600)
 
 #: Fewer passed tests than this means part of the suite was skipped or not collected. The
 #: suite has 406 tests: 5 marked ``in_process`` skip against a cluster (401 pass), and the 3

@@ -56,12 +56,20 @@ class ReplicaDirectory(Protocol):
     """Where the router learns which replicas a shard has and which nodes are alive: the
     shard map in a cluster, the process itself in the embedded mode."""
 
-    def nodes(self, fresh: bool = False) -> list[NodeInfo]:
-        """The live nodes (``fresh``: as they are now, not as last read)."""
+    def nodes(self) -> list[NodeInfo]:
+        """The live nodes."""
         ...
 
     def replicas(self, shard_id: int) -> Replicas:
         """The nodes that hold a replica of ``shard_id``."""
+        ...
+
+
+class NodeDirectory(ReplicaDirectory, Protocol):
+    """A replica directory that can also be read fresh (cluster status, stats)."""
+
+    def nodes(self, fresh: bool = False) -> list[NodeInfo]:
+        """The live nodes (``fresh``: as they are now, not as last read)."""
         ...
 
 

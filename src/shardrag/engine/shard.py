@@ -124,10 +124,19 @@ class ShardEngine:
     optimisation take it exclusively.
     """
 
-    def __init__(self, path: Path, settings: EngineSettings, optimize_threshold: int = 20_000):
+    def __init__(
+        self,
+        path: Path,
+        settings: EngineSettings,
+        optimize_threshold: int = 20_000,
+        search_ef: int = 0,
+    ):
         self.path = path
         self.settings = settings
         self.optimize_threshold = optimize_threshold
+        #: The HNSW search effort of dense queries (candidates kept while walking the graph;
+        #: 0: the engine's default, its ``ef_construct``). Never below the query's limit.
+        self.search_ef = search_ef
         self._lock = ReadWriteLock()
         self._pending_lock = threading.Lock()
         self._unoptimized = 0
@@ -407,13 +416,11 @@ class ShardEngine:
         sparse = self._bm25.embed_query(query.text)
         terms = [int(t) for t in sparse.indices]
         corpus = qe.SearchParams(idf=qe.IdfParams(corpus=live))
+        nearest, effort = self._signal(SearchMode.DENSE, query.dense, query.text, live)
         with self._lock.shared():
             dense = self._shard.query(
                 qe.QueryRequest(
-                    limit=depth,
-                    query=qe.Query.Nearest(query.dense or [], using=DENSE),
-                    filter=live,
-                    with_payload=_IDENTITY,
+                    limit=depth, query=nearest, filter=live, params=effort, with_payload=_IDENTITY
                 )
             )
             keyword = self._shard.query(
@@ -498,7 +505,8 @@ class ShardEngine:
     ) -> tuple[qe.Query, qe.SearchParams | None]:
         """The scoring query of one signal (dense or keyword) and its search parameters."""
         if mode is SearchMode.DENSE:
-            return qe.Query.Nearest(dense or [], using=DENSE), None
+            effort = qe.SearchParams(hnsw_ef=self.search_ef) if self.search_ef else None
+            return qe.Query.Nearest(dense or [], using=DENSE), effort
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
         return (
             qe.Query.Nearest(self._bm25.embed_query(text), using=BM25),
