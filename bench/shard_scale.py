@@ -882,7 +882,10 @@ def effort_table(reports: list[ScenarioReport]) -> Table:
     """Dense recall and latency at each HNSW search effort, beside exact search."""
     table = Table(
         title=f"dense search by HNSW search effort (ef), k={K}, one tenant",
-        caption="ef 0 = the engine's default (its ef_construct); exact = the baseline",
+        caption=(
+            "ef 0 = shardrag's default by shard size (search_effort_for); 100 = the engine's "
+            "own default (its ef_construct); exact = the baseline"
+        ),
     )
     for column in ("shard", "ef", "recall@10", "similarity kept", "wall p50/p95/p99", "CPU"):
         table.add_column(column, justify="left" if column == "shard" else "right")
@@ -1080,7 +1083,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=int,
         nargs="*",
         default=[],
-        help="HNSW search efforts (ef) to sweep dense search over, one tenant; 0: default",
+        help="HNSW search efforts (ef) to sweep dense search over, one tenant; 0: by size",
     )
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     parser.add_argument("--embed-queries", type=int, default=300, help="0 skips")

@@ -55,6 +55,8 @@ class Settings:
     result_cache_ttl_seconds: float = 300.0
     #: New points in a shard after which its indexes are rebuilt (see engine.optimize).
     optimize_threshold: int = 20_000
+    #: HNSW search effort of dense queries; 0: by each shard's size (docs/shard-key.md).
+    search_ef: int = 0
     #: Answers: an OpenAI-compatible chat endpoint if set, else extractive answers.
     llm_url: str | None = None
     llm_model: str = "gpt-4o-mini"
@@ -188,6 +190,7 @@ class Settings:
             "embed_batch_size": self.embed_batch_size >= 1,
             "embed_runtime": self.embed_runtime in EMBED_RUNTIMES,
             "max_k": self.max_k >= 1,
+            "search_ef": self.search_ef >= 0,
             "result_cache_entries": self.result_cache_entries >= 0,
             "answer_context_tokens": self.answer_context_tokens >= 1,
             "result_cache_ttl_seconds": self.result_cache_ttl_seconds > 0,

@@ -91,6 +91,7 @@ def embedded_mode(
         settings.data_dir / "shards",
         EngineSettings(dimension=layout.dimension),
         settings.optimize_threshold,
+        settings.search_ef,
     )
     try:
         pipeline = _pipeline(settings, backends, embedder, vectorizer, shards, None)

@@ -56,6 +56,7 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
             data_dir / "shards",
             EngineSettings(dimension=_dimension(data_dir, embedder.dimension)),
             settings.optimize_threshold,
+            settings.search_ef,
         )
         opened.callback(shards.close)
         pipeline = Pipeline(

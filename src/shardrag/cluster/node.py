@@ -133,6 +133,7 @@ class IndexNode:
                     self.data_dir / "shards",
                     EngineSettings(dimension=self.layout.dimension),
                     settings.optimize_threshold,
+                    settings.search_ef,
                 )
             )
         except BaseException:

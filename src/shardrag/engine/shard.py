@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,9 +135,10 @@ class ShardEngine:
         self.path = path
         self.settings = settings
         self.optimize_threshold = optimize_threshold
-        #: The HNSW search effort of dense queries (candidates kept while walking the graph;
-        #: 0: the engine's default, its ``ef_construct``). Never below the query's limit.
+        #: The HNSW search effort of dense queries (candidates kept while walking the graph,
+        #: never below the query's limit); 0: by the shard's size (``search_effort_for``).
         self.search_ef = search_ef
+        self._sized: tuple[float, int] | None = None  # (when, points) of the last size read
         self._lock = ReadWriteLock()
         self._pending_lock = threading.Lock()
         self._unoptimized = 0
@@ -505,13 +507,24 @@ class ShardEngine:
     ) -> tuple[qe.Query, qe.SearchParams | None]:
         """The scoring query of one signal (dense or keyword) and its search parameters."""
         if mode is SearchMode.DENSE:
-            effort = qe.SearchParams(hnsw_ef=self.search_ef) if self.search_ef else None
+            effort = qe.SearchParams(hnsw_ef=self._effort())
             return qe.Query.Nearest(dense or [], using=DENSE), effort
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
         return (
             qe.Query.Nearest(self._bm25.embed_query(text), using=BM25),
             qe.SearchParams(idf=qe.IdfParams(corpus=live)),
         )
+
+    def _effort(self) -> int:
+        """The HNSW search effort now: the fixed one, or by the shard's size (read at most
+        every ``_SIZE_EVERY`` seconds: a shard grows slowly next to its searches)."""
+        if self.search_ef:
+            return self.search_ef
+        now = time.monotonic()
+        sized = self._sized
+        if sized is None or now - sized[0] > _SIZE_EVERY:
+            sized = self._sized = (now, int(self._shard.info().points_count))
+        return search_effort_for(sized[1])
 
     def count(
         self, tenant: str, doc_id: str | None = None, version: int | None = None
@@ -663,6 +676,24 @@ def _hit(point: Any) -> Hit:
         raise InternalError(
             f"point {point.id} lacks payload field {exc}", point=str(point.id)
         ) from exc
+
+
+#: Seconds between reads of a shard's size for its search effort.
+_SIZE_EVERY = 5.0
+#: HNSW search effort by shard size (points, every tenant and state): the smallest effort
+#: measured to keep dense recall@10 against exact search at or above 0.98 at that size
+#: (bench/shard_scale.py --efforts; docs/shard-key.md). The engine's own default, 100,
+#: fell to 0.94 at 300k points and 0.79 at 1M.
+SEARCH_EFFORT_BY_SIZE: tuple[tuple[int, int], ...] = ((150_000, 128), (500_000, 256))
+SEARCH_EFFORT_BEYOND = 512
+
+
+def search_effort_for(points: int) -> int:
+    """The HNSW search effort of dense queries on a shard of ``points`` points."""
+    for up_to, effort in SEARCH_EFFORT_BY_SIZE:
+        if points <= up_to:
+            return effort
+    return SEARCH_EFFORT_BEYOND
 
 
 def _live_filter(query: ShardQuery) -> qe.Filter:

@@ -11,10 +11,17 @@ from shardrag.engine.shard import EngineSettings, ShardEngine
 class ShardSet:
     """The shard engines under ``root`` (``root/shard-0000`` ...), opened lazily."""
 
-    def __init__(self, root: Path, settings: EngineSettings, optimize_threshold: int = 20_000):
+    def __init__(
+        self,
+        root: Path,
+        settings: EngineSettings,
+        optimize_threshold: int = 20_000,
+        search_ef: int = 0,
+    ):
         self.root = root
         self.settings = settings
         self.optimize_threshold = optimize_threshold
+        self.search_ef = search_ef
         self._engines: dict[int, ShardEngine] = {}
         self._lock = threading.Lock()
 
@@ -24,7 +31,10 @@ class ShardSet:
             engine = self._engines.get(shard_id)
             if engine is None:
                 engine = ShardEngine(
-                    self.root / f"shard-{shard_id:04d}", self.settings, self.optimize_threshold
+                    self.root / f"shard-{shard_id:04d}",
+                    self.settings,
+                    self.optimize_threshold,
+                    self.search_ef,
                 )
                 self._engines[shard_id] = engine
             return engine
