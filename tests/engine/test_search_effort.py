@@ -16,7 +16,7 @@ from shardrag.models import Chunk, EmbeddedChunk, SearchMode, ShardQuery
 def test_the_effort_grows_with_the_shard_in_steps() -> None:
     assert search_effort_for(0) == search_effort_for(150_000) == 128
     assert search_effort_for(150_001) == search_effort_for(500_000) == 256
-    assert search_effort_for(500_001) == search_effort_for(10**8) == SEARCH_EFFORT_BEYOND == 512
+    assert search_effort_for(500_001) == search_effort_for(10**8) == SEARCH_EFFORT_BEYOND == 768
 
 
 def test_a_fixed_effort_is_used_as_set_and_auto_follows_the_size(tmp_path: Path) -> None:
