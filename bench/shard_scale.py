@@ -86,6 +86,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
+import qdrant_edge as qe  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -105,7 +106,7 @@ from bench.query import (  # noqa: E402
 from shardrag.config import Settings  # noqa: E402
 from shardrag.embed.bundled import BundledEmbedder  # noqa: E402
 from shardrag.engine import EngineSettings, ShardEngine  # noqa: E402
-from shardrag.engine.shard import BM25, DENSE  # noqa: E402
+from shardrag.engine.shard import BM25, DENSE, _live_filter  # noqa: E402
 from shardrag.ingest import Chunker  # noqa: E402
 from shardrag.models import Chunk, EmbeddedChunk, Fusion, Hit, SearchMode, ShardQuery  # noqa: E402
 
@@ -421,6 +422,9 @@ class ScenarioReport:
     #: One tenant only: dense search at each HNSW search effort (``--efforts``; 0: the
     #: engine's default), the same queries and truth.
     efforts: dict[str, ModeReport] = field(default_factory=dict)
+    #: One tenant only (``--keyword-idf``): the bare keyword query with IDF over the tenant's
+    #: live chunks (what the engine sends) and with the shard's own IDF, same queries.
+    keyword_idf: dict[str, Timing] = field(default_factory=dict)
 
 
 def p95(latency: Latency) -> float:
@@ -576,6 +580,30 @@ def exact_search(
     return timing, [truth[i] for i in range(len(queries))]
 
 
+def keyword_idf(engine: ShardEngine, queries: list[ScaleQuery], warmup: int) -> dict[str, Timing]:
+    """The bare keyword query of each question (k + 8 hits, no payload), its IDF counted over
+    the tenant's live chunks (what ``ShardEngine.search`` sends: tenant-scoped scores) and over
+    the whole shard (the engine's own statistics): where the keyword half's time goes."""
+
+    def timed(scoped: bool) -> Timing:
+        def query(item: ScaleQuery) -> None:
+            live = _live_filter(ShardQuery(item.tenant, SearchMode.KEYWORD, K, item.text))
+            params = qe.SearchParams(idf=qe.IdfParams(corpus=live)) if scoped else None
+            engine._shard.query(
+                qe.QueryRequest(
+                    limit=K + 8,
+                    query=qe.Query.Nearest(engine._bm25.embed_query(item.text), using=BM25),
+                    filter=live,
+                    params=params,
+                    with_payload=False,
+                )
+            )
+
+        return time_calls(query, queries, warmup)
+
+    return {"idf_over_tenant": timed(True), "idf_of_shard": timed(False)}
+
+
 def run_scenario(
     scenario: Scenario,
     corpus: Corpus,
@@ -584,6 +612,7 @@ def run_scenario(
     warmup: int,
     work_dir: Path,
     efforts: Sequence[int] = (),
+    idf_probe: bool = False,
 ) -> ScenarioReport:
     """Build one shard, index it, and measure it beside exact search; the shard is removed."""
     console.print(f"[bold]{scenario.name}[/bold]: exact search (baseline) ...")
@@ -636,6 +665,7 @@ def run_scenario(
                 engine, SearchMode.DENSE, queries, fusion, warmup, scenario, truth, corpus.vectors
             )
         engine.search_ef = 0
+        idf = keyword_idf(engine, queries, warmup) if idf_probe and not split else {}
         others = machine.cores()
         memory = {
             "rss_before": rss_before,
@@ -670,6 +700,7 @@ def run_scenario(
         split_exact=split_exact if split else None,
         other_processes_cores=round(others, 2),
         efforts=swept,
+        keyword_idf=idf,
     )
 
 
@@ -1018,6 +1049,14 @@ def print_tables(report: dict[str, Any], parts: BenchParts) -> None:
         console.print(search_table(parts.scenarios, report["settings"]["queries"]))
         if any(r.efforts for r in parts.scenarios):
             console.print(effort_table(parts.scenarios))
+        for r in parts.scenarios:
+            if r.keyword_idf:
+                tenant, shard = r.keyword_idf["idf_over_tenant"], r.keyword_idf["idf_of_shard"]
+                console.print(
+                    f"{r.name}: bare keyword query, IDF over the tenant's chunks (what the "
+                    f"engine sends) {wall_percentiles(tenant)} ms vs the shard's own IDF "
+                    f"{wall_percentiles(shard)} ms (wall p50 / p95 / p99)"
+                )
         console.print(build_table(parts.scenarios))
     if parts.router:
         console.print(router_table(parts.router, parts.embed_query))
@@ -1079,6 +1118,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--spread", type=float, default=SPREAD)
     parser.add_argument("--fanout", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument(
+        "--keyword-idf",
+        action="store_true",
+        help="time the keyword query with IDF over the tenant vs the shard's own, one tenant",
+    )
+    parser.add_argument(
         "--efforts",
         type=int,
         nargs="*",
@@ -1124,7 +1168,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 centres, shape, args.queries, scenario.tenants, np.random.default_rng(args.seed)
             )
             parts.scenarios.append(
-                run_scenario(scenario, corpus, words, queries, args.warmup, work_dir, args.efforts)
+                run_scenario(
+                    scenario,
+                    corpus,
+                    words,
+                    queries,
+                    args.warmup,
+                    work_dir,
+                    args.efforts,
+                    args.keyword_idf,
+                )
             )
             print_tables(write(), parts)
         if args.embed_queries:

@@ -45,6 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path,
             "--embed-queries=5",
             "--efforts",
             *map(str, EFFORTS),
+            "--keyword-idf",
             f"--cache-dir={cache}",
             f"--work-dir={root}",
             f"--out={out}",
@@ -98,6 +99,13 @@ def test_every_scenario_reports_every_figure(run: tuple[dict[str, Any], Path, Pa
         for mode in efforts.values():
             assert_timing(mode["timing"], QUERIES)
             assert 0.0 <= mode["recall_at_10"] <= 1.0 and mode["foreign_hits"] == 0
+        # The keyword IDF probe: both ways timed on every query, one tenant's shard only.
+        idf = scenario["keyword_idf"]
+        assert set(idf) == (
+            {"idf_over_tenant", "idf_of_shard"} if scenario["tenants"] == 1 else set()
+        )
+        for timing in idf.values():
+            assert_timing(timing, QUERIES)
 
 
 def assert_split(scenario: dict[str, Any]) -> None:
