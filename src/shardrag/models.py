@@ -137,6 +137,11 @@ class Hit:
     filename: str | None = None
     page: int | None = None
 
+    @property
+    def key(self) -> ChunkKey:
+        """The chunk it is: (doc id, version, chunk index)."""
+        return (self.doc_id, self.version, self.chunk_index)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (CLI --json, API)."""
         return asdict(self)

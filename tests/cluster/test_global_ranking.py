@@ -46,14 +46,14 @@ def test_fusing_one_shards_own_candidates_gives_the_engines_fused_hits(
         theirs = engine.search(query)
         assert [round(h.score, 4) for h in theirs] == [round(s, 4) for _, s in mine[:10]]
         # Same chunks, up to the order of equal scores.
-        by_score = {(h.doc_id, h.version, h.chunk_index): round(h.score, 4) for h in theirs}
+        by_score = {h.key: round(h.score, 4) for h in theirs}
         assert by_score == {key: round(s, 4) for key, s in mine[:10]} or _ties_only(theirs, mine)
 
 
 def _ties_only(theirs: list[Hit], mine: list[tuple[tuple[str, int, int], float]]) -> bool:
     """Whether the two top-10s differ only in which of equally scored chunks made the cut."""
     last = round(theirs[-1].score, 4)
-    keep = {(h.doc_id, h.version, h.chunk_index) for h in theirs if round(h.score, 4) > last}
+    keep = {h.key for h in theirs if round(h.score, 4) > last}
     return keep == {key for key, s in mine[:10] if round(s, 4) > last}
 
 

@@ -8,7 +8,14 @@ from dataclasses import replace
 
 from shardrag.cluster.protocol import SearchCall
 from shardrag.cluster.router import Router
-from shardrag.engine.fusion import best, fuse, global_idf, prefetch_depth, rescored
+from shardrag.engine.fusion import (
+    best,
+    fuse,
+    global_idf,
+    newest_versions,
+    prefetch_depth,
+    rescored,
+)
 from shardrag.errors import Unavailable
 from shardrag.models import ChunkKey, Hit, SearchMode, ShardQuery
 
@@ -87,7 +94,7 @@ class RoutedSearch:
             for candidate in (reply.dense or []) + (reply.keyword or []):
                 shard_of[candidate.key] = call.shard_id
             for hit in reply.hits or []:
-                texts[(hit.doc_id, hit.version, hit.chunk_index)] = hit
+                texts[hit.key] = hit
         # Keyword scores rebuilt with the IDF of the tenant's chunks on all its shards.
         stats = [reply.stats for reply in replies if reply.stats is not None]
         idfs = global_idf(stats) if len(stats) == len(replies) else []
@@ -101,10 +108,7 @@ class RoutedSearch:
             [best([reply.dense or [] for reply in replies], depth), best(keyword, depth)],
             query.fusion,
         )
-        # At most one version per document (a crash window may leave two live), the newest.
-        newest: dict[str, int] = {}
-        for (doc_id, version, _), _score in fused:
-            newest[doc_id] = max(version, newest.get(doc_id, version))
+        newest = newest_versions(key for key, _ in fused)
         top = [(key, score) for key, score in fused if key[1] == newest[key[0]]][: query.k]
         missing = [key for key, _ in top if key not in texts]
         if missing:
@@ -131,7 +135,7 @@ class RoutedSearch:
                 wait = max(call.wait_seconds, 0.5)
                 fetches.append(replace(call, query=fetch, min_applied=at, wait_seconds=wait))
         found = self.router.search(fetches, len(chunks)).hits
-        return {(hit.doc_id, hit.version, hit.chunk_index): hit for hit in found}
+        return {hit.key: hit for hit in found}
 
     def _source_heads(self) -> dict[int, int]:
         """The offsets of the sources' logs every replica must have followed (see the class);

@@ -31,7 +31,7 @@ candidate's score with that IDF: exactly the score one shard holding the tenant 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from shardrag.models import ChunkKey, Fusion, KeywordStats, Scored
 
@@ -83,6 +83,15 @@ def rescored(
     ]
     found.sort(key=lambda c: c.score, reverse=True)
     return found
+
+
+def newest_versions(chunks: Iterable[ChunkKey]) -> dict[str, int]:
+    """Per document, the newest version among ``chunks`` (a crash window may leave two
+    versions of a document live for a moment: only the newest is shown)."""
+    newest: dict[str, int] = {}
+    for doc_id, version, _ in chunks:
+        newest[doc_id] = max(version, newest.get(doc_id, version))
+    return newest
 
 
 def best(lists: Sequence[Sequence[Scored]], depth: int) -> list[Scored]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from shardrag.engine.fusion import holding_of, prefetch_depth
+from shardrag.engine.fusion import holding_of, newest_versions, prefetch_depth
 from shardrag.engine.ids import point_id
 from shardrag.engine.rwlock import ReadWriteLock
 from shardrag.errors import InternalError, InvalidParameter
@@ -467,7 +467,7 @@ class ShardEngine:
             payload = record.payload or {}
             if payload.get("tenant") == tenant and payload.get("state") == _LIVE:
                 hit = _hit(_Scoreless(record.id, payload))
-                found[(hit.doc_id, hit.version, hit.chunk_index)] = hit
+                found[hit.key] = hit
         return [found[chunk] for chunk in chunks if chunk in found]
 
     def _request(
@@ -736,7 +736,5 @@ def _weights(point: Any, terms: Sequence[int]) -> list[float]:
 
 
 def _one_version_per_document(hits: list[Hit]) -> list[Hit]:
-    newest: dict[str, int] = {}
-    for hit in hits:
-        newest[hit.doc_id] = max(hit.version, newest.get(hit.doc_id, hit.version))
+    newest = newest_versions(hit.key for hit in hits)
     return [hit for hit in hits if hit.version == newest[hit.doc_id]]
