@@ -684,6 +684,17 @@ class LagProbe:
             self.probe_failures += 1
             return None
 
+    def wait_until_answering(self, timeout: float = 60.0) -> None:
+        """Until every replica answers a probe (a node subscribes to its own subject a moment
+        after the cluster is up); the probes that failed meanwhile are not counted."""
+        deadline = time.monotonic() + timeout
+        for shard, nodes in self.replicas.items():
+            for node in nodes:
+                while self.applied(shard, node) is None:
+                    assert time.monotonic() < deadline, f"{node} never answered for {shard}"
+                    time.sleep(0.2)
+        self.probe_failures = 0
+
     def ops_between(self, shard: int, after: int, upto: int) -> int:
         """Ops of ``shard`` with a sequence in (``after``, ``upto``], waiting (briefly) until
         the consumer has seen ``upto``."""
@@ -1088,6 +1099,7 @@ def cluster_writes(
     try:
         placed = probe.shard_map.tenant_shards(WRITE_TENANT)
         assert placed, f"{WRITE_TENANT} is placed on creation"
+        probe.wait_until_answering()
         meter = CpuMeter(cluster_pids(state))
         writing, lag = lag_during(
             probe,
