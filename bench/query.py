@@ -226,7 +226,8 @@ def bare_request(
     live = qe.Filter(
         must=[engine_shard._eq("tenant", tenant), engine_shard._eq("state", engine_shard._LIVE)]
     )
-    return engine._request(tenant, mode, K, query.vector, query.text, live, rag.settings.fusion)
+    shard_query = ShardQuery(tenant, mode, K, query.text, query.vector, fusion=rag.settings.fusion)
+    return engine._request(shard_query, live)
 
 
 Ranking = list[tuple[str, float]]

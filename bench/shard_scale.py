@@ -63,6 +63,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -86,7 +87,6 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
-import qdrant_edge as qe  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -106,7 +106,7 @@ from bench.query import (  # noqa: E402
 from shardrag.config import Settings  # noqa: E402
 from shardrag.embed.bundled import BundledEmbedder  # noqa: E402
 from shardrag.engine import EngineSettings, ShardEngine  # noqa: E402
-from shardrag.engine.shard import BM25, DENSE, _live_filter  # noqa: E402
+from shardrag.engine.shard import BM25, DENSE  # noqa: E402
 from shardrag.ingest import Chunker  # noqa: E402
 from shardrag.models import Chunk, EmbeddedChunk, Fusion, Hit, SearchMode, ShardQuery  # noqa: E402
 
@@ -422,9 +422,11 @@ class ScenarioReport:
     #: One tenant only: dense search at each HNSW search effort (``--efforts``; 0: the
     #: engine's default), the same queries and truth.
     efforts: dict[str, ModeReport] = field(default_factory=dict)
-    #: One tenant only (``--keyword-idf``): the bare keyword query with IDF over the tenant's
-    #: live chunks (what the engine sends) and with the shard's own IDF, same queries.
+    #: One tenant only (``--keyword-idf``): keyword and hybrid search with BM25's IDF from the
+    #: shard's term counts and, the baseline, from the engine counting over the tenant's filter.
     keyword_idf: dict[str, Timing] = field(default_factory=dict)
+    #: With ``keyword_idf``: seconds and RSS growth (MiB) of counting the terms from scratch.
+    term_counting: dict[str, float] = field(default_factory=dict)
 
 
 def p95(latency: Latency) -> float:
@@ -580,28 +582,39 @@ def exact_search(
     return timing, [truth[i] for i in range(len(queries))]
 
 
-def keyword_idf(engine: ShardEngine, queries: list[ScaleQuery], warmup: int) -> dict[str, Timing]:
-    """The bare keyword query of each question (k + 8 hits, no payload), its IDF counted over
-    the tenant's live chunks (what ``ShardEngine.search`` sends: tenant-scoped scores) and over
-    the whole shard (the engine's own statistics): where the keyword half's time goes."""
+def keyword_idf(
+    engine: ShardEngine, queries: list[ScaleQuery], fusion: Fusion, warmup: int
+) -> tuple[dict[str, Timing], dict[str, float]]:
+    """``ShardEngine.search`` in keyword and hybrid mode, BM25's IDF taken from the shard's
+    term counts (what it does, ``engine/terms.py``) beside the baseline, the engine's IDF
+    counted over the tenant's live chunks at every query (what it did), same queries, one
+    after the other; then the time and the memory of counting the terms from scratch (what
+    opening the shard costs)."""
+    counted = engine._terms
 
-    def timed(scoped: bool) -> Timing:
-        def query(item: ScaleQuery) -> None:
-            live = _live_filter(ShardQuery(item.tenant, SearchMode.KEYWORD, K, item.text))
-            params = qe.SearchParams(idf=qe.IdfParams(corpus=live)) if scoped else None
-            engine._shard.query(
-                qe.QueryRequest(
-                    limit=K + 8,
-                    query=qe.Query.Nearest(engine._bm25.embed_query(item.text), using=BM25),
-                    filter=live,
-                    params=params,
-                    with_payload=False,
-                )
+    def timed(mode: SearchMode) -> Timing:
+        def search(item: ScaleQuery) -> None:
+            engine.search(
+                ShardQuery(item.tenant, mode, K, item.text, item.vector.tolist(), fusion=fusion)
             )
 
-        return time_calls(query, queries, warmup)
+        return time_calls(search, queries, warmup)
 
-    return {"idf_over_tenant": timed(True), "idf_of_shard": timed(False)}
+    timings = {}
+    for name, terms in (("engine_idf", None), ("term_counts", counted)):
+        engine._terms = terms
+        for mode in (SearchMode.KEYWORD, SearchMode.HYBRID):
+            timings[f"{mode.value}_{name}"] = timed(mode)
+    engine._terms = None
+    gc.collect()
+    rss = memory_mib()["rss"]
+    start = time.perf_counter()
+    engine._count_terms()
+    seconds = time.perf_counter() - start
+    return timings, {
+        "count_seconds": round(seconds, 2),
+        "count_rss_mib": round(memory_mib()["rss"] - rss, 1),
+    }
 
 
 def run_scenario(
@@ -665,7 +678,9 @@ def run_scenario(
                 engine, SearchMode.DENSE, queries, fusion, warmup, scenario, truth, corpus.vectors
             )
         engine.search_ef = 0
-        idf = keyword_idf(engine, queries, warmup) if idf_probe and not split else {}
+        idf, counting = (
+            keyword_idf(engine, queries, fusion, warmup) if idf_probe and not split else ({}, {})
+        )
         others = machine.cores()
         memory = {
             "rss_before": rss_before,
@@ -701,6 +716,7 @@ def run_scenario(
         other_processes_cores=round(others, 2),
         efforts=swept,
         keyword_idf=idf,
+        term_counting=counting,
     )
 
 
@@ -935,6 +951,25 @@ def effort_table(reports: list[ScenarioReport]) -> Table:
     return table
 
 
+def keyword_idf_table(report: ScenarioReport) -> Table:
+    """Keyword and hybrid search, IDF from the term counts vs counted by the engine."""
+    table = Table(
+        title=f"{report.name}: BM25's IDF from the shard's term counts vs counted by the engine "
+        f"over the tenant at each query (baseline); counting from scratch "
+        f"{report.term_counting.get('count_seconds')} s, "
+        f"+{report.term_counting.get('count_rss_mib')} MiB RSS"
+    )
+    table.add_column("search")
+    table.add_column("IDF")
+    table.add_column("wall p50 / p95 / p99 ms", justify="right")
+    table.add_column("CPU p50 / p99 ms", justify="right")
+    for mode in ("keyword", "hybrid"):
+        for name, label in (("engine_idf", "engine, over the tenant"), ("term_counts", "counts")):
+            timing = report.keyword_idf[f"{mode}_{name}"]
+            table.add_row(mode, label, wall_percentiles(timing), cpu_percentiles(timing))
+    return table
+
+
 def wall_percentiles(timing: Timing) -> str:
     """Wall ``p50 / p95 / p99`` in ms."""
     wall = timing.wall
@@ -1051,12 +1086,7 @@ def print_tables(report: dict[str, Any], parts: BenchParts) -> None:
             console.print(effort_table(parts.scenarios))
         for r in parts.scenarios:
             if r.keyword_idf:
-                tenant, shard = r.keyword_idf["idf_over_tenant"], r.keyword_idf["idf_of_shard"]
-                console.print(
-                    f"{r.name}: bare keyword query, IDF over the tenant's chunks (what the "
-                    f"engine sends) {wall_percentiles(tenant)} ms vs the shard's own IDF "
-                    f"{wall_percentiles(shard)} ms (wall p50 / p95 / p99)"
-                )
+                console.print(keyword_idf_table(r))
         console.print(build_table(parts.scenarios))
     if parts.router:
         console.print(router_table(parts.router, parts.embed_query))

@@ -31,7 +31,8 @@ import enum
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import qdrant_edge as qe
 from shardrag.engine.fusion import holding_of, newest_versions, prefetch_depth
 from shardrag.engine.ids import point_id
 from shardrag.engine.rwlock import ReadWriteLock
+from shardrag.engine.terms import TermCounts
 from shardrag.errors import InternalError, InvalidParameter
 from shardrag.models import (
     ChunkKey,
@@ -64,6 +66,17 @@ _MARKER = -1
 #: The payload fields that name a chunk (candidates carry nothing else).
 _IDENTITY = ["doc_id", "version", "chunk_index"]
 _SETTINGS_FILE = "shardrag-engine.json"
+#: Points per page of a scan of BM25 terms.
+_TERM_PAGE = 2000
+#: An IDF corpus of no points (no tenant is named NUL): the engine's IDF of every term over it
+#: is ``terms.EMPTY_CORPUS_IDF``, which the query weights divide out.
+_NO_CORPUS = qe.SearchParams(
+    idf=qe.IdfParams(
+        corpus=qe.Filter(must=[qe.FieldCondition("tenant", match=qe.MatchValue("\x00"))])
+    )
+)
+#: Up to this many points, a shard counts its terms as it opens; beyond, in a thread.
+_COUNT_AT_OPEN = 50_000
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ class ShardEngine:
         settings: EngineSettings,
         optimize_threshold: int = 20_000,
         search_ef: int = 0,
+        count_terms: bool = True,
     ):
         self.path = path
         self.settings = settings
@@ -151,6 +165,14 @@ class ShardEngine:
             )
         )
         self._shard = self._open(path, settings)
+        self._closed = False
+        #: Per tenant, the live chunks and the chunks holding each BM25 term (``terms.py``);
+        #: None until counted (keyword queries then take the engine's IDF over a filter).
+        self._terms: TermCounts | None = None
+        #: Changes of the live chunks so far (a count made meanwhile is stale).
+        self._live_changes = 0
+        if count_terms:
+            self._start_counting()
 
     @staticmethod
     def _config(settings: EngineSettings) -> qe.EdgeConfig:
@@ -246,7 +268,7 @@ class ShardEngine:
         that many points. A version overtaken by a newer committed one is removed instead.
         """
         doc = _doc_filter(tenant, doc_id)
-        with self._lock.exclusive():
+        with self._lock.exclusive(), self._changing_live(tenant, doc_id):
             if self._committed_since(tenant, doc_id, version + 1):
                 self._delete_version(tenant, doc_id, version, pending_only=False)
                 return CommitOutcome.SUPERSEDED
@@ -279,7 +301,7 @@ class ShardEngine:
     def delete(self, tenant: str, doc_id: str, version: int) -> CommitOutcome:
         """Commit tombstone ``version``: nothing of the document stays searchable."""
         doc = _doc_filter(tenant, doc_id)
-        with self._lock.exclusive():
+        with self._lock.exclusive(), self._changing_live(tenant, doc_id):
             if self._committed_since(tenant, doc_id, version + 1):
                 return CommitOutcome.SUPERSEDED
             marker = qe.Point(
@@ -298,10 +320,102 @@ class ShardEngine:
         purge that meets a version made live again since it was decided on removes nothing
         anyone is shown. Returns whether live points were removed too.
         """
-        with self._lock.exclusive():
+        with self._lock.exclusive(), self._changing_live(tenant, doc_id):
             overtaken = self._committed_since(tenant, doc_id, version + 1)
             self._delete_version(tenant, doc_id, version, pending_only=not overtaken)
         return overtaken
+
+    @contextmanager
+    def _changing_live(self, tenant: str, doc_id: str) -> Iterator[None]:
+        """Around a change of a document's live chunks (caller holds the lock exclusively):
+        the term counts follow it, by the document's live chunks before and after."""
+        self._live_changes += 1
+        terms = self._terms
+        before = self._live_terms(_doc_filter(tenant, doc_id)) if terms is not None else []
+        try:
+            yield
+        finally:
+            if terms is not None:
+                try:
+                    after = self._live_terms(_doc_filter(tenant, doc_id))
+                except Exception:  # the shard failed under the change: stop counting
+                    self._terms = None
+                else:
+                    terms.change(tenant, [t for _, t in before], [t for _, t in after])
+
+    def _live_terms(self, must: list[qe.FieldCondition]) -> list[tuple[str, list[int]]]:
+        """(tenant, BM25 terms) of the live chunks that match ``must`` (caller holds the
+        lock)."""
+        found: list[tuple[str, list[int]]] = []
+        offset: Any = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=_TERM_PAGE,
+                    filter=qe.Filter(must=[*must, _eq("state", _LIVE)]),
+                    with_payload=["tenant"],
+                    with_vector=[BM25],
+                )
+            )
+            found.extend(_terms_of(record) for record in records)
+            if offset is None:
+                return found
+
+    def _start_counting(self) -> None:
+        """Count the terms now on a small shard, else in a thread (searches go on)."""
+        if self.points_count() <= _COUNT_AT_OPEN:
+            self._count_terms()
+        else:
+            threading.Thread(
+                target=self._count_terms, name=f"count-terms-{self.path.name}", daemon=True
+            ).start()
+
+    def _count_terms(self, attempts: int = 3) -> None:
+        """Count every tenant's BM25 terms over the live chunks (``terms.py``).
+
+        The scan reads a page at a time, so commits go on meanwhile; a count that a commit
+        overlapped is thrown away and made again, the last time in one hold of the lock.
+        Until it is made, keyword queries take the engine's IDF over a filter (the same
+        scores, slower at scale).
+        """
+        for attempt in range(attempts):
+            whole = attempt == attempts - 1
+            with self._lock.shared():
+                started = self._live_changes
+                if whole:
+                    if not self._closed:
+                        self._terms = TermCounts.of(self._live_terms([]))
+                    return
+            chunks = self._scan_paged()
+            if chunks is None:
+                return
+            with self._lock.shared():
+                if self._live_changes == started:
+                    self._terms = TermCounts.of(chunks)
+                    return
+
+    def _scan_paged(self) -> list[tuple[str, list[int]]] | None:
+        """``_live_terms([])``, taking the lock once per page (None: the shard closed)."""
+        found: list[tuple[str, list[int]]] = []
+        offset: Any = None
+        live = qe.Filter(must=[_eq("state", _LIVE)])
+        while True:
+            with self._lock.shared():
+                if self._closed:
+                    return None
+                records, offset = self._shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=_TERM_PAGE,
+                        filter=live,
+                        with_payload=["tenant"],
+                        with_vector=[BM25],
+                    )
+                )
+            found.extend(_terms_of(record) for record in records)
+            if offset is None:
+                return found
 
     def _committed_since(self, tenant: str, doc_id: str, version: int) -> bool:
         # Caller holds the lock. Is ``version`` or a newer one live or a tombstone?
@@ -349,6 +463,9 @@ class ShardEngine:
             self._shard.update(
                 qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[_eq("tenant", tenant)]))
             )
+            self._live_changes += 1
+            if self._terms is not None:
+                self._terms.drop(tenant)
 
     def retain(self, tenant: str, keep_doc: Callable[[str], bool] | None = None) -> int:
         """Delete every point of other tenants, and of ``tenant``'s documents ``keep_doc``
@@ -370,6 +487,12 @@ class ShardEngine:
                             qe.Filter(must=[_eq("tenant", tenant), docs])
                         )
                     )
+        with self._lock.exclusive():
+            self._live_changes += 1
+            recount = self._terms is not None
+            self._terms = None
+        if recount:
+            self._start_counting()
         return before - self.points_count()
 
     def vectors(
@@ -397,11 +520,8 @@ class ShardEngine:
         if query.chunks:
             return self.fetch(query.tenant, query.chunks)
         live = _live_filter(query)
-        request = self._request(
-            query.tenant, query.mode, query.k, query.dense, query.text, live, query.fusion
-        )
         with self._lock.shared():
-            points = self._shard.query(request)
+            points = self._shard.query(self._request(query, live))
         return _one_version_per_document([_hit(p) for p in points])[: query.k]
 
     def candidates(self, query: ShardQuery) -> Candidates:
@@ -409,46 +529,34 @@ class ShardEngine:
         ``prefetch_depth(k)`` of each with their raw scores, as the engine would fuse them;
         the keyword ones with their BM25 weight of each query term, and the shard's
         ``KeywordStats`` (the router fuses several shards' candidates: ``engine/fusion.py``).
-
-        A term's count of chunks is recovered from the engine's own IDF: a search for the
-        term alone scores its best chunk IDF x that chunk's stored weight of the term.
         """
         live = _live_filter(query)
         depth = prefetch_depth(query.k)
         sparse = self._bm25.embed_query(query.text)
         terms = [int(t) for t in sparse.indices]
-        corpus = qe.SearchParams(idf=qe.IdfParams(corpus=live))
-        nearest, effort = self._signal(SearchMode.DENSE, query.dense, query.text, live)
         with self._lock.shared():
+            nearest, effort = self._signal(SearchMode.DENSE, query, live)
             dense = self._shard.query(
                 qe.QueryRequest(
                     limit=depth, query=nearest, filter=live, params=effort, with_payload=_IDENTITY
                 )
             )
+            matching, scoring = self._signal(SearchMode.KEYWORD, query, live)
             keyword = self._shard.query(
                 qe.QueryRequest(
                     limit=depth,
-                    query=qe.Query.Nearest(sparse, using=BM25),
+                    query=matching,
                     filter=live,
-                    params=corpus,
+                    params=scoring,
                     with_payload=_IDENTITY,
                     with_vector=[BM25],
                 )
             )
-            chunks = int(self._shard.count(qe.CountRequest(exact=True, filter=live)))
-            holding = []
-            for term in terms:
-                top = self._shard.query(
-                    qe.QueryRequest(
-                        limit=1,
-                        query=qe.Query.Nearest(qe.SparseVector([term], [1.0]), using=BM25),
-                        filter=live,
-                        params=corpus,
-                        with_vector=[BM25],
-                    )
-                )
-                weight = _weights(top[0], [term])[0] if top else 0.0
-                holding.append(holding_of(chunks, top[0].score / weight) if weight else 0.0)
+            if self._terms is not None and not query.filters:
+                chunks, counted = self._terms.stats(query.tenant, terms)
+                holding = [float(n) for n in counted]
+            else:
+                chunks, holding = self._engine_holding(terms, live)
         return Candidates(
             [_scored(p) for p in dense],
             [_scored(p, _weights(p, terms)) for p in keyword],
@@ -456,6 +564,27 @@ class ShardEngine:
                 chunks, tuple(terms), tuple(float(v) for v in sparse.values), tuple(holding)
             ),
         )
+
+    def _engine_holding(self, terms: list[int], live: qe.Filter) -> tuple[int, list[float]]:
+        """The chunks ``live`` matches and, per term, those holding it, recovered from the
+        engine's own IDF: a search for the term alone scores its best chunk IDF x that
+        chunk's stored weight of the term (caller holds the lock)."""
+        corpus = qe.SearchParams(idf=qe.IdfParams(corpus=live))
+        chunks = int(self._shard.count(qe.CountRequest(exact=True, filter=live)))
+        holding = []
+        for term in terms:
+            top = self._shard.query(
+                qe.QueryRequest(
+                    limit=1,
+                    query=qe.Query.Nearest(qe.SparseVector([term], [1.0]), using=BM25),
+                    filter=live,
+                    params=corpus,
+                    with_vector=[BM25],
+                )
+            )
+            weight = _weights(top[0], [term])[0] if top else 0.0
+            holding.append(holding_of(chunks, top[0].score / weight) if weight else 0.0)
+        return chunks, holding
 
     def fetch(self, tenant: str, chunks: Sequence[ChunkKey]) -> list[Hit]:
         """The live ones of ``chunks`` of ``tenant`` (score 0), in the order asked."""
@@ -470,50 +599,48 @@ class ShardEngine:
                 found[hit.key] = hit
         return [found[chunk] for chunk in chunks if chunk in found]
 
-    def _request(
-        self,
-        tenant: str,
-        mode: SearchMode,
-        k: int,
-        dense: list[float] | None,
-        text: str,
-        live: qe.Filter,
-        fusion: Fusion,
-    ) -> qe.QueryRequest:
+    def _request(self, query: ShardQuery, live: qe.Filter) -> qe.QueryRequest:
         # Over-fetch a little: the per-document version check may drop hits in a crash window.
-        limit = k + 8
-        if mode is not SearchMode.KEYWORD and dense is None:
-            raise InvalidParameter(f"{mode.value} search needs a query vector")
-        if mode is not SearchMode.HYBRID:
-            query, params = self._signal(mode, dense, text, live)
+        limit = query.k + 8
+        if query.mode is not SearchMode.KEYWORD and query.dense is None:
+            raise InvalidParameter(f"{query.mode.value} search needs a query vector")
+        if query.mode is not SearchMode.HYBRID:
+            signal, params = self._signal(query.mode, query, live)
             return qe.QueryRequest(
-                limit=limit, query=query, filter=live, params=params, with_payload=True
+                limit=limit, query=signal, filter=live, params=params, with_payload=True
             )
-        depth = prefetch_depth(k)
+        depth = prefetch_depth(query.k)
         prefetches = [
-            qe.Prefetch(limit=depth, query=query, filter=live, params=params)
-            for query, params in (
-                self._signal(SearchMode.DENSE, dense, text, live),
-                self._signal(SearchMode.KEYWORD, dense, text, live),
+            qe.Prefetch(limit=depth, query=signal, filter=live, params=params)
+            for signal, params in (
+                self._signal(SearchMode.DENSE, query, live),
+                self._signal(SearchMode.KEYWORD, query, live),
             )
         ]
-        fuse: Any = qe.Fusion.Dbsf() if fusion is Fusion.DBSF else qe.Fusion.Rrf(k=60)
+        fuse: Any = qe.Fusion.Dbsf() if query.fusion is Fusion.DBSF else qe.Fusion.Rrf(k=60)
         return qe.QueryRequest(
             limit=limit, prefetches=prefetches, query=fuse, filter=live, with_payload=True
         )
 
     def _signal(
-        self, mode: SearchMode, dense: list[float] | None, text: str, live: qe.Filter
+        self, mode: SearchMode, query: ShardQuery, live: qe.Filter
     ) -> tuple[qe.Query, qe.SearchParams | None]:
-        """The scoring query of one signal (dense or keyword) and its search parameters."""
+        """The scoring query of one signal (dense or keyword) and its search parameters
+        (caller holds the lock: the keyword weights read the term counts)."""
         if mode is SearchMode.DENSE:
             effort = qe.SearchParams(hnsw_ef=self._effort())
-            return qe.Query.Nearest(dense or [], using=DENSE), effort
+            return qe.Query.Nearest(query.dense or [], using=DENSE), effort
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
-        return (
-            qe.Query.Nearest(self._bm25.embed_query(text), using=BM25),
-            qe.SearchParams(idf=qe.IdfParams(corpus=live)),
-        )
+        sparse = self._bm25.embed_query(query.text)
+        terms = self._terms
+        if terms is None or query.filters:
+            # The engine counts them (over the filter too: the IDF of what the query can find).
+            return qe.Query.Nearest(sparse, using=BM25), qe.SearchParams(
+                idf=qe.IdfParams(corpus=live)
+            )
+        indices = [int(t) for t in sparse.indices]
+        weights = terms.weights(query.tenant, indices, [float(v) for v in sparse.values])
+        return qe.Query.Nearest(qe.SparseVector(indices, weights), using=BM25), _NO_CORPUS
 
     def _effort(self) -> int:
         """The HNSW search effort now: the fixed one, or by the shard's size (read at most
@@ -606,6 +733,7 @@ class ShardEngine:
     def close(self) -> None:
         """Flush and release the shard's files."""
         with self._lock.exclusive():
+            self._closed = True
             try:
                 self._shard.flush()
             finally:
@@ -733,6 +861,13 @@ def _weights(point: Any, terms: Sequence[int]) -> list[float]:
     vector = (point.vector or {}).get(BM25)
     stored = dict(zip(vector.indices, vector.values, strict=True)) if vector else {}
     return [float(stored.get(term, 0.0)) for term in terms]
+
+
+def _terms_of(record: Any) -> tuple[str, list[int]]:
+    """(tenant, BM25 terms) of a scrolled point."""
+    vector = (record.vector or {}).get(BM25)
+    terms = [int(t) for t in vector.indices] if vector else []
+    return str((record.payload or {}).get("tenant")), terms
 
 
 def _one_version_per_document(hits: list[Hit]) -> list[Hit]:
