@@ -337,11 +337,15 @@ class Scenario:
 
     points: int
     tenants: int
+    #: The dense vectors' quantization (``EngineSettings.quantization``).
+    quantization: str = "none"
 
     @property
     def name(self) -> str:
-        """E.g. ``1,000,000 pts / 10 tenants``."""
-        return f"{self.points:,} pts / {self.tenants} tenant{'s' if self.tenants > 1 else ''}"
+        """E.g. ``1,000,000 pts / 10 tenants`` (`` / int8`` when quantized)."""
+        quantized = f" / {self.quantization}" if self.quantization != "none" else ""
+        plural = "s" if self.tenants > 1 else ""
+        return f"{self.points:,} pts / {self.tenants} tenant{plural}{quantized}"
 
     def tenant_of(self, point: int) -> str:
         """The tenant a corpus position belongs to."""
@@ -445,10 +449,12 @@ def disk_by_component(path: Path) -> dict[str, float]:
         "payload_index": "payload_indexes",
         "wal": "wal",
     }
-    sizes = dict.fromkeys([*dict.fromkeys(components.values()), "other"], 0.0)
+    sizes = dict.fromkeys([*dict.fromkeys(components.values()), "int8_vectors", "other"], 0.0)
     for file in path.rglob("*"):
         if file.is_file():
             kind = next((components[p] for p in file.parts if p in components), "other")
+            if kind == "dense_vectors" and file.name.startswith("quantized"):
+                kind = "int8_vectors"
             sizes[kind] += file.stat().st_blocks * 512 / 2**20
     return {kind: round(mib, 3) for kind, mib in sizes.items()}
 
@@ -636,10 +642,11 @@ def run_scenario(
         split_exact, split_truth = exact_search(
             Scenario(scenario.points, 1), corpus, queries, warmup
         )
-    path = work_dir / f"shard-{scenario.points}-{scenario.tenants}"
+    path = work_dir / f"shard-{scenario.points}-{scenario.tenants}-{scenario.quantization}"
     reset_peak_memory()
     rss_before = memory_mib()["rss"]
-    engine = ShardEngine(path, EngineSettings(dimension=corpus.vectors.shape[1]), NO_AUTO_OPTIMIZE)
+    settings = EngineSettings(dimension=corpus.vectors.shape[1], quantization=scenario.quantization)
+    engine = ShardEngine(path, settings, NO_AUTO_OPTIMIZE)
     try:
         load_seconds = load_shard(engine, scenario, corpus, words)
         rss_loaded = memory_mib()["rss"]
@@ -1001,8 +1008,9 @@ def build_table(reports: list[ScenarioReport]) -> Table:
         "segments",
         "RSS +load / +optimize / peak MiB",
         "disk MiB",
-        "B/pt dense / hnsw / bm25 / payload / idx / wal / other",
+        "B/pt dense / int8 / hnsw / bm25 / payload / idx / wal / other",
         "B/pt total",
+        "RSS +queries B/pt",
     ):
         table.add_column(column, justify="left" if column == "shard" else "right")
     for r in reports:
@@ -1020,6 +1028,7 @@ def build_table(reports: list[ScenarioReport]) -> Table:
                 f"{b[kind]:,.0f}"
                 for kind in (
                     "dense_vectors",
+                    "int8_vectors",
                     "hnsw_links",
                     "bm25",
                     "payload",
@@ -1029,6 +1038,7 @@ def build_table(reports: list[ScenarioReport]) -> Table:
                 )
             ),
             f"{b['total']:,.0f}",
+            f"{(m['rss_after_queries'] - m['rss_before']) * 2**20 / r.points:,.0f}",
         )
     return table
 
@@ -1127,11 +1137,14 @@ def report_dict(parts: BenchParts, settings: dict[str, Any], seconds: float) -> 
     }
 
 
-def scenarios_of(sizes: list[int], tenants: int) -> list[Scenario]:
-    """One tenant at each size, then ``tenants`` tenants sharing the largest (if > 1)."""
-    found = [Scenario(size, 1) for size in sorted(sizes)]
+def scenarios_of(
+    sizes: list[int], tenants: int, quantizations: Sequence[str] = ("none",)
+) -> list[Scenario]:
+    """One tenant at each size in each quantization, then ``tenants`` tenants sharing the
+    largest (if > 1)."""
+    found = [Scenario(size, 1, q) for size in sorted(sizes) for q in quantizations]
     if tenants > 1:
-        found.append(Scenario(max(sizes), tenants))
+        found.append(Scenario(max(sizes), tenants, quantizations[0]))
     return found
 
 
@@ -1150,7 +1163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--keyword-idf",
         action="store_true",
-        help="time the keyword query with IDF over the tenant vs the shard's own, one tenant",
+        help="keyword and hybrid search, IDF from term counts vs counted by the engine",
+    )
+    parser.add_argument(
+        "--quantization",
+        nargs="+",
+        default=["none"],
+        choices=["none", "int8"],
+        help="dense vectors of each one-tenant shard: float32 (none) and/or int8",
     )
     parser.add_argument(
         "--efforts",
@@ -1193,7 +1213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
 
     try:
-        for scenario in scenarios_of(args.sizes, args.tenants):
+        for scenario in scenarios_of(args.sizes, args.tenants, args.quantization):
             queries = make_queries(
                 centres, shape, args.queries, scenario.tenants, np.random.default_rng(args.seed)
             )

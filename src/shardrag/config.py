@@ -18,6 +18,8 @@ from shardrag.models import Fusion
 
 #: The bundled model's runtimes (embed/runtime.py).
 EMBED_RUNTIMES = ("auto", "onnx-int8", "onnx-fp32", "torch-fp32")
+#: The quantizations of dense vectors a shard can be made with (engine/shard.py).
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class Settings:
     optimize_threshold: int = 20_000
     #: HNSW search effort of dense queries; 0: by each shard's size (docs/shard-key.md).
     search_ef: int = 0
+    #: Dense vectors of new shards: "none" (float32 in RAM) or "int8" (int8 copies in RAM,
+    #: originals on disk, rescored); a shard keeps the one it was made with (docs/shard-key.md).
+    quantization: str = "none"
     #: Answers: an OpenAI-compatible chat endpoint if set, else extractive answers.
     llm_url: str | None = None
     llm_model: str = "gpt-4o-mini"
@@ -191,6 +196,7 @@ class Settings:
             "embed_runtime": self.embed_runtime in EMBED_RUNTIMES,
             "max_k": self.max_k >= 1,
             "search_ef": self.search_ef >= 0,
+            "quantization": self.quantization in QUANTIZATIONS,
             "result_cache_entries": self.result_cache_entries >= 0,
             "answer_context_tokens": self.answer_context_tokens >= 1,
             "result_cache_ttl_seconds": self.result_cache_ttl_seconds > 0,

@@ -89,7 +89,7 @@ def embedded_mode(
     layout = _data_dir_layout(settings, backends, embedder)
     shards = ShardSet(
         settings.data_dir / "shards",
-        EngineSettings(dimension=layout.dimension),
+        EngineSettings(dimension=layout.dimension, quantization=settings.quantization),
         settings.optimize_threshold,
         settings.search_ef,
     )

@@ -54,7 +54,10 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
         opened.callback(cache.close)
         shards = ShardSet(
             data_dir / "shards",
-            EngineSettings(dimension=_dimension(data_dir, embedder.dimension)),
+            EngineSettings(
+                dimension=_dimension(data_dir, embedder.dimension),
+                quantization=settings.quantization,
+            ),
             settings.optimize_threshold,
             settings.search_ef,
         )

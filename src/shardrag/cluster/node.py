@@ -131,7 +131,9 @@ class IndexNode:
             self.shards = self._keep(
                 ShardSet(
                     self.data_dir / "shards",
-                    EngineSettings(dimension=self.layout.dimension),
+                    EngineSettings(
+                        dimension=self.layout.dimension, quantization=settings.quantization
+                    ),
                     settings.optimize_threshold,
                     settings.search_ef,
                 )

@@ -27,18 +27,20 @@ each one leaves the shard as one call would.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
+from shardrag.config import QUANTIZATIONS
 from shardrag.engine.fusion import holding_of, newest_versions, prefetch_depth
 from shardrag.engine.ids import point_id
 from shardrag.engine.rwlock import ReadWriteLock
@@ -93,6 +95,20 @@ class EngineSettings:
     bm25_b: float = 0.75
     bm25_avg_len: float = 80.0
     bm25_language: str = "english"
+    #: Dense vectors also kept as int8 (``QUANTIZATIONS``): "none", or "int8", where the graph
+    #: walk scores the int8 copies held in RAM, the originals stay on disk (memory-mapped) and
+    #: the best ``QUANTIZED_OVERSAMPLING`` x limit are rescored on them. Chosen when a shard is
+    #: created; a shard keeps its own (docs/shard-key.md).
+    quantization: str = "none"
+
+    def same_shape(self, other: EngineSettings) -> bool:
+        """Whether points written under ``other`` fit a shard made with these (all but the
+        quantization, which only changes how the shard indexes them)."""
+        return replace(self, quantization=other.quantization) == other
+
+
+#: How many more candidates than asked an int8 shard's dense search rescores on the originals.
+QUANTIZED_OVERSAMPLING = 2.0
 
 
 @dataclass(frozen=True)
@@ -176,18 +192,34 @@ class ShardEngine:
 
     @staticmethod
     def _config(settings: EngineSettings) -> qe.EdgeConfig:
+        if settings.quantization == "int8":
+            dense = qe.EdgeVectorParams(
+                size=settings.dimension,
+                distance=qe.Distance.Cosine,
+                memory=qe.Memory.Cold,
+                quantization_config=qe.ScalarQuantizationConfig(
+                    qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned
+                ),
+            )
+        else:
+            dense = qe.EdgeVectorParams(size=settings.dimension, distance=qe.Distance.Cosine)
         return qe.EdgeConfig(
-            vectors={
-                DENSE: qe.EdgeVectorParams(size=settings.dimension, distance=qe.Distance.Cosine)
-            },
+            vectors={DENSE: dense},
             sparse_vectors={BM25: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
 
     def _open(self, path: Path, settings: EngineSettings) -> qe.EdgeShard:
         settings_file = path / _SETTINGS_FILE
+        if settings.quantization not in QUANTIZATIONS:
+            raise InvalidParameter(
+                f"quantization must be one of {', '.join(QUANTIZATIONS)}",
+                quantization=settings.quantization,
+            )
         if settings_file.exists():
             stored = EngineSettings(**json.loads(settings_file.read_text()))
-            if stored != settings:
+            # A shard keeps the quantization it was made with.
+            self.settings = stored
+            if not stored.same_shape(settings):
                 raise InvalidParameter(
                     f"shard {path.name} was built with {stored}, not {settings}; "
                     "re-index into a new data dir to change the model or BM25 settings",
@@ -346,21 +378,32 @@ class ShardEngine:
     def _live_terms(self, must: list[qe.FieldCondition]) -> list[tuple[str, list[int]]]:
         """(tenant, BM25 terms) of the live chunks that match ``must`` (caller holds the
         lock)."""
-        found: list[tuple[str, list[int]]] = []
+        return [_terms_of(record) for page in self._live_pages(must) for record in page]
+
+    def _live_pages(
+        self, must: list[qe.FieldCondition], lock_each: bool = False
+    ) -> Iterator[list[Any]]:
+        """Pages of the live points that match ``must``, with their tenant and BM25 vector.
+        The caller holds the lock, or with ``lock_each`` the lock is taken for each page
+        (and the pages stop if the shard closes)."""
         offset: Any = None
+        live = qe.Filter(must=[*must, _eq("state", _LIVE)])
         while True:
-            records, offset = self._shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset,
-                    limit=_TERM_PAGE,
-                    filter=qe.Filter(must=[*must, _eq("state", _LIVE)]),
-                    with_payload=["tenant"],
-                    with_vector=[BM25],
+            with self._lock.shared() if lock_each else contextlib.nullcontext():
+                if self._closed:
+                    return
+                records, offset = self._shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=_TERM_PAGE,
+                        filter=live,
+                        with_payload=["tenant"],
+                        with_vector=[BM25],
+                    )
                 )
-            )
-            found.extend(_terms_of(record) for record in records)
+            yield records
             if offset is None:
-                return found
+                return
 
     def _start_counting(self) -> None:
         """Count the terms now on a small shard, else in a thread (searches go on)."""
@@ -384,38 +427,25 @@ class ShardEngine:
             with self._lock.shared():
                 started = self._live_changes
                 if whole:
+                    counts = self._count_pages(self._live_pages([]))
                     if not self._closed:
-                        self._terms = TermCounts.of(self._live_terms([]))
+                        self._terms = counts
                     return
-            chunks = self._scan_paged()
-            if chunks is None:
-                return
-            with self._lock.shared():
-                if self._live_changes == started:
-                    self._terms = TermCounts.of(chunks)
-                    return
-
-    def _scan_paged(self) -> list[tuple[str, list[int]]] | None:
-        """``_live_terms([])``, taking the lock once per page (None: the shard closed)."""
-        found: list[tuple[str, list[int]]] = []
-        offset: Any = None
-        live = qe.Filter(must=[_eq("state", _LIVE)])
-        while True:
+            counts = self._count_pages(self._live_pages([], lock_each=True))
             with self._lock.shared():
                 if self._closed:
-                    return None
-                records, offset = self._shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset,
-                        limit=_TERM_PAGE,
-                        filter=live,
-                        with_payload=["tenant"],
-                        with_vector=[BM25],
-                    )
-                )
-            found.extend(_terms_of(record) for record in records)
-            if offset is None:
-                return found
+                    return
+                if self._live_changes == started:
+                    self._terms = counts
+                    return
+
+    @staticmethod
+    def _count_pages(pages: Iterator[list[Any]]) -> TermCounts:
+        counts = TermCounts()
+        for page in pages:
+            for record in page:
+                counts.count(*_terms_of(record))
+        return counts
 
     def _committed_since(self, tenant: str, doc_id: str, version: int) -> bool:
         # Caller holds the lock. Is ``version`` or a newer one live or a tombstone?
@@ -628,7 +658,12 @@ class ShardEngine:
         """The scoring query of one signal (dense or keyword) and its search parameters
         (caller holds the lock: the keyword weights read the term counts)."""
         if mode is SearchMode.DENSE:
-            effort = qe.SearchParams(hnsw_ef=self._effort())
+            rescored = (
+                qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
+                if self.settings.quantization != "none"
+                else None
+            )
+            effort = qe.SearchParams(hnsw_ef=self._effort(), quantization=rescored)
             return qe.Query.Nearest(query.dense or [], using=DENSE), effort
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
         sparse = self._bm25.embed_query(query.text)
@@ -866,7 +901,7 @@ def _weights(point: Any, terms: Sequence[int]) -> list[float]:
 def _terms_of(record: Any) -> tuple[str, list[int]]:
     """(tenant, BM25 terms) of a scrolled point."""
     vector = (record.vector or {}).get(BM25)
-    terms = [int(t) for t in vector.indices] if vector else []
+    terms = list(vector.indices) if vector else []
     return str((record.payload or {}).get("tenant")), terms
 
 

@@ -59,8 +59,14 @@ class TermCounts:
         """The counts of ``(tenant, terms of one live chunk)`` pairs."""
         counts = cls()
         for tenant, terms in chunks:
-            counts.tenant(tenant).add([terms])
+            counts.count(tenant, terms)
         return counts
+
+    def count(self, tenant: str, terms: Iterable[int]) -> None:
+        """Count one more live chunk of ``tenant``, holding ``terms`` (each once)."""
+        counts = self.tenant(tenant)
+        counts.chunks += 1
+        counts.holding.update(terms)
 
     def tenant(self, tenant: str) -> TenantTerms:
         """The counts of ``tenant`` (empty if it has no live chunk here)."""
