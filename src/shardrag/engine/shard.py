@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +43,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from shardrag.config import QUANTIZATIONS
+from shardrag.engine import build
 from shardrag.engine.fusion import holding_of, newest_versions, prefetch_depth
 from shardrag.engine.ids import point_id
 from shardrag.engine.rwlock import ReadWriteLock
@@ -68,6 +71,7 @@ _MARKER = -1
 #: The payload fields that name a chunk (candidates carry nothing else).
 _IDENTITY = ["doc_id", "version", "chunk_index"]
 _SETTINGS_FILE = "shardrag-engine.json"
+logger = logging.getLogger(__name__)
 #: Points per page of a scan of BM25 terms.
 _TERM_PAGE = 2000
 #: An IDF corpus of no points (no tenant is named NUL): the engine's IDF of every term over it
@@ -77,6 +81,11 @@ _NO_CORPUS = qe.SearchParams(
         corpus=qe.Filter(must=[qe.FieldCondition("tenant", match=qe.MatchValue("\x00"))])
     )
 )
+#: The shard directory's own files (beside the engine's, ``build.py``).
+_OWN_FILES = {_SETTINGS_FILE}
+#: Up to this many points a shard builds its indexes in-process (a pause of seconds);
+#: beyond, in a child process while it keeps serving (``build.py``).
+BUILD_IN_PROCESS_UP_TO = 20_000
 #: Up to this many points, a shard counts its terms as it opens; beyond, in a thread.
 _COUNT_AT_OPEN = 50_000
 
@@ -162,6 +171,14 @@ class ShardEngine:
         search_ef: int = 0,
         count_terms: bool = True,
     ):
+        self._setup(path, settings, optimize_threshold, search_ef)
+        self._shard = self._open(path, settings)
+        if count_terms:
+            self._start_counting()
+
+    def _setup(
+        self, path: Path, settings: EngineSettings, optimize_threshold: int, search_ef: int
+    ) -> None:
         self.path = path
         self.settings = settings
         self.optimize_threshold = optimize_threshold
@@ -180,15 +197,28 @@ class ShardEngine:
                 language=settings.bm25_language,
             )
         )
-        self._shard = self._open(path, settings)
         self._closed = False
+        #: Where the engine files are: ``path`` or its current generation (``build.py``).
+        self._data = path
         #: Per tenant, the live chunks and the chunks holding each BM25 term (``terms.py``);
         #: None until counted (keyword queries then take the engine's IDF over a filter).
         self._terms: TermCounts | None = None
         #: Changes of the live chunks so far (a count made meanwhile is stale).
         self._live_changes = 0
-        if count_terms:
-            self._start_counting()
+        #: While an index build runs apart: the writes applied since its copy, in order.
+        self._journal: list[tuple[str, tuple[Any, ...]]] | None = None
+        self._journal_lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._building = False
+        self._child: subprocess.Popen[str] | None = None
+
+    @classmethod
+    def _staged(cls, data: Path, like: ShardEngine) -> ShardEngine:
+        """An engine over a build's copy in ``data``, to replay ``like``'s journal onto."""
+        staged = cls.__new__(cls)
+        staged._setup(data, like.settings, 2**62, like.search_ef)
+        staged._shard = qe.EdgeShard.load(str(data))
+        return staged
 
     @staticmethod
     def _config(settings: EngineSettings) -> qe.EdgeConfig:
@@ -226,7 +256,9 @@ class ShardEngine:
                     stored=asdict(stored),
                     requested=asdict(settings),
                 )
-            return qe.EdgeShard.load(str(path))
+            build.tidy(path, _OWN_FILES)
+            self._data = build.data_dir(path)
+            return qe.EdgeShard.load(str(self._data))
         path.mkdir(parents=True, exist_ok=True)
         shard = qe.EdgeShard.create(str(path), self._config(settings))
         for field, schema in (
@@ -287,6 +319,7 @@ class ShardEngine:
             if self._committed_since(tenant, doc_id, version):
                 return False
             self._shard.update(qe.UpdateOperation.upsert_points(points))
+            self._journaled("upsert", tenant, doc_id, version, chunks, metadata, filename)
         with self._pending_lock:
             self._unoptimized += len(points)
         return True
@@ -303,6 +336,7 @@ class ShardEngine:
         with self._lock.exclusive(), self._changing_live(tenant, doc_id):
             if self._committed_since(tenant, doc_id, version + 1):
                 self._delete_version(tenant, doc_id, version, pending_only=False)
+                self._journaled("commit", tenant, doc_id, version, expected)
                 return CommitOutcome.SUPERSEDED
             if expected is not None:
                 have = self._shard.count(
@@ -327,6 +361,7 @@ class ShardEngine:
                 )
             )
             self._delete_older(doc, version)
+            self._journaled("commit", tenant, doc_id, version, expected)
         self._optimize_if_due()
         return CommitOutcome.APPLIED
 
@@ -343,6 +378,7 @@ class ShardEngine:
             )
             self._shard.update(qe.UpdateOperation.upsert_points([marker]))
             self._delete_older(doc, version)
+            self._journaled("delete", tenant, doc_id, version)
         return CommitOutcome.APPLIED
 
     def purge(self, tenant: str, doc_id: str, version: int) -> bool:
@@ -355,6 +391,7 @@ class ShardEngine:
         with self._lock.exclusive(), self._changing_live(tenant, doc_id):
             overtaken = self._committed_since(tenant, doc_id, version + 1)
             self._delete_version(tenant, doc_id, version, pending_only=not overtaken)
+            self._journaled("purge", tenant, doc_id, version)
         return overtaken
 
     @contextmanager
@@ -378,7 +415,8 @@ class ShardEngine:
     def _live_terms(self, must: list[qe.FieldCondition]) -> list[tuple[str, list[int]]]:
         """(tenant, BM25 terms) of the live chunks that match ``must`` (caller holds the
         lock)."""
-        return [_terms_of(record) for page in self._live_pages(must) for record in page]
+        found = (_terms_of(record) for page in self._live_pages(must) for record in page)
+        return [chunk for chunk in found if chunk is not None]
 
     def _live_pages(
         self, must: list[qe.FieldCondition], lock_each: bool = False
@@ -444,7 +482,9 @@ class ShardEngine:
         counts = TermCounts()
         for page in pages:
             for record in page:
-                counts.count(*_terms_of(record))
+                chunk = _terms_of(record)
+                if chunk is not None:
+                    counts.count(*chunk)
         return counts
 
     def _committed_since(self, tenant: str, doc_id: str, version: int) -> bool:
@@ -486,6 +526,7 @@ class ShardEngine:
         """
         with self._lock.shared():
             self._delete_version(tenant, doc_id, version, pending_only=True)
+            self._journaled("abort", tenant, doc_id, version)
 
     def drop_tenant(self, tenant: str) -> None:
         """Delete every point of a tenant."""
@@ -496,27 +537,17 @@ class ShardEngine:
             self._live_changes += 1
             if self._terms is not None:
                 self._terms.drop(tenant)
+            self._journaled("drop_tenant", tenant)
 
     def retain(self, tenant: str, keep_doc: Callable[[str], bool] | None = None) -> int:
         """Delete every point of other tenants, and of ``tenant``'s documents ``keep_doc``
         refuses (a shard restored from another's snapshot for a move); points deleted."""
         before = self.points_count()
-        with self._lock.exclusive():
-            self._shard.update(
-                qe.UpdateOperation.delete_points_by_filter(
-                    qe.Filter(must_not=[_eq("tenant", tenant)])
-                )
-            )
+        self._drop_others(tenant)
         if keep_doc is not None:
             dropped = sorted({v.doc_id for v in self.stored_versions() if not keep_doc(v.doc_id)})
             for start in range(0, len(dropped), 500):
-                docs = qe.FieldCondition("doc_id", match=qe.MatchAny(dropped[start : start + 500]))
-                with self._lock.exclusive():
-                    self._shard.update(
-                        qe.UpdateOperation.delete_points_by_filter(
-                            qe.Filter(must=[_eq("tenant", tenant), docs])
-                        )
-                    )
+                self._drop_documents(tenant, dropped[start : start + 500])
         with self._lock.exclusive():
             self._live_changes += 1
             recount = self._terms is not None
@@ -524,6 +555,25 @@ class ShardEngine:
         if recount:
             self._start_counting()
         return before - self.points_count()
+
+    def _drop_others(self, tenant: str) -> None:
+        with self._lock.exclusive():
+            self._shard.update(
+                qe.UpdateOperation.delete_points_by_filter(
+                    qe.Filter(must_not=[_eq("tenant", tenant)])
+                )
+            )
+            self._journaled("_drop_others", tenant)
+
+    def _drop_documents(self, tenant: str, doc_ids: list[str]) -> None:
+        docs = qe.FieldCondition("doc_id", match=qe.MatchAny(doc_ids))
+        with self._lock.exclusive():
+            self._shard.update(
+                qe.UpdateOperation.delete_points_by_filter(
+                    qe.Filter(must=[_eq("tenant", tenant), docs])
+                )
+            )
+            self._journaled("_drop_documents", tenant, doc_ids)
 
     def vectors(
         self, tenant: str, doc_id: str, version: int, chunk_indexes: Sequence[int]
@@ -742,23 +792,109 @@ class ShardEngine:
     # -- maintenance --------------------------------------------------------------------------
 
     def optimize(self) -> bool:
-        """Build the HNSW and sparse indexes of new segments now.
+        """Build the HNSW and sparse indexes of new segments now; whether they changed.
 
-        The binding holds the GIL while it optimises, so this pauses the whole process; it
-        runs at controlled points (after a commit that crosses ``optimize_threshold`` points,
-        or on request) rather than in a background thread that would stall searches unseen.
+        qdrant-edge holds the GIL while it optimises, which would pause the whole process:
+        up to ``BUILD_IN_PROCESS_UP_TO`` points (a few seconds) it is done here, beyond in a
+        child process on a copy of the shard while this one keeps serving searches and
+        writes, and the copy is swapped in (``build.py``).
         """
+        with self._build_lock:
+            if self.points_count() > BUILD_IN_PROCESS_UP_TO:
+                return self._build_apart()
+            with self._lock.exclusive():
+                changed = bool(self._shard.optimize())
+            with self._pending_lock:
+                self._unoptimized = 0
+            return changed
+
+    def _build_apart(self) -> bool:
+        """``optimize`` in a child process on a copy, then the swap (caller holds
+        ``_build_lock``)."""
+        target = build.next_generation(self.path)
         with self._lock.exclusive():
-            changed = bool(self._shard.optimize())
-        with self._pending_lock:
-            self._unoptimized = 0
+            if self._closed:
+                return False
+            self._shard.flush()
+            build.copy_data(self.path, target, _OWN_FILES)
+            with self._journal_lock:
+                self._journal = []
+            with self._pending_lock:
+                self._unoptimized = 0
+        try:
+            child = self._child = build.run_child(target)
+            out, err = child.communicate()
+            if child.returncode:
+                raise InternalError(
+                    f"the index build of shard {self.path.name} failed: {err.strip()[-2000:]}",
+                    returncode=child.returncode,
+                )
+            changed = bool(json.loads(out.strip().splitlines()[-1])["changed"])
+            staged = ShardEngine._staged(target, self)
+            try:
+                self._replay(staged)  # most of the journal, while writes go on
+                with self._lock.exclusive():
+                    if self._closed:
+                        return False
+                    self._replay(staged)  # the rest
+                    staged._shard.flush()
+                    build.switch_to(self.path, target)
+                    old, self._shard, self._data = self._shard, staged._shard, target
+                    staged._closed = True
+                    old.close()
+            finally:
+                if not staged._closed:
+                    staged._shard.close()
+        finally:
+            with self._journal_lock:
+                self._journal = None
+            self._child = None
+            build.tidy(self.path, _OWN_FILES)
         return changed
+
+    def _journaled(self, op: str, *args: Any) -> None:
+        """Record a write just applied (caller holds the lock) while a build runs apart."""
+        if self._journal is not None:
+            with self._journal_lock:
+                if self._journal is not None:
+                    self._journal.append((op, args))
+
+    def _replay(self, staged: ShardEngine) -> None:
+        """Apply the journal to ``staged``, emptying it, until it stays empty."""
+        while True:
+            with self._journal_lock:
+                batch = self._journal or []
+                if self._journal is not None:
+                    self._journal = []
+            if not batch:
+                return
+            for op, args in batch:
+                getattr(staged, op)(*args)
 
     def _optimize_if_due(self) -> None:
         with self._pending_lock:
-            due = self._unoptimized >= self.optimize_threshold
-        if due:
+            due = self._unoptimized >= self.optimize_threshold and not self._building
+        if not due:
+            return
+        apart = self.points_count() > BUILD_IN_PROCESS_UP_TO
+        with self._pending_lock:
+            if apart and not self._building:
+                self._building = True
+                threading.Thread(
+                    target=self._optimize_apart, name=f"build-{self.path.name}", daemon=True
+                ).start()
+                return
+        if not apart:
             self.optimize()
+
+    def _optimize_apart(self) -> None:
+        try:
+            self.optimize()
+        except Exception:  # the shard goes on serving unoptimised; the next commit retries
+            logger.exception("index build of shard %s failed", self.path.name)
+        finally:
+            with self._pending_lock:
+                self._building = False
 
     def flush(self) -> None:
         """Flush segments to disk (the WAL already makes every update durable)."""
@@ -767,6 +903,9 @@ class ShardEngine:
 
     def close(self) -> None:
         """Flush and release the shard's files."""
+        child = self._child
+        if child is not None:
+            child.kill()
         with self._lock.exclusive():
             self._closed = True
             try:
@@ -898,11 +1037,13 @@ def _weights(point: Any, terms: Sequence[int]) -> list[float]:
     return [float(stored.get(term, 0.0)) for term in terms]
 
 
-def _terms_of(record: Any) -> tuple[str, list[int]]:
-    """(tenant, BM25 terms) of a scrolled point."""
+def _terms_of(record: Any) -> tuple[str, list[int]] | None:
+    """(tenant, BM25 terms) of a scrolled point; None for a point without a BM25 vector (a
+    tombstone's marker), which the engine's BM25 does not count either."""
     vector = (record.vector or {}).get(BM25)
-    terms = list(vector.indices) if vector else []
-    return str((record.payload or {}).get("tenant")), terms
+    if vector is None:
+        return None
+    return str((record.payload or {}).get("tenant")), list(vector.indices)
 
 
 def _one_version_per_document(hits: list[Hit]) -> list[Hit]:
