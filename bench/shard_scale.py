@@ -407,6 +407,7 @@ class ScenarioReport:
     name: str
     points: int
     tenants: int
+    quantization: str
     tenant_points: int
     documents: int
     load_seconds: float
@@ -704,6 +705,7 @@ def run_scenario(
         name=scenario.name,
         points=scenario.points,
         tenants=scenario.tenants,
+        quantization=scenario.quantization,
         tenant_points=len(scenario.members(0)),
         documents=scenario.points // CHUNKS_PER_DOCUMENT,
         load_seconds=load_seconds,

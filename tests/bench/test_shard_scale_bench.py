@@ -46,6 +46,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path,
             "--efforts",
             *map(str, EFFORTS),
             "--keyword-idf",
+            "--quantization",
+            "none",
+            "int8",
             f"--cache-dir={cache}",
             f"--work-dir={root}",
             f"--out={out}",
@@ -70,7 +73,11 @@ def assert_timing(timing: dict[str, Any], count: int) -> None:
 def test_every_scenario_reports_every_figure(run: tuple[dict[str, Any], Path, Path]) -> None:
     report, _, _ = run
     scenarios = report["scenarios"]
-    assert [(s["points"], s["tenants"]) for s in scenarios] == [(POINTS, 1), (POINTS, 2)]
+    assert [(s["points"], s["tenants"], s["quantization"]) for s in scenarios] == [
+        (POINTS, 1, "none"),
+        (POINTS, 1, "int8"),
+        (POINTS, 2, "none"),
+    ]
     for scenario in scenarios:
         assert scenario["tenant_points"] == POINTS // scenario["tenants"]
         assert scenario["documents"] == POINTS // bench.CHUNKS_PER_DOCUMENT
@@ -99,13 +106,20 @@ def test_every_scenario_reports_every_figure(run: tuple[dict[str, Any], Path, Pa
         for mode in efforts.values():
             assert_timing(mode["timing"], QUERIES)
             assert 0.0 <= mode["recall_at_10"] <= 1.0 and mode["foreign_hits"] == 0
-        # The keyword IDF probe: both ways timed on every query, one tenant's shard only.
+        # The keyword IDF probe: keyword and hybrid, IDF from the term counts and from the
+        # engine (the baseline), timed on every query; one tenant's shard only.
         idf = scenario["keyword_idf"]
+        one = scenario["tenants"] == 1
         assert set(idf) == (
-            {"idf_over_tenant", "idf_of_shard"} if scenario["tenants"] == 1 else set()
+            {f"{m}_{way}" for m in ("keyword", "hybrid") for way in ("engine_idf", "term_counts")}
+            if one
+            else set()
         )
         for timing in idf.values():
             assert_timing(timing, QUERIES)
+        counting = scenario["term_counting"]
+        assert set(counting) == ({"count_seconds", "count_rss_mib"} if one else set())
+        assert counting.get("count_seconds", 1) > 0
 
 
 def assert_split(scenario: dict[str, Any]) -> None:
@@ -140,6 +154,7 @@ def test_disk_is_split_by_component(run: tuple[dict[str, Any], Path, Path]) -> N
         parts = {kind: mib for kind, mib in disk.items() if kind != "total"}
         assert set(parts) == {
             "dense_vectors",
+            "int8_vectors",
             "hnsw_links",
             "bm25",
             "payload",

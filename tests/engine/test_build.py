@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.engine.test_shard_engine import DIM, chunks, vector
 
 from shardrag.engine import EngineSettings, ShardEngine
 from shardrag.engine import build as build_module
 from shardrag.engine import shard as shard_module
 from shardrag.errors import InternalError
 from shardrag.models import SearchMode, ShardQuery
-from tests.engine.test_shard_engine import DIM, chunks, vector
 
 SETTINGS = EngineSettings(dimension=DIM)
 
