@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from tests.engine.test_shard_engine import DIM, chunks, vector
 
+from shardrag.blobs.local import LocalBlobStore
+from shardrag.cluster.snapshot import restore_snapshot, take_snapshot
 from shardrag.engine import EngineSettings, ShardEngine
 from shardrag.engine import build as build_module
 from shardrag.engine import shard as shard_module
@@ -134,3 +136,21 @@ def test_opening_a_shard_removes_what_a_crashed_build_left(tmp_path: Path) -> No
     assert not (tmp_path / "shard" / "gen-3").exists()
     assert state(reopened) == want
     reopened.close()
+
+
+@pytest.mark.usefixtures("apart")
+def test_a_snapshot_holds_the_current_generation_only(tmp_path: Path) -> None:
+    engine = ShardEngine(tmp_path / "shard", SETTINGS)
+    put(engine, "a", 1, ["replication"])
+    engine.optimize()  # the files move to a generation
+    (tmp_path / "shard" / "gen-9").mkdir()  # as a build under way would have it
+    (tmp_path / "shard" / "gen-9" / "half-written").write_bytes(b"x")
+    want = state(engine)
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    snapshot = take_snapshot(engine, 0, 1, "node-a", blobs)
+    engine.close()
+    restore_snapshot(snapshot, blobs, tmp_path / "restored")
+    assert not (tmp_path / "restored" / "gen-9").exists()
+    restored = ShardEngine(tmp_path / "restored", SETTINGS)
+    assert state(restored) == want
+    restored.close()

@@ -28,10 +28,16 @@ def take_snapshot(
     The caller is the replica's only writer (its applier, between two ops): after the flush
     nothing changes the files while they are copied; searches go on meanwhile.
     """
-    engine.flush()
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(engine.path, arcname=".")
+    # An index build under way writes its own copy of the shard: not part of the snapshot.
+    with engine.frozen_files() as skipped:
+
+        def kept(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            parts = info.name.split("/")  # "./gen-2/segments/...": the top entry is parts[1]
+            return None if len(parts) > 1 and parts[1] in skipped else info
+
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(engine.path, arcname=".", filter=kept)
     data = buffer.getvalue()
     digest = blobs.put(data)
     return SnapshotRef(shard_id, digest, position, node_id, time.time(), len(data))

@@ -63,6 +63,17 @@ def copy_data(path: Path, target: Path, keep: set[str]) -> None:
     shutil.copytree(source, target, ignore=ignored)
 
 
+def stale(path: Path) -> set[str]:
+    """Names in the shard directory ``path`` that are not its current files (a build under
+    way, a generation swapped out): what a copy of the shard leaves out."""
+    current = data_dir(path)
+    return {
+        entry.name
+        for entry in path.iterdir()
+        if entry.name.startswith(_GENERATION) and entry != current
+    }
+
+
 def switch_to(path: Path, generation: Path) -> None:
     """Name ``generation`` the current one (atomically)."""
     tmp = path / f"{CURRENT}.tmp"

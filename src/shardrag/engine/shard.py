@@ -209,6 +209,8 @@ class ShardEngine:
         self._journal: list[tuple[str, tuple[Any, ...]]] | None = None
         self._journal_lock = threading.Lock()
         self._build_lock = threading.Lock()
+        #: Held while the files are swapped, and by whoever copies them (``frozen_files``).
+        self._swap_lock = threading.Lock()
         self._building = False
         self._child: subprocess.Popen[str] | None = None
 
@@ -833,7 +835,7 @@ class ShardEngine:
             staged = ShardEngine._staged(target, self)
             try:
                 self._replay(staged)  # most of the journal, while writes go on
-                with self._lock.exclusive():
+                with self._swap_lock, self._lock.exclusive():
                     if self._closed:
                         return False
                     self._replay(staged)  # the rest
@@ -849,8 +851,18 @@ class ShardEngine:
             with self._journal_lock:
                 self._journal = None
             self._child = None
-            build.tidy(self.path, _OWN_FILES)
+            with self._swap_lock:
+                build.tidy(self.path, _OWN_FILES)
         return changed
+
+    @contextmanager
+    def frozen_files(self) -> Iterator[set[str]]:
+        """Hold the shard's files where they are (no build swaps them meanwhile), flushed;
+        yields the names in its directory that are not its files (a build's copy), which a
+        copy of the shard leaves out. Writes to the shard still change the files."""
+        with self._swap_lock:
+            self.flush()
+            yield build.stale(self.path)
 
     def _journaled(self, op: str, *args: Any) -> None:
         """Record a write just applied (caller holds the lock) while a build runs apart."""
