@@ -196,3 +196,28 @@ def test_data_dir_env_var_and_a_busy_data_dir(tmp_path: Path) -> None:
     free = query_in_another_process(env)
     assert free.returncode == 0, free.stderr
     assert json.loads(free.stdout)["hits"][0]["doc_id"] == "doc"
+
+
+def shard_quantizations(data: Path) -> set[str]:
+    """The quantization each shard of a data dir was made with (its engine settings file)."""
+    return {
+        json.loads(path.read_text()).get("quantization", "none")
+        for path in data.rglob("shardrag-engine.json")
+    }
+
+
+def test_new_shards_are_int8_unless_configured_and_keep_theirs(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default, plain = tmp_path / "default", tmp_path / "plain"
+    cli_json("ingest", folder, "--tenant", "acme", "--data-dir", default)
+    assert shard_quantizations(default) == {"int8"}
+    monkeypatch.setenv("SHARDRAG_QUANTIZATION", "none")
+    cli_json("ingest", folder, "--tenant", "acme", "--data-dir", plain)
+    assert shard_quantizations(plain) == {"none"}
+    # The int8 shards, opened under "none", stay int8 and answer.
+    hits = cli_json("query", "replicas", "--tenant", "acme", "--data-dir", default)["hits"]
+    assert hits and shard_quantizations(default) == {"int8"}
+    monkeypatch.setenv("SHARDRAG_QUANTIZATION", "fp4")
+    code, out, err = cli("query", "replicas", "--tenant", "acme", "--data-dir", default)
+    assert code != 0 and "quantization" in err + out
