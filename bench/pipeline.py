@@ -107,9 +107,9 @@ DEFAULTS = {"docs": 1460, "latency_docs": 100, "preload_docs": 200}
 # -- CPU --------------------------------------------------------------------------------------
 
 
-def _nats_server_ticks() -> int:
-    """CPU clock ticks (user + system) of every ``nats-server`` process on the machine."""
-    ticks = 0
+def _nats_server_ticks() -> dict[int, int]:
+    """CPU clock ticks (user + system) of each ``nats-server`` process on the machine, by pid."""
+    ticks = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -119,8 +119,15 @@ def _nats_server_ticks() -> int:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone, or not ours to read
-        ticks += int(fields[11]) + int(fields[12])
+        ticks[int(proc.name)] = int(fields[11]) + int(fields[12])
     return ticks
+
+
+def _ticks_since(start: dict[int, int], now: dict[int, int]) -> int:
+    """Ticks the NATS servers used between two readings: a server started meanwhile counts
+    from 0, one that exited meanwhile is lost (other tests start and stop servers; a plain
+    difference of sums went negative)."""
+    return sum(ticks - start.get(pid, 0) for pid, ticks in now.items())
 
 
 class CpuUse:
@@ -135,7 +142,7 @@ class CpuUse:
     def cores(self) -> dict[str, float]:
         """Average cores busy since this object was made, by whom."""
         seconds = time.perf_counter() - self._start
-        nats = (_nats_server_ticks() - self._nats) / os.sysconf("SC_CLK_TCK") / seconds
+        nats = _ticks_since(self._nats, _nats_server_ticks()) / os.sysconf("SC_CLK_TCK") / seconds
         return {
             "shardrag_cores": round((time.process_time() - self._own) / seconds, 2),
             "nats_server_cores": round(nats, 2),

@@ -147,3 +147,8 @@ def test_unreachable_nats_is_skipped_with_its_reason(run: tuple[dict[str, Any], 
     printed = captured.get()
     assert printed.count("skipped") == 3
     assert f"log, NATS: skipped, {skipped}" in printed
+
+
+def test_nats_cpu_never_goes_negative_when_servers_come_and_go() -> None:
+    # pid 2 exited between the readings (its ticks are lost), pid 3 started (counted from 0).
+    assert bench._ticks_since({1: 10, 2: 500}, {1: 15, 3: 4}) == 9
