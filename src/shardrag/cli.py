@@ -555,6 +555,20 @@ def serve(
         Path | None,
         typer.Option("--data-dir", envvar="SHARDRAG_DATA_DIR", help="Data directory."),
     ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(envvar="SHARDRAG_TLS_CERT", help="Serve HTTPS with this certificate (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option(envvar="SHARDRAG_TLS_KEY", help="The certificate's key (PEM).")
+    ] = None,
+    tls_client_ca: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHARDRAG_TLS_CLIENT_CA",
+            help="Require client certificates signed by this CA (mutual TLS).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs) and the web console (/) over a data dir."""
     from shardrag.api import create_app
@@ -563,9 +577,16 @@ def serve(
     from shardrag.observability.logging import configure_json_logging
     from shardrag.pipeline.reconcile import PeriodicReconciler
 
-    configure_json_logging()
     with errors_reported(False):
-        settings = Settings.load(data_dir=data_dir, host=host, port=port)
+        settings = Settings.load(
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+        )
+        configure_json_logging(settings.log_level.upper(), settings.access_log)
         with Shardrag(settings) as rag:
             # Load the embedding model now: ready means a first query is not 5 s slow. An
             # embedding endpoint that is down is not fatal: queries report it.
@@ -577,8 +598,9 @@ def serve(
                     "[bold yellow]root key[/] (shown once; keep it, or set SHARDRAG_ADMIN_KEY):"
                     f"\n{api.state.bootstrap_key}"
                 )
+            scheme = "https" if settings.tls_cert else "http"
             err_console.print(
-                f"shardrag serving {settings.data_dir} on http://{settings.host}:{settings.port}"
+                f"shardrag serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}"
                 " (console at /, API docs at /docs); embedding with "
                 f"{getattr(rag.embedder, 'runtime', rag.embedder.model_id)}"
             )
@@ -587,7 +609,7 @@ def serve(
             reconciler = PeriodicReconciler(rag.reconcile, interval)
             reconciler.start()
             try:
-                serve_app(api, settings.host, settings.port, settings.reuse_port)
+                serve_app(api, settings)
             finally:
                 reconciler.stop()
 

@@ -35,6 +35,7 @@ from shardrag.models import (
     WriteResult,
 )
 from shardrag.pipeline.reconcile import ReconcileReport
+from shardrag.tls import tls_context
 
 
 def _error_from(response: httpx.Response) -> ShardragError:
@@ -52,6 +53,11 @@ def _hit(raw: dict[str, Any]) -> Hit:
     return Hit(**raw)
 
 
+def _narrowed(groups: Iterable[str] | None) -> dict[str, str]:
+    """The header that narrows the key's access groups to ``groups`` (none: no narrowing)."""
+    return {} if groups is None else {"X-Shardrag-Groups": ",".join(groups)}
+
+
 def _value(value: Any) -> str:
     """An enum as its wire value, anything else as text."""
     return str(getattr(value, "value", value))
@@ -63,12 +69,25 @@ class ShardragClient:
     #: Documents sent at once by ``put_documents``.
     PARALLEL_UPLOADS = 4
 
-    def __init__(self, url: str, api_key: str, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        timeout: float = 600.0,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+    ) -> None:
+        """``ca_file``: the CA that signed an ``https://`` server's certificate (default: the
+        system's); ``client_cert``/``client_key``: this client's certificate (PEM) for a
+        server that requires mutual TLS (``serve --tls-client-ca``)."""
         self.url = url.rstrip("/")
+        cert = (client_cert, client_key) if client_cert and client_key else client_cert
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
+            verify=tls_context(ca_file, cert) if ca_file or cert else True,
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -101,6 +120,7 @@ class ShardragClient:
         title: str | None = None,
         wait: bool = True,
         idempotency_key: str | None = None,
+        acl: Iterable[str] | None = None,
     ) -> WriteResult:
         """Store a version; with ``wait`` (default) return once it is live."""
         params: dict[str, Any] = {"wait": "true" if wait else "false"}
@@ -113,6 +133,8 @@ class ShardragClient:
         headers = {"Content-Type": content_type or "application/octet-stream"}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+        if acl:
+            headers["X-Shardrag-Acl"] = ",".join(acl)
         response = self._send(
             "PUT", self._documents(tenant, doc_id), content=data, params=params, headers=headers
         )
@@ -127,7 +149,14 @@ class ShardragClient:
         def put(document: DocumentInput) -> WriteResult | ShardragError:
             try:
                 return self.put_document(
-                    tenant, document.doc_id, document.data, document.filename, document.metadata
+                    tenant,
+                    document.doc_id,
+                    document.data,
+                    document.filename,
+                    document.metadata,
+                    document.content_type,
+                    document.title,
+                    acl=document.acl,
                 )
             except ShardragError as exc:
                 return exc
@@ -139,9 +168,12 @@ class ShardragClient:
         """Delete a document."""
         return WriteResult.from_dict(self._call("DELETE", self._documents(tenant, doc_id)))
 
-    def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
+    def get_document(
+        self, tenant: str, doc_id: str, groups: Iterable[str] | None = None
+    ) -> DocumentInfo:
         """A document's live and latest versions, as ``Shardrag.get_document``."""
-        return DocumentInfo.from_dict(self._call("GET", self._documents(tenant, doc_id)))
+        raw = self._call("GET", self._documents(tenant, doc_id), headers=_narrowed(groups))
+        return DocumentInfo.from_dict(raw)
 
     def list_documents(
         self,
@@ -149,6 +181,7 @@ class ShardragClient:
         state: VersionState | str | None = None,
         limit: int = 100,
         after: str | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[DocumentInfo]:
         """A page of documents by id, as ``Shardrag.list_documents``."""
         params: dict[str, Any] = {"limit": limit}
@@ -156,7 +189,9 @@ class ShardragClient:
             params["state"] = _value(state)
         if after:
             params["after"] = after
-        page = self._call("GET", self._documents(tenant), params=params)["documents"]
+        page = self._call("GET", self._documents(tenant), params=params, headers=_narrowed(groups))[
+            "documents"
+        ]
         return [DocumentInfo.from_dict(d) for d in page]
 
     def iter_documents(
@@ -183,8 +218,9 @@ class ShardragClient:
         fusion: Fusion | str | None = None,
         read_concern: ReadConcern | str = ReadConcern.EVENTUAL,
         write_token: str | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[Hit]:
-        """The top-k passages, as ``Shardrag.search``."""
+        """The top-k passages, as ``Shardrag.search`` (``groups`` narrows the key's)."""
         body: dict[str, Any] = {
             "query": query,
             "k": k,
@@ -197,7 +233,12 @@ class ShardragClient:
             body["fusion"] = _value(fusion)
         if write_token:
             body["write_token"] = write_token
-        raw = self._call("POST", f"/v1/tenants/{quote(tenant, safe='')}/search", json=body)
+        raw = self._call(
+            "POST",
+            f"/v1/tenants/{quote(tenant, safe='')}/search",
+            json=body,
+            headers=_narrowed(groups),
+        )
         return [_hit(h) for h in raw["hits"]]
 
     def answer(
@@ -207,6 +248,7 @@ class ShardragClient:
         k: int = 8,
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
+        groups: Iterable[str] | None = None,
     ) -> AnswerResult:
         """An answer with citations, as ``Shardrag.answer``."""
         body: dict[str, Any] = {"question": question, "k": k}
@@ -214,7 +256,12 @@ class ShardragClient:
             body["max_context_tokens"] = max_context_tokens
         if filters:
             body["filters"] = filters
-        raw = self._call("POST", f"/v1/tenants/{quote(tenant, safe='')}/answer", json=body)
+        raw = self._call(
+            "POST",
+            f"/v1/tenants/{quote(tenant, safe='')}/answer",
+            json=body,
+            headers=_narrowed(groups),
+        )
         citations = [
             Citation(**{**c, "chunk_indexes": tuple(c["chunk_indexes"])}) for c in raw["citations"]
         ]

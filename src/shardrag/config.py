@@ -86,6 +86,25 @@ class Settings:
     rate_limit_burst: int = 100
     #: How long a session or strong read may wait for its writes to be applied.
     read_concern_timeout_seconds: float = 30.0
+    #: Level of the JSON log lines (debug, info, warning, error); ``access_log`` writes one
+    #: line per request at info (logger ``shardrag.access``, docs/security.md).
+    log_level: str = "info"
+    access_log: bool = True
+    #: HTTPS: the server's certificate chain and key (PEM); with ``tls_client_ca``, clients
+    #: must present a certificate signed by it (mutual TLS). Unset: plain HTTP.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    #: TLS to NATS: the CA of its server certificate, and this process's client certificate
+    #: and key when the server verifies clients. (PostgreSQL and Redis take theirs in their
+    #: URLs: ``?sslmode=verify-full&sslrootcert=…``, ``rediss://…?ssl_ca_certs=…``.)
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
+    #: Encryption at rest of originals and snapshots: the master key (64 hex digits, AES-256)
+    #: or a file holding it. Unset: stored as given (docs/security.md).
+    master_key: str | None = None
+    master_key_file: str | None = None
     #: The durable log between the services: NATS JetStream at this URL, else (unset) SQLite
     #: in the data dir. ``log_prefix`` names its streams (and subjects).
     nats_url: str | None = None
@@ -221,10 +240,16 @@ class Settings:
             "breaker_cooldown_seconds": self.breaker_cooldown_seconds > 0,
             "hedge_floor_seconds": self.hedge_floor_seconds >= 0,
             "tenant_max_concurrent_queries": self.tenant_max_concurrent_queries >= 0,
+            "log_level": self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "tls_key": (self.tls_cert is None) == (self.tls_key is None),
+            "tls_client_ca": self.tls_client_ca is None or self.tls_cert is not None,
+            "nats_tls_key": (self.nats_tls_cert is None) == (self.nats_tls_key is None),
+            "master_key": self.master_key is None or self.master_key_file is None,
         }
         for name, ok in checks.items():
             if not ok:
-                shown = "<hidden>" if name == "admin_key" else repr(getattr(self, name))
+                hidden = name in ("admin_key", "master_key")
+                shown = "<hidden>" if hidden else repr(getattr(self, name))
                 raise InvalidParameter(f"setting {name}={shown} is out of range")
         if self.cluster and not self.nats_url:
             raise InvalidParameter(

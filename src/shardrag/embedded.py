@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from shardrag import acl as access
 from shardrag import validation
 from shardrag.backends import Backends
 from shardrag.cluster import ClusterStatus
@@ -147,7 +148,9 @@ class Shardrag:
         )
         self.searcher = Searcher(self.embedder, self._route, self.result_cache)
         self.answering = Answering(
-            lambda tenant, question, k, filters: self.search(tenant, question, k, filters=filters),
+            lambda tenant, question, k, filters, groups: self.search(
+                tenant, question, k, filters=filters, groups=groups
+            ),
             lambda tenant: self.tenant(tenant).generation,
             ContextAssembler(self.embedder.tokenizer),
             (
@@ -250,6 +253,7 @@ class Shardrag:
         title: str | None = None,
         wait: bool = True,
         idempotency_key: str | None = None,
+        acl: Iterable[str] | None = None,
     ) -> WriteResult:
         """Store a new version of a document; by default, return once it is live.
 
@@ -265,7 +269,11 @@ class Shardrag:
         content raises ``IdempotencyConflict``.
         """
         tenant = validation.tenant_id(tenant)
-        document = DocumentInput(doc_id, bytes(data), filename, metadata or {}, content_type, title)
+        document = self._checked(
+            DocumentInput(
+                doc_id, bytes(data), filename, metadata or {}, content_type, title, tuple(acl or ())
+            )
+        )
         if idempotency_key is None:
             return self._put(tenant, document, wait)
         return self.idempotent.run(
@@ -323,10 +331,14 @@ class Shardrag:
         return self.settings.write_path == "log"
 
     def _checked(self, document: DocumentInput) -> DocumentInput:
+        """The document valid, with its access groups moved into its stored metadata
+        (``acl.py``); checking it again changes nothing."""
         self._check_open()
         validation.doc_id(document.doc_id)
-        validation.metadata(document.metadata)
-        return document
+        metadata, stored = access.split(document.metadata)
+        validation.metadata(metadata)
+        names = access.groups(list(document.acl or stored), "acl")
+        return dataclasses.replace(document, metadata=access.with_acl(metadata, names), acl=())
 
     def _finished(self, accepted: Accepted) -> WriteResult | ShardragError:
         """Wait until an accepted version is decided; its result, or the error that failed it."""
@@ -389,11 +401,16 @@ class Shardrag:
             raise outcome
         return outcome
 
-    def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
-        """Version, state, chunk count, metadata and last error of a document."""
+    def get_document(
+        self, tenant: str, doc_id: str, groups: Iterable[str] | None = None
+    ) -> DocumentInfo:
+        """Version, state, chunk count, metadata and last error of a document.
+
+        ``groups``: the caller's access groups; a document outside them is not found.
+        """
         self.tenant(tenant)
         info = self.registry.document(tenant, validation.doc_id(doc_id))
-        if info is None:
+        if info is None or not access.may_read(_groups(groups), info.acl):
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
         return info
 
@@ -403,8 +420,10 @@ class Shardrag:
         state: VersionState | str | None = None,
         limit: int = 100,
         after: str | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[DocumentInfo]:
-        """A page of the tenant's documents by id (deleted ones only with state='deleted')."""
+        """A page of the tenant's documents by id (deleted ones only with state='deleted');
+        with ``groups``, only those the caller may read."""
         self.tenant(tenant)
         try:
             wanted = VersionState(state) if state is not None else None
@@ -414,7 +433,18 @@ class Shardrag:
             ) from None
         if not 1 <= limit <= 1000:
             raise InvalidParameter("limit must be from 1 to 1000")
-        return self.registry.documents(tenant, wanted, limit, after)
+        effective = _groups(groups)
+        if effective is None:
+            return self.registry.documents(tenant, wanted, limit, after)
+        # Pages of the registry until ``limit`` readable ones (or the end) are found.
+        found: list[DocumentInfo] = []
+        while len(found) < limit:
+            page = self.registry.documents(tenant, wanted, limit, after)
+            found += [d for d in page if access.may_read(effective, d.acl)]
+            if len(page) < limit:
+                break
+            after = page[-1].doc_id
+        return found[:limit]
 
     # -- search -------------------------------------------------------------------------------
 
@@ -428,6 +458,7 @@ class Shardrag:
         fusion: Fusion | str | None = None,
         read_concern: ReadConcern | str = ReadConcern.EVENTUAL,
         write_token: str | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[Hit]:
         """The top-k passages of the tenant's live documents for ``query``.
 
@@ -435,7 +466,8 @@ class Shardrag:
         equality, ``{"team": "ops"}``, or any-of, ``{"team": ["ops", "dev"]}``.
         ``read_concern``: ``eventual`` (what is live now), ``session`` with the
         ``write_token`` of a write (waits until that write is live or failed), or ``strong``
-        (waits for every write of the tenant accepted so far).
+        (waits for every write of the tenant accepted so far). ``groups``: the caller's access
+        groups (``None``: every document); only documents of those groups or of none match.
         """
         self._check_open()
         validation.tenant_id(tenant)
@@ -447,6 +479,7 @@ class Shardrag:
             mode=validation.search_mode(mode),
             filters=validation.metadata(filters),
             fusion=validation.fusion(fusion or self.settings.fusion),
+            groups=_groups(groups),
         )
         return self.searcher.run(request, positions)
 
@@ -457,6 +490,7 @@ class Shardrag:
         k: int = 8,
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
+        groups: Iterable[str] | None = None,
     ) -> AnswerResult:
         """Answer ``question`` from the tenant's documents, citing the passages used.
 
@@ -465,7 +499,9 @@ class Shardrag:
         without one, answers with the best-supported sentences of the passages. Answers are
         cached like searches (until the tenant's documents change).
         """
-        return self.answering.answer(tenant, question, k, max_context_tokens, filters)
+        return self.answering.answer(
+            tenant, question, k, max_context_tokens, filters, _groups(groups)
+        )
 
     def answer_stream(
         self,
@@ -474,6 +510,7 @@ class Shardrag:
         k: int = 8,
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
+        groups: Iterable[str] | None = None,
     ) -> tuple[list[Hit], Context, Iterator[str]]:
         """Like ``answer``, with the text as it is generated: (hits, context, text pieces).
 
@@ -482,7 +519,9 @@ class Shardrag:
         The citations of the joined text are ``citations_in(text, context)``. A stream read
         to its end is cached for ``answer`` and later streams.
         """
-        return self.answering.stream(tenant, question, k, max_context_tokens, filters)
+        return self.answering.stream(
+            tenant, question, k, max_context_tokens, filters, _groups(groups)
+        )
 
     def _applied(self, shard_id: int) -> int | float:
         """How far every live replica of the shard has applied its log (the slowest one;
@@ -631,3 +670,8 @@ class Shardrag:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _groups(value: Iterable[str] | None) -> access.Groups:
+    """A caller's effective groups, validated (None: every document)."""
+    return None if value is None else access.groups(list(value))

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from shardrag import acl as access
 from shardrag.errors import InvalidParameter
 
 Metadata = dict[str, Any]
@@ -113,6 +114,8 @@ class DocumentInput:
     metadata: Metadata = field(default_factory=dict)
     content_type: str | None = None
     title: str | None = None
+    #: Access groups: who of the tenant may read it (``acl.py``); empty: every key.
+    acl: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,13 @@ class DocumentInfo:
 
     @property
     def metadata(self) -> Metadata:
-        """Metadata of the live version, else of the latest."""
-        return (self.live or self.latest).metadata
+        """The user's metadata of the live version, else of the latest."""
+        return access.split((self.live or self.latest).metadata)[0]
+
+    @property
+    def acl(self) -> tuple[str, ...]:
+        """Access groups of the live version, else of the latest (empty: every key)."""
+        return access.split((self.live or self.latest).metadata)[1]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (CLI --json, API)."""
@@ -211,6 +219,7 @@ class DocumentInfo:
             "state": self.state.value,
             "chunk_count": self.chunk_count,
             "metadata": self.metadata,
+            "acl": list(self.acl),
             "filename": (self.live or latest).filename,
             "latest_version": latest.version,
             "latest_state": latest.state.value,
@@ -227,6 +236,7 @@ class DocumentInfo:
         state = VersionState(values["state"])
         latest_state = VersionState(values["latest_state"])
         latest_version = int(values["latest_version"])
+        metadata = access.with_acl(dict(values.get("metadata") or {}), values.get("acl"))
         has_live = state is VersionState.LIVE or (
             state is VersionState.DELETED and int(values["version"]) != latest_version
         )
@@ -238,7 +248,7 @@ class DocumentInfo:
                 values.get("filename"),
                 0,
                 int(values["chunk_count"]),
-                dict(values.get("metadata") or {}),
+                metadata,
             )
             if has_live
             else None
@@ -253,7 +263,7 @@ class DocumentInfo:
                 values.get("filename"),
                 0,
                 0,
-                dict(values.get("metadata") or {}),
+                metadata,
                 error.get("code"),
                 error.get("message"),
             )
@@ -302,6 +312,8 @@ class SearchRequest:
     mode: SearchMode = SearchMode.HYBRID
     filters: Metadata = field(default_factory=dict)
     fusion: Fusion = Fusion.DBSF
+    #: The caller's effective access groups (``acl.py``): None reads every document.
+    groups: tuple[str, ...] | None = None
 
 
 #: One chunk of one version of a document: (doc id, version, chunk index).
@@ -331,6 +343,9 @@ class ShardQuery:
     #: Not a search: these chunks (doc id, version, chunk index), those still live, with their
     #: text (the router's second step when a globally fused hit came without it).
     chunks: tuple[ChunkKey, ...] = ()
+    #: The caller's effective access groups, filtered inside the engine query: None reads
+    #: every document of the tenant; a tuple, documents of those groups and those of none.
+    groups: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class RagService(Protocol):
         title: str | None = None,
         wait: bool = True,
         idempotency_key: str | None = None,
+        acl: Iterable[str] | None = None,
     ) -> WriteResult:
         """Store a new version of a document (live on return unless ``wait=False``)."""
         ...
@@ -59,7 +60,9 @@ class RagService(Protocol):
         """Delete a document (none of its chunks is searchable on return)."""
         ...
 
-    def get_document(self, tenant: str, doc_id: str) -> DocumentInfo:
+    def get_document(
+        self, tenant: str, doc_id: str, groups: Iterable[str] | None = None
+    ) -> DocumentInfo:
         """A document's live and latest versions."""
         ...
 
@@ -69,6 +72,7 @@ class RagService(Protocol):
         state: VersionState | str | None = None,
         limit: int = 100,
         after: str | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[DocumentInfo]:
         """A page of the tenant's documents by id."""
         ...
@@ -83,6 +87,7 @@ class RagService(Protocol):
         fusion: Fusion | str | None = None,
         read_concern: ReadConcern | str = ReadConcern.EVENTUAL,
         write_token: str | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[Hit]:
         """The top-k passages of the tenant's live documents."""
         ...
@@ -94,6 +99,7 @@ class RagService(Protocol):
         k: int = 8,
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
+        groups: Iterable[str] | None = None,
     ) -> AnswerResult:
         """An answer from the tenant's documents, with citations."""
         ...

@@ -41,7 +41,7 @@ def test_root_creates_tenants_and_keys_shown_once(api: ApiUnderTest) -> None:
     assert [k["id"] for k in listed] == [body["id"]]
     assert "key" not in listed[0] and body["key"] not in str(listed)
     me = api.client.get("/v1/whoami", headers=bearer(body["key"])).json()
-    assert me == {"key_id": body["id"], "tenant": "zeta-corp", "role": "reader"}
+    assert me == {"key_id": body["id"], "tenant": "zeta-corp", "role": "reader", "groups": None}
 
 
 def test_missing_malformed_and_unknown_keys_are_401(api: ApiUnderTest) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from shardrag.api.accesslog import AccessLog
 from shardrag.api.auth import ApiKeys
 from shardrag.api.deps import Service
 from shardrag.api.errors import install_error_handlers
@@ -86,6 +87,7 @@ def create_app(rag: Shardrag) -> FastAPI:
         admission=admission,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLog)
     return app
 
 

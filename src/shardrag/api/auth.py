@@ -14,6 +14,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from shardrag.errors import Unauthorized
 from shardrag.registry import KeyRecord, Registry, Role
@@ -29,10 +30,17 @@ class Principal:
     key_id: str
     tenant: str | None
     role: Role
+    #: The key's access groups (None: every document of its tenant, ``acl.py``).
+    groups: tuple[str, ...] | None = None
 
-    def to_dict(self) -> dict[str, str | None]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``GET /v1/whoami``)."""
-        return {"key_id": self.key_id, "tenant": self.tenant, "role": self.role.value}
+        return {
+            "key_id": self.key_id,
+            "tenant": self.tenant,
+            "role": self.role.value,
+            "groups": None if self.groups is None else list(self.groups),
+        }
 
 
 def _digest(secret: str) -> str:
@@ -47,12 +55,19 @@ class ApiKeys:
         self._admin_digest = _digest(admin_key) if admin_key else None
 
     def issue(
-        self, tenant: str | None, role: Role, name: str | None = None
+        self,
+        tenant: str | None,
+        role: Role,
+        name: str | None = None,
+        groups: tuple[str, ...] | None = None,
     ) -> tuple[KeyRecord, str]:
-        """A new key: its record and the full key, which is shown once and never stored."""
+        """A new key: its record and the full key, which is shown once and never stored.
+
+        ``groups``: the access groups whose documents it reads (None: all of its tenant's).
+        """
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
-        record = KeyRecord(key_id, tenant, role, _digest(secret), name, time.time())
+        record = KeyRecord(key_id, tenant, role, _digest(secret), name, time.time(), groups=groups)
         self.registry.add_key(record)
         return record, f"{_PREFIX}_{key_id}_{secret}"
 
@@ -82,4 +97,4 @@ class ApiKeys:
             raise Unauthorized("unknown API key")
         if record.revoked_at is not None:
             raise Unauthorized("this API key was revoked")
-        return Principal(record.key_id, record.tenant, record.role)
+        return Principal(record.key_id, record.tenant, record.role, record.groups)

@@ -10,11 +10,17 @@ from typing import Any
 
 from fastapi import Request
 
+from shardrag import acl as access
 from shardrag.api.auth import ApiKeys, Principal
 from shardrag.embedded import Shardrag
 from shardrag.errors import Forbidden, ShardragError
 from shardrag.observability import Metrics
 from shardrag.registry import AuditEvent, Role
+
+#: A request narrows its key's access groups to these (comma-separated), never widens them.
+GROUPS_HEADER = "X-Shardrag-Groups"
+#: The access groups of a document written as a raw body (comma-separated).
+ACL_HEADER = "X-Shardrag-Acl"
 
 
 @dataclass
@@ -35,6 +41,8 @@ class Caller:
     trace_id: str
     tenant: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: What the request reads: its key's access groups narrowed by ``GROUPS_HEADER``.
+    groups: access.Groups = None
 
     @property
     def actor(self) -> str:
@@ -80,11 +88,17 @@ def service(request: Request) -> Service:
 
 
 def _caller(request: Request, tenant: str | None) -> Caller:
+    principal: Principal = request.state.principal
+    narrowed = request.headers.get(GROUPS_HEADER)
     return Caller(
         service=service(request),
-        principal=request.state.principal,
+        principal=principal,
         trace_id=request.state.trace_id,
         tenant=tenant,
+        groups=access.narrow(
+            principal.groups,
+            None if narrowed is None else access.groups(narrowed, GROUPS_HEADER),
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,8 +26,9 @@ from shardrag.errors import (
     RouteNotFound,
     ShardragError,
     TenantNotFound,
+    Unauthorized,
 )
-from shardrag.registry import Role
+from shardrag.registry import AuditEvent, Role
 
 _TENANT_PATH = re.compile(r"^/v1/tenants/([^/]+)(?:/|$)")
 _QUERY_PATH = re.compile(r"^/v1/tenants/([^/]+)/(?:search|answer)$")
@@ -87,7 +89,12 @@ class Guard:
             self.admission.release(ticket)
 
     def _admit(self, scope: Scope) -> Principal:
-        principal = self.keys.authenticate(_header(scope, b"authorization"))
+        state = scope["state"]
+        try:
+            principal = self.keys.authenticate(_header(scope, b"authorization"))
+        except Unauthorized as refused:
+            state["refusal"] = refused.code  # audited by the access log
+            raise
         wait = self.limiter.admit(principal.key_id)
         if wait > 0:
             retry = self.limiter.retry_after_header(wait)
@@ -96,6 +103,19 @@ class Guard:
             )
         match = _TENANT_PATH.match(scope["path"])
         if match and principal.role is not Role.ROOT and match.group(1) != principal.tenant:
+            state["refusal"] = "other_tenant"
+            state["refused_key_id"] = principal.key_id
+            self.keys.registry.append_audit(
+                AuditEvent(
+                    tenant=principal.tenant,
+                    actor=f"key:{principal.key_id} ({principal.role.value})",
+                    action="access.refused",
+                    target=f"{scope['method']} {scope['path'][:300]}",
+                    outcome="other_tenant",
+                    at=time.time(),
+                    details={"trace_id": state.get("trace_id")},
+                )
+            )
             # The same answer as for a tenant that does not exist: nothing is revealed.
             raise TenantNotFound(f"no tenant {match.group(1)!r}", tenant=match.group(1)[:100])
         return principal

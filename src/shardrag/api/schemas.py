@@ -47,6 +47,11 @@ class KeyCreate(_Request):
 
     role: Role = Field(description="admin (keys, audit), writer (documents) or reader (search)")
     name: str | None = Field(default=None, max_length=200)
+    groups: list[str] | None = Field(
+        default=None,
+        description="access groups: the key reads documents of these groups and documents "
+        "without groups; omitted, every document of the tenant",
+    )
 
 
 class KeyOut(BaseModel):
@@ -58,6 +63,7 @@ class KeyOut(BaseModel):
     name: str | None
     created_at: float
     revoked_at: float | None
+    groups: list[str] | None = None
 
 
 class KeyCreated(KeyOut):
@@ -78,6 +84,7 @@ class Whoami(BaseModel):
     key_id: str
     tenant: str | None
     role: Role
+    groups: list[str] | None = None
 
 
 class VersionError(BaseModel):
@@ -96,6 +103,9 @@ class DocumentOut(BaseModel):
     state: str
     chunk_count: int
     metadata: dict[str, Any]
+    acl: list[str] = Field(
+        default_factory=list, description="access groups that read it; empty: every key"
+    )
     filename: str | None
     latest_version: int
     latest_state: str

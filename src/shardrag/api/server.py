@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+
+from shardrag.config import Settings
 
 
 class GracefulServer(uvicorn.Server):
@@ -25,14 +29,25 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(app: FastAPI, host: str, port: int, reuse_port: bool = False) -> None:
-    """Serve ``app`` on ``host:port`` until stopped.
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Serve ``app`` on the settings' host and port until stopped; HTTPS only with
+    ``tls_cert``, requiring client certificates signed by ``tls_client_ca`` if set.
 
     ``reuse_port``: bind with SO_REUSEPORT, so several api processes listen on one port and
     the kernel spreads new connections over them (``shardrag cluster up`` runs two).
     """
-    server = GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    if not reuse_port:
+    host, port = settings.host, settings.port
+    tls: dict[str, Any] = {}
+    if settings.tls_cert:
+        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
+        if settings.tls_client_ca:
+            tls |= {"ssl_ca_certs": settings.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # log_config=None: uvicorn's own lines go through the process's JSON handler.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", log_config=None, access_log=False, **tls
+    )
+    server = GracefulServer(config)
+    if not settings.reuse_port:
         server.run()
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -72,6 +72,8 @@ class SearchCall:
             query["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()
         query["mode"] = SearchMode(query["mode"])
         query["fusion"] = Fusion(query["fusion"])
+        if query.get("groups") is not None:
+            query["groups"] = tuple(str(g) for g in query["groups"])
         query["chunks"] = tuple(
             (str(doc_id), int(version), int(chunk)) for doc_id, version, chunk in query["chunks"]
         )

@@ -2,7 +2,8 @@
 
 An answer is cached like a search result, under the tenant's generation read before it is
 made (so no answer computed before a change of the tenant's documents is served after it),
-the question as normalised, k, the budget, the filters and the answerer's name. A streamed
+the question as normalised, k, the budget, the filters, the caller's access groups and the
+answerer's name. A streamed
 answer reads and fills the same cache entry as a whole one: a stream read to its end is
 cached; a cached answer streams as one piece.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from shardrag import validation
+from shardrag.acl import Groups
 from shardrag.cache import CacheKey, CacheKind, ResultCache
 from shardrag.context.assembly import (
     Answer,
@@ -25,8 +27,8 @@ from shardrag.context.generation import OpenAIChatGenerator
 from shardrag.errors import InvalidParameter
 from shardrag.models import Hit, Metadata
 
-#: Searches a tenant: (tenant, question, k, filters) → hits.
-Search = Callable[[str, str, int, Metadata | None], list[Hit]]
+#: Searches a tenant: (tenant, question, k, filters, the caller's access groups) → hits.
+Search = Callable[[str, str, int, Metadata | None, Groups], list[Hit]]
 
 
 class Answering:
@@ -55,14 +57,15 @@ class Answering:
         k: int,
         max_context_tokens: int | None,
         filters: Metadata | None,
+        groups: Groups = None,
     ) -> AnswerResult:
         """The answer with its citations and the hits searched."""
         budget = self._budget(max_context_tokens)
-        key = self._key(tenant, question, k, budget, filters)
+        key = self._key(tenant, question, k, budget, filters, groups)
         cached = self.cache.get(key) if self.cache else None
         if isinstance(cached, AnswerResult):
             return cached
-        hits = self.search(tenant, question, k, filters)
+        hits = self.search(tenant, question, k, filters, groups)
         context = self.assembler.run(question, hits, budget)
         result = AnswerResult(self.answerer.run(context), hits)
         if self.cache is not None:
@@ -76,15 +79,16 @@ class Answering:
         k: int,
         max_context_tokens: int | None,
         filters: Metadata | None,
+        groups: Groups = None,
     ) -> tuple[list[Hit], Context, Iterator[str]]:
         """(hits, context, text pieces as they are generated)."""
         budget = self._budget(max_context_tokens)
-        key = self._key(tenant, question, k, budget, filters)
+        key = self._key(tenant, question, k, budget, filters, groups)
         cached = self.cache.get(key) if self.cache else None
         if isinstance(cached, AnswerResult):
             context = self.assembler.run(question, cached.hits, budget)
             return cached.hits, context, iter([cached.answer.text])
-        hits = self.search(tenant, question, k, filters)
+        hits = self.search(tenant, question, k, filters, groups)
         context = self.assembler.run(question, hits, budget)
         if isinstance(self.answerer, OpenAIChatGenerator):
             pieces = self.answerer.stream(context)
@@ -108,14 +112,26 @@ class Answering:
             self.cache.put(key, AnswerResult(Answer(answer, cited, True), hits))
 
     def _key(
-        self, tenant: str, question: str, k: int, budget: int, filters: Metadata | None
+        self,
+        tenant: str,
+        question: str,
+        k: int,
+        budget: int,
+        filters: Metadata | None,
+        groups: Groups,
     ) -> CacheKey:
         return CacheKey.for_search(
             tenant,
             self.generation(tenant),
             CacheKind.ANSWER,
             validation.query_text(question),
-            {"k": k, "budget": budget, "filters": filters or {}, "answerer": self.answerer.name},
+            {
+                "k": k,
+                "budget": budget,
+                "filters": filters or {},
+                "groups": None if groups is None else list(groups),
+                "answerer": self.answerer.name,
+            },
         )
 
     def _budget(self, max_context_tokens: int | None) -> int:

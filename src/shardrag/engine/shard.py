@@ -42,6 +42,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from shardrag import acl as access
 from shardrag.config import QUANTIZATIONS
 from shardrag.engine import build
 from shardrag.engine.fusion import holding_of, newest_versions, prefetch_depth
@@ -268,6 +269,7 @@ class ShardEngine:
             ("doc_id", qe.PayloadSchemaType.Keyword),
             ("state", qe.PayloadSchemaType.Keyword),
             ("version", qe.PayloadSchemaType.Integer),
+            ("acl", qe.PayloadSchemaType.Keyword),
         ):
             shard.update(qe.UpdateOperation.create_field_index(field, schema))
         # Written last: a shard without this file is one whose creation did not finish.
@@ -293,6 +295,7 @@ class ShardEngine:
         """
         if not chunks:
             return True
+        meta, acl = access.split(metadata)
         points = [
             qe.Point(
                 point_id(tenant, doc_id, version, ec.chunk.index),
@@ -311,8 +314,9 @@ class ShardEngine:
                     "page": ec.chunk.page,
                     "content_hash": ec.chunk.content_hash,
                     "filename": filename,
-                    "meta": metadata,
-                    "meta_bool": _bool_shadow(metadata),
+                    "meta": meta,
+                    "meta_bool": _bool_shadow(meta),
+                    "acl": list(acl) or [access.PUBLIC],
                 },
             )
             for ec in chunks
@@ -600,7 +604,7 @@ class ShardEngine:
         """Top-k live chunks of one tenant, in one engine call (hybrid: prefetch + fusion);
         a query naming ``chunks`` gets those of them still live instead."""
         if query.chunks:
-            return self.fetch(query.tenant, query.chunks)
+            return self.fetch(query.tenant, query.chunks, query.groups)
         live = _live_filter(query)
         with self._lock.shared():
             points = self._shard.query(self._request(query, live))
@@ -634,7 +638,7 @@ class ShardEngine:
                     with_vector=[BM25],
                 )
             )
-            if self._terms is not None and not query.filters:
+            if self._terms is not None and _whole_tenant(query):
                 chunks, counted = self._terms.stats(query.tenant, terms)
                 holding = [float(n) for n in counted]
             else:
@@ -668,15 +672,22 @@ class ShardEngine:
             holding.append(holding_of(chunks, top[0].score / weight) if weight else 0.0)
         return chunks, holding
 
-    def fetch(self, tenant: str, chunks: Sequence[ChunkKey]) -> list[Hit]:
-        """The live ones of ``chunks`` of ``tenant`` (score 0), in the order asked."""
+    def fetch(
+        self, tenant: str, chunks: Sequence[ChunkKey], groups: access.Groups = None
+    ) -> list[Hit]:
+        """The live ones of ``chunks`` of ``tenant`` that ``groups`` may read (score 0), in
+        the order asked."""
         ids: list[Any] = [point_id(tenant, *chunk) for chunk in chunks]
         with self._lock.shared():
             records = self._shard.retrieve(ids, with_payload=True, with_vector=False)
         found = {}
         for record in records:
             payload = record.payload or {}
-            if payload.get("tenant") == tenant and payload.get("state") == _LIVE:
+            if (
+                payload.get("tenant") == tenant
+                and payload.get("state") == _LIVE
+                and _readable(payload, groups)
+            ):
                 hit = _hit(_Scoreless(record.id, payload))
                 found[hit.key] = hit
         return [found[chunk] for chunk in chunks if chunk in found]
@@ -720,8 +731,10 @@ class ShardEngine:
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
         sparse = self._bm25.embed_query(query.text)
         terms = self._terms
-        if terms is None or query.filters:
-            # The engine counts them (over the filter too: the IDF of what the query can find).
+        if terms is None or not _whole_tenant(query):
+            # The engine counts them over the filter: the IDF of what the query can find (a
+            # caller restricted by access groups learns nothing of the documents it cannot
+            # read from scores, docs/access.md).
             return qe.Query.Nearest(sparse, using=BM25), qe.SearchParams(
                 idf=qe.IdfParams(corpus=live)
             )
@@ -1012,14 +1025,36 @@ def search_effort_for(points: int) -> int:
 
 
 def _live_filter(query: ShardQuery) -> qe.Filter:
-    """The tenant's live chunks that match the query's metadata filters."""
+    """The tenant's live chunks that match the query's metadata filters and that its
+    caller's access groups may read."""
     return qe.Filter(
         must=[
             _eq("tenant", query.tenant),
             _eq("state", _LIVE),
             *_metadata_conditions(query.filters),
+            *_access_conditions(query.groups),
         ]
     )
+
+
+def _access_conditions(groups: access.Groups) -> list[Any]:
+    """Chunks of documents of ``groups`` or of no group (those written before access groups
+    existed have no ``acl`` field: of no group)."""
+    if groups is None:
+        return []
+    readable = qe.FieldCondition("acl", match=qe.MatchAny([access.PUBLIC, *groups]))
+    return [qe.Filter(should=[readable, qe.IsEmptyCondition("acl")])]
+
+
+def _readable(payload: dict[str, Any], groups: access.Groups) -> bool:
+    acl = [g for g in payload.get("acl") or () if g != access.PUBLIC]
+    return access.may_read(groups, acl)
+
+
+def _whole_tenant(query: ShardQuery) -> bool:
+    """Whether the query may match every live chunk of its tenant (no filter, no groups):
+    then the shard's term counts of the tenant are its BM25 statistics."""
+    return not query.filters and query.groups is None
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_json_logging(level: int = logging.INFO) -> None:
-    """Send every log record of the process to stderr as JSON lines."""
+def configure_json_logging(level: int | str = logging.INFO, access_log: bool = True) -> None:
+    """Send every log record of the process to stderr as JSON lines.
+
+    ``access_log``: False silences the one line per request of ``shardrag.access``.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("shardrag.access").setLevel(logging.NOTSET if access_log else logging.WARNING)

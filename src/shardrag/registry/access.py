@@ -38,6 +38,8 @@ class KeyRecord:
     name: str | None
     created_at: float
     revoked_at: float | None = None
+    #: The access groups of the tenant's documents it may read (None: every document).
+    groups: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form without the hash (API key listings)."""
@@ -48,6 +50,7 @@ class KeyRecord:
             "name": self.name,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
+            "groups": None if self.groups is None else list(self.groups),
         }
 
 

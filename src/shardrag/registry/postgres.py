@@ -126,6 +126,10 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, idempotency_key)
     );
     """,
+    # 3: access groups of keys (docs/access.md); NULL: every document of the tenant.
+    """
+    ALTER TABLE api_keys ADD COLUMN groups jsonb;
+    """,
 )
 
 #: The schema version this code writes and reads.
@@ -547,7 +551,8 @@ class PostgresRegistry:
     def add_key(self, key: KeyRecord) -> None:
         """Store a new key."""
         self._execute(
-            "INSERT INTO api_keys VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO api_keys(key_id, tenant, role, secret_hash, name, created_at, "
+            "revoked_at, groups) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             key.key_id,
             key.tenant,
             key.role.value,
@@ -555,6 +560,7 @@ class PostgresRegistry:
             key.name,
             key.created_at,
             key.revoked_at,
+            None if key.groups is None else Jsonb(list(key.groups)),
         )
 
     def key(self, key_id: str) -> KeyRecord | None:

@@ -46,7 +46,16 @@ def key_of(row: Row) -> KeyRecord:
         name=row["name"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        groups=_groups(row["groups"]),
     )
+
+
+def _groups(value: Any) -> tuple[str, ...] | None:
+    """A key's ``groups`` column: NULL, or a JSON array (text in SQLite, jsonb in Postgres)."""
+    if value is None:
+        return None
+    names = json.loads(value) if isinstance(value, str) else value
+    return tuple(str(n) for n in names)
 
 
 def version_of(row: Row, prefix: str = "") -> VersionInfo:

@@ -112,6 +112,7 @@ _MIGRATIONS = {
     ("versions", "embedded_chunks"): (
         "ALTER TABLE versions ADD COLUMN embedded_chunks INTEGER NOT NULL DEFAULT 0"
     ),
+    ("api_keys", "groups"): "ALTER TABLE api_keys ADD COLUMN groups TEXT",
 }
 
 
@@ -455,7 +456,8 @@ class SqliteRegistry:
         """Store a new key."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys(key_id, tenant, role, secret_hash, name, created_at, "
+                "revoked_at, groups) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.key_id,
                     key.tenant,
@@ -464,6 +466,7 @@ class SqliteRegistry:
                     key.name,
                     key.created_at,
                     key.revoked_at,
+                    None if key.groups is None else json.dumps(list(key.groups)),
                 ),
             )
 

@@ -44,7 +44,8 @@ Route = Callable[[str, Mapping[int, int]], Routed]
 class Searcher:
     """Runs a validated ``SearchRequest`` against the tenant's shard only.
 
-    With a cache, results are kept under (tenant, generation, normalised query, parameters).
+    With a cache, results are kept under (tenant, generation, normalised query, parameters,
+    the caller's access groups).
     The generation is read *before* the search runs, and every committed change of the
     tenant's documents bumps it, so no result computed before a change is served after it.
     Query vectors are cached too (per tenant, per model): a popular question is embedded once.
@@ -75,6 +76,7 @@ class Searcher:
                 "mode": request.mode.value,
                 "fusion": request.fusion.value,
                 "filters": request.filters,
+                "groups": None if request.groups is None else list(request.groups),
             },
         )
         cached = self.cache.get(key)
@@ -100,6 +102,7 @@ class Searcher:
                 dense,
                 request.filters,
                 request.fusion,
+                groups=request.groups,
             )
         )
 

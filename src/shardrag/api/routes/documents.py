@@ -10,10 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from shardrag import acl as access
 from shardrag import validation
-from shardrag.api.deps import Caller, tenant_caller
+from shardrag.api.deps import ACL_HEADER, Caller, tenant_caller
 from shardrag.api.schemas import DocumentList, DocumentOut, ErrorOut, WriteOut
-from shardrag.errors import InvalidParameter, InvalidRequest
+from shardrag.errors import DocumentNotFound, Forbidden, InvalidParameter, InvalidRequest
 from shardrag.models import Metadata, VersionState, WriteResult
 from shardrag.registry import Role
 
@@ -28,7 +29,8 @@ _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The document: its raw bytes, or a multipart form with a `file` part "
-        "(and optionally a `metadata` part holding a JSON object).",
+        "(and optionally a `metadata` part holding a JSON object and an `acl` part holding a "
+        "JSON array of access groups).",
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "text/plain": {"schema": {"type": "string"}},
@@ -39,6 +41,10 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "metadata": {"type": "string", "description": "a JSON object"},
+                        "acl": {
+                            "type": "string",
+                            "description": "a JSON array of access groups",
+                        },
                     },
                 }
             },
@@ -65,13 +71,14 @@ class _Upload:
         self.filename = filename
         self.content_type = content_type
         self.metadata_field: str | None = None
+        self.acl_field: str | None = None
 
     @classmethod
     async def read(cls, request: Request) -> _Upload:
         content_type = request.headers.get("content-type")
         if not (content_type or "").lower().startswith("multipart/form-data"):
             return cls(await request.body(), None, content_type)
-        form = await request.form(max_files=1, max_fields=4)
+        form = await request.form(max_files=1, max_fields=5)
         part = form.get("file")
         if not isinstance(part, UploadFile):
             raise InvalidRequest("a multipart upload needs a 'file' part holding the document")
@@ -80,7 +87,21 @@ class _Upload:
         if meta is not None and not isinstance(meta, str):
             raise InvalidRequest("the 'metadata' part must be text (a JSON object)")
         upload.metadata_field = meta
+        acl = form.get("acl")
+        if acl is not None and not isinstance(acl, str):
+            raise InvalidRequest("the 'acl' part must be text (a JSON array of group names)")
+        upload.acl_field = acl
         return upload
+
+    def acl(self, header: str | None) -> tuple[str, ...]:
+        """The document's access groups: the ``acl`` part, else the header, else none."""
+        if self.acl_field is not None:
+            try:
+                value = json.loads(self.acl_field)
+            except ValueError as exc:
+                raise InvalidParameter(f"acl is not valid JSON: {exc}") from None
+            return access.groups(value, "acl")
+        return access.groups(header or "", ACL_HEADER)
 
 
 @router.put(
@@ -100,6 +121,10 @@ async def put_document(
     title: Annotated[str | None, Query(max_length=1000)] = None,
     metadata: Annotated[str | None, Query(description="a JSON object", max_length=65536)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    x_shardrag_acl: Annotated[
+        str | None,
+        Header(max_length=8192, description="access groups of a raw body, comma-separated"),
+    ] = None,
 ) -> JSONResponse:
     """Store a new version of a document (writer).
 
@@ -108,14 +133,19 @@ async def put_document(
     unchanged. What needs no parsing is refused at once (empty, too large, unsupported
     format); a document that cannot be parsed fails its version in the ingestion worker
     (``GET`` shows the error; with ``wait=true`` this answers it). The live version stays.
+
+    Access groups (``acl`` part or ``X-Shardrag-Acl``): who of the tenant reads it; none,
+    every key. A key with groups writes only documents it reads, with groups of its own.
     """
     validation.doc_id(doc_id)
     upload = await _Upload.read(request)
     meta = _metadata(upload.metadata_field if upload.metadata_field is not None else metadata)
     name = filename or upload.filename or doc_id.rsplit("/", 1)[-1]
+    acl = upload.acl(x_shardrag_acl)
 
     def write() -> WriteResult:
         with who.audited("document.put", doc_id) as details:
+            _may_write(who, t, doc_id, acl)
             result = who.service.rag.put_document(
                 t,
                 doc_id,
@@ -126,6 +156,7 @@ async def put_document(
                 title,
                 wait=wait,
                 idempotency_key=idempotency_key,
+                acl=acl,
             )
             details.update(version=result.version, state=result.state.value)
         return result
@@ -145,7 +176,7 @@ def list_documents(
     after: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Any:
     """A page of the tenant's documents by id (deleted ones only with ``state=deleted``)."""
-    page = who.service.rag.list_documents(t, state, limit, after)
+    page = who.service.rag.list_documents(t, state, limit, after, who.groups)
     next_after = page[-1].doc_id if len(page) == limit else None
     return {"documents": [d.to_dict() for d in page], "next_after": next_after}
 
@@ -153,13 +184,32 @@ def list_documents(
 @router.get("/{doc_id:path}", response_model=DocumentOut, responses={404: {"model": ErrorOut}})
 def get_document(t: str, doc_id: str, who: Reader) -> Any:
     """A document's version, state, chunk count, metadata and last error."""
-    return who.service.rag.get_document(t, doc_id).to_dict()
+    return who.service.rag.get_document(t, doc_id, who.groups).to_dict()
 
 
 @router.delete("/{doc_id:path}", response_model=WriteOut, responses={404: {"model": ErrorOut}})
 def delete_document(t: str, doc_id: str, who: Writer) -> Any:
     """Delete a document (writer): none of its chunks are searchable once this answers."""
     with who.audited("document.delete", doc_id) as details:
+        _may_write(who, t, doc_id)
         result = who.service.rag.delete_document(t, doc_id)
         details["version"] = result.version
     return result.to_dict()
+
+
+def _may_write(who: Caller, tenant: str, doc_id: str, acl: tuple[str, ...] | None = None) -> None:
+    """A caller restricted to access groups writes only documents it can read (one it cannot
+    read is not found, as for reads), and gives them only groups it has, at least one."""
+    if who.groups is None:
+        return
+    try:
+        who.service.rag.get_document(tenant, doc_id, who.groups)
+    except DocumentNotFound:
+        if who.service.rag.registry.document(tenant, doc_id) is not None:
+            raise
+    if acl is not None and (not acl or not set(acl) <= set(who.groups)):
+        raise Forbidden(
+            "a key with access groups writes documents of its own groups only: "
+            f"give the document groups among {list(who.groups)}",
+            groups=list(who.groups),
+        )

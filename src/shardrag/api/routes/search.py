@@ -48,6 +48,7 @@ def search(t: str, body: SearchBody, who: Reader, request: Request) -> Any:
         fusion=body.fusion,
         read_concern=body.read_concern,
         write_token=body.write_token,
+        groups=who.groups,
     )
     return {"hits": [h.to_dict() for h in hits]}
 
@@ -64,11 +65,17 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
     rag = who.service.rag
     if not body.stream:
         result = await run_in_threadpool(
-            rag.answer, t, body.question, body.k, body.max_context_tokens, body.filters
+            rag.answer, t, body.question, body.k, body.max_context_tokens, body.filters, who.groups
         )
         return result.to_dict()
     hits, context, pieces = await run_in_threadpool(
-        rag.answer_stream, t, body.question, body.k, body.max_context_tokens, body.filters
+        rag.answer_stream,
+        t,
+        body.question,
+        body.k,
+        body.max_context_tokens,
+        body.filters,
+        who.groups,
     )
 
     def events() -> Iterator[str]:

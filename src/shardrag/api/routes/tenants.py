@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
+from shardrag import acl as access
 from shardrag import validation
 from shardrag.api.deps import Caller, caller, root_caller, tenant_caller
 from shardrag.api.schemas import (
@@ -86,7 +87,8 @@ def create_key(t: str, body: KeyCreate, who: AdminCaller) -> Any:
     if body.role is Role.ROOT:
         raise InvalidParameter("a tenant key is admin, writer or reader")
     with who.audited("key.create", body.role.value) as details:
-        record, secret = who.service.keys.issue(t, body.role, body.name)
+        groups = None if body.groups is None else access.groups(body.groups)
+        record, secret = who.service.keys.issue(t, body.role, body.name, groups)
         details["key_id"] = record.key_id
     return {**record.to_dict(), "key": secret}
 
