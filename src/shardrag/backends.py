@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shardrag.blobs import BlobStore, open_blob_store
+from shardrag.blobs.encrypted import EncryptedBlobStore, Keyring, master_key_from
 from shardrag.cache import ResultCache, open_result_cache
 from shardrag.cluster import ShardMap, open_shard_map
 from shardrag.config import Settings
 from shardrag.log import Log, open_log
 from shardrag.registry import Registry, open_registry
+from shardrag.tls import nats_tls
 
 if TYPE_CHECKING:
     from shardrag.natsconn import NatsConnection
@@ -64,7 +66,7 @@ class Backends:
             if settings.nats_url:
                 from shardrag.natsconn import NatsConnection  # nats-py loads only when used
 
-                nats = NatsConnection(settings.nats_url, name=name)
+                nats = NatsConnection(settings.nats_url, name=name, tls=nats_tls(settings))
             if nats is not None:
                 opened.callback(nats.close)
             shard_map = open_shard_map(settings, nats)
@@ -74,6 +76,9 @@ class Backends:
             blobs = open_blob_store(
                 settings.data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
             )
+            master_key = master_key_from(settings.master_key, settings.master_key_file)
+            if master_key is not None:
+                blobs = EncryptedBlobStore(blobs, Keyring(master_key, registry))  # type: ignore[arg-type]
             log = open_log(
                 settings.data_dir,
                 settings.nats_url,

@@ -10,6 +10,7 @@ between them and reconnects without limit.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -32,7 +33,15 @@ def servers_of(url: str) -> list[str]:
 class NatsConnection:
     """A connection to the NATS servers at ``url`` and the loop that drives it."""
 
-    def __init__(self, url: str, timeout: float = 5.0, name: str = "nats") -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        name: str = "nats",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: the context of a TLS connection (``tls_context``; a ``tls://`` URL
+        without one verifies against the system's CAs)."""
         self.url = url
         self.timeout = timeout
         self._loop_thread = LoopThread(name)
@@ -45,6 +54,7 @@ class NatsConnection:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25,
                     name=name,
+                    tls=tls,
                 )
             )
         except BaseException:

@@ -13,6 +13,10 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shardrag.config import Settings
 
 #: Validity of certificates made here.
 _VALID_DAYS = 365
@@ -28,6 +32,14 @@ def tls_context(
         certfile, keyfile = cert if isinstance(cert, tuple) else (cert, None)
         context.load_cert_chain(certfile, keyfile)
     return context
+
+
+def nats_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the settings' NATS connections, or None for plain ones."""
+    if not (settings.nats_tls_ca or settings.nats_tls_cert):
+        return None
+    cert = (settings.nats_tls_cert, settings.nats_tls_key) if settings.nats_tls_cert else None
+    return tls_context(settings.nats_tls_ca, cert)
 
 
 @dataclass(frozen=True)

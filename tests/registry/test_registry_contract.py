@@ -603,3 +603,20 @@ def test_postgres_a_nul_character_is_a_bad_parameter_and_the_audit_log_keeps_goi
         event = AuditEvent("acme", "key:k1", "document.delete", "a\x00b", "bad", 1.0, {})
         registry.append_audit(event)
         assert [e.target for e in registry.audit("acme")] == ["a\ufffdb"]
+
+
+def test_a_keys_access_groups_are_kept(registry: Registry) -> None:
+    registry.add_key(KeyRecord("g1", "acme", Role.READER, "h", None, 1.0, groups=("eng", "hr")))
+    registry.add_key(KeyRecord("g2", "acme", Role.READER, "h", None, 2.0))
+    assert registry.key("g1").groups == ("eng", "hr")  # type: ignore[union-attr]
+    assert registry.key("g2").groups is None  # type: ignore[union-attr]
+    assert [k.groups for k in registry.keys("acme")] == [("eng", "hr"), None]
+
+
+def test_a_tenants_data_key_is_kept_once_and_dropped_with_it(registry: Registry) -> None:
+    assert registry.data_key("acme") is None
+    assert registry.add_data_key("acme", b"first") == b"first"
+    assert registry.add_data_key("acme", b"second") == b"first"
+    assert registry.data_key("acme") == b"first"
+    registry.delete_tenant("acme")
+    assert registry.data_key("acme") is None

@@ -110,7 +110,8 @@ class Guard:
                     tenant=principal.tenant,
                     actor=f"key:{principal.key_id} ({principal.role.value})",
                     action="access.refused",
-                    target=f"{scope['method']} {scope['path'][:300]}",
+                    # Not the path: the other tenant's name and ids stay out of this log.
+                    target=f"{scope['method']} another tenant",
                     outcome="other_tenant",
                     at=time.time(),
                     details={"trace_id": state.get("trace_id")},

@@ -46,12 +46,18 @@ class LocalBlobStore:
         check_digest(digest)
         return self.root / digest[:2] / digest
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, owner: str | None = None) -> str:
         """Store ``data`` (fsync, then atomic rename); return its SHA-256."""
         digest = hashlib.sha256(data).hexdigest()
+        self.put_named(digest, data)
+        return digest
+
+    def put_named(self, digest: str, data: bytes) -> None:
+        """Store ``data`` under a name of a digest's form that is not its own SHA-256 (an
+        encrypted blob, ``encrypted.py``); a name stored already is left as it is."""
         path = self._path(digest)
         if path.exists():
-            return digest
+            return
         try:
             path.parent.mkdir()
         except FileExistsError:
@@ -73,9 +79,12 @@ class LocalBlobStore:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_directory(path.parent)
-        return digest
 
-    def get(self, digest: str) -> bytes:
+    def get_named(self, digest: str) -> bytes:
+        """The bytes stored under a name (``put_named``)."""
+        return self.get(digest)
+
+    def get(self, digest: str, owner: str | None = None) -> bytes:
         """The stored bytes."""
         path = self._path(digest)
         try:
@@ -83,6 +92,6 @@ class LocalBlobStore:
         except FileNotFoundError:
             raise NotFound(f"no blob {digest}", digest=digest) from None
 
-    def exists(self, digest: str) -> bool:
+    def exists(self, digest: str, owner: str | None = None) -> bool:
         """Whether the blob is stored."""
         return self._path(digest).exists()

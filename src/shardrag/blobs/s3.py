@@ -80,11 +80,17 @@ class S3BlobStore:
     def _unavailable(self, action: str, error: Exception) -> Unavailable:
         return Unavailable(f"{action} failed on {self._where}: {error}", bucket=self.bucket)
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, owner: str | None = None) -> str:
         """Store ``data`` unless it is there already; return its SHA-256."""
         digest = hashlib.sha256(data).hexdigest()
+        self.put_named(digest, data)
+        return digest
+
+    def put_named(self, digest: str, data: bytes) -> None:
+        """Store ``data`` under a name of a digest's form that is not its own SHA-256 (an
+        encrypted blob, ``encrypted.py``); a name stored already is left as it is."""
         if self.exists(digest):
-            return digest
+            return
         # S3 refuses the object if the bytes it received do not have this MD5.
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         try:
@@ -93,10 +99,16 @@ class S3BlobStore:
             )
         except (BotoCoreError, ClientError) as exc:
             raise self._unavailable(f"storing blob {digest}", exc) from None
-        return digest
 
-    def get(self, digest: str) -> bytes:
+    def get(self, digest: str, owner: str | None = None) -> bytes:
         """The stored bytes, checked against ``digest``; NotFound if absent."""
+        data = self.get_named(digest)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise InternalError(f"blob {digest} in {self._where} is corrupt", digest=digest)
+        return data
+
+    def get_named(self, digest: str) -> bytes:
+        """The bytes stored under a name (``put_named``); NotFound if absent."""
         key = self._key(digest)
         try:
             data: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -106,11 +118,9 @@ class S3BlobStore:
             raise self._unavailable(f"reading blob {digest}", exc) from None
         except BotoCoreError as exc:
             raise self._unavailable(f"reading blob {digest}", exc) from None
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise InternalError(f"blob {digest} in {self._where} is corrupt", digest=digest)
         return data
 
-    def exists(self, digest: str) -> bool:
+    def exists(self, digest: str, owner: str | None = None) -> bool:
         """Whether the blob is stored."""
         try:
             self._client.head_object(Bucket=self.bucket, Key=self._key(digest))

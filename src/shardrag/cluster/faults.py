@@ -16,6 +16,7 @@ from typing import Any
 from shardrag.config import Settings
 from shardrag.errors import InvalidParameter, Unavailable
 from shardrag.natsconn import NatsConnection
+from shardrag.tls import nats_tls
 
 # How long a node may take to confirm a fault.
 _CONFIRM_SECONDS = 5.0
@@ -47,7 +48,7 @@ def inject_delay(settings: Settings, node_id: str, seconds: float) -> None:
         raise InvalidParameter(f"a delay must be >= 0 seconds, not {seconds!r}")
     subject = fault_subject(settings.log_prefix, node_id)
     body = json.dumps({"delay_seconds": seconds}).encode()
-    conn = NatsConnection(settings.nats_url, name="fault-injection")
+    conn = NatsConnection(settings.nats_url, name="fault-injection", tls=nats_tls(settings))
     try:
         try:
             msg = conn.run(conn.client.request(subject, body, timeout=_CONFIRM_SECONDS))

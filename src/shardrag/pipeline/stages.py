@@ -62,7 +62,7 @@ class IngestStage:
         ref = event.ref
         if not wanted(self.registry, ref, event.content_hash):
             return None
-        data = self.blobs.get(event.content_hash)
+        data = self.blobs.get(event.content_hash, owner=ref.tenant)
         try:
             parsed = parse(data, event.filename, event.content_type)
         except ShardragError:
@@ -77,7 +77,7 @@ class IngestStage:
             raise EmptyDocument(f"document {ref.doc_id!r} has no text to index")
         out = EmbedEvent(ref, event.filename, event.metadata, chunks)
         if len(out.encode()) > INLINE_CHUNK_BYTES:
-            digest = self.blobs.put(encode_chunks(chunks))
+            digest = self.blobs.put(encode_chunks(chunks), owner=ref.tenant)
             out = EmbedEvent(ref, event.filename, event.metadata, chunks_blob=digest)
         return out
 
@@ -123,7 +123,7 @@ class EmbedStage:
         ref = event.ref
         chunks = event.chunks
         if event.chunks_blob is not None:
-            chunks = decode_chunks(self.blobs.get(event.chunks_blob))
+            chunks = decode_chunks(self.blobs.get(event.chunks_blob, owner=event.ref.tenant))
         job = VectorJob(ref.tenant, chunks)
         current = self.registry.document(ref.tenant, ref.doc_id)
         live = current.live if current else None

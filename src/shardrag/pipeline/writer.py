@@ -114,7 +114,7 @@ class DocumentWriter:
             return WriteResult(
                 tenant, doc_id, live.version, VersionState.LIVE, live.chunk_count, unchanged=True
             )
-        self.blobs.put(upload.data)
+        self.blobs.put(upload.data, owner=tenant)
         new = NewVersion(
             content_hash,
             upload.filename,

@@ -195,6 +195,16 @@ class Registry(Protocol):
         """Remember the answer to ``idempotency_key`` (the first one stored wins)."""
         ...
 
+    # -- encryption at rest (blobs/encrypted.py) ------------------------------------------------
+
+    def data_key(self, tenant: str) -> bytes | None:
+        """The tenant's wrapped data key, or None (dropped with the tenant)."""
+        ...
+
+    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` as the tenant's data key unless it has one; the one kept."""
+        ...
+
     def close(self) -> None:
         """Release the registry's resources."""
         ...

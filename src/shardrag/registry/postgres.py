@@ -126,9 +126,14 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, idempotency_key)
     );
     """,
-    # 3: access groups of keys (docs/access.md); NULL: every document of the tenant.
+    # 3: access groups of keys (docs/access.md; NULL: every document of the tenant), and
+    # tenants' wrapped data keys (blobs/encrypted.py), dropped with the tenant.
     """
     ALTER TABLE api_keys ADD COLUMN groups jsonb;
+    CREATE TABLE data_keys (
+        tenant   text COLLATE "C" PRIMARY KEY REFERENCES tenants ON DELETE CASCADE,
+        wrapped  bytea NOT NULL
+    );
     """,
 )
 
@@ -588,6 +593,21 @@ class PostgresRegistry:
         if not rows:
             raise NotFound(f"no key {key_id!r}", key_id=key_id)
         return key_of(rows[0])
+
+    def data_key(self, tenant: str) -> bytes | None:
+        """The tenant's wrapped data key, or None."""
+        rows = self._query("SELECT wrapped FROM data_keys WHERE tenant = %s", tenant)
+        return bytes(rows[0]["wrapped"]) if rows else None
+
+    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` unless the tenant has a data key; the one kept."""
+        self._execute(
+            "INSERT INTO data_keys(tenant, wrapped) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            tenant,
+            wrapped,
+        )
+        rows = self._query("SELECT wrapped FROM data_keys WHERE tenant = %s", tenant)
+        return bytes(rows[0]["wrapped"])
 
     def append_audit(self, event: AuditEvent) -> None:
         """Append one event to the audit log.

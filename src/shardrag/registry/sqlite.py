@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS audit (
     details   TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant, event_id);
+CREATE TABLE IF NOT EXISTS data_keys (
+    tenant   TEXT PRIMARY KEY REFERENCES tenants(tenant) ON DELETE CASCADE,
+    wrapped  BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant           TEXT NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
     idempotency_key  TEXT NOT NULL,
@@ -493,6 +497,21 @@ class SqliteRegistry:
         if row is None:
             raise NotFound(f"no key {key_id!r}", key_id=key_id)
         return key_of(row)
+
+    def data_key(self, tenant: str) -> bytes | None:
+        """The tenant's wrapped data key, or None."""
+        rows = self._query("SELECT wrapped FROM data_keys WHERE tenant = ?", tenant)
+        return bytes(rows[0]["wrapped"]) if rows else None
+
+    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` unless the tenant has a data key; the one kept."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO data_keys(tenant, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (tenant, wrapped),
+            )
+            row = db.execute("SELECT wrapped FROM data_keys WHERE tenant = ?", (tenant,)).fetchone()
+        return bytes(row["wrapped"])
 
     def append_audit(self, event: AuditEvent) -> None:
         """Append one event to the audit log."""

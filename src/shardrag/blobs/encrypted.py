@@ -1,0 +1,150 @@
+"""Encryption at rest: each tenant's originals under its own data key (envelope encryption).
+
+A tenant's data key (AES-256) is made on its first write, wrapped by the master key
+(``SHARDRAG_MASTER_KEY`` / ``master_key_file``) with AES-GCM and kept in the registry beside
+the tenant; dropping the tenant deletes the wrapped key with it, so every copy of its blobs,
+wherever it survives (a backup, a bucket's old versions), is unreadable: crypto-shredding.
+Shard snapshots, which hold several tenants, are under a key derived from the master key.
+
+A blob is stored as nonce (12 bytes) + AES-GCM(data), the plaintext's SHA-256 as associated
+data, under the name HMAC(data key, plaintext SHA-256): the same document of two tenants is
+two blobs, and a name says nothing of the content without the key. Callers keep addressing
+blobs by their plaintext's SHA-256, as with a plain store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shardrag.blobs.base import NamedBlobStore
+from shardrag.errors import InternalError, InvalidParameter, NotFound
+
+_NONCE = 12
+#: How long a process keeps an unwrapped data key: a tenant dropped through another process
+#: becomes unreadable here within this time.
+KEY_CACHE_SECONDS = 60.0
+
+
+class DataKeys(Protocol):
+    """Where wrapped data keys are kept (the registry)."""
+
+    def data_key(self, tenant: str) -> bytes | None:
+        """The tenant's wrapped data key, or None."""
+        ...
+
+    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` unless the tenant has one already; the one kept."""
+        ...
+
+
+def master_key_from(value: str | None, path: str | None) -> bytes | None:
+    """The master key of the settings (64 hex digits, given or in a file), or None."""
+    if path is not None:
+        value = Path(path).read_text().strip()
+    if value is None:
+        return None
+    try:
+        key = bytes.fromhex(value.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise InvalidParameter(
+            "the master key must be 64 hex digits (256 bits)", setting="master_key"
+        )
+    return key
+
+
+class Keyring:
+    """Unwraps (and on first use makes) tenants' data keys under the master key."""
+
+    def __init__(self, master_key: bytes, store: DataKeys) -> None:
+        self._master = AESGCM(master_key)
+        self._snapshot_key = hmac.digest(master_key, b"shardrag snapshots", "sha256")
+        self._store = store
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, owner: str | None) -> bytes:
+        """The data key of tenant ``owner`` (None: the snapshots' key)."""
+        if owner is None:
+            return self._snapshot_key
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(owner)
+            if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
+                return cached[1]
+        wrapped = self._store.data_key(owner)
+        if wrapped is None:
+            wrapped = self._store.add_data_key(owner, self._wrap(owner, os.urandom(32)))
+        key = self._unwrap(owner, wrapped)
+        with self._lock:
+            self._cache[owner] = (now, key)
+        return key
+
+    def existing_key(self, owner: str) -> bytes | None:
+        """The tenant's data key if it has one (never makes one)."""
+        wrapped = self._store.data_key(owner)
+        return None if wrapped is None else self._unwrap(owner, wrapped)
+
+    def forget(self, owner: str) -> None:
+        """Drop the cached key of a tenant (it was dropped)."""
+        with self._lock:
+            self._cache.pop(owner, None)
+
+    def _wrap(self, owner: str, key: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self._master.encrypt(nonce, key, owner.encode())
+
+    def _unwrap(self, owner: str, wrapped: bytes) -> bytes:
+        try:
+            return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], owner.encode())
+        except InvalidTag:
+            raise InternalError(
+                f"the data key of tenant {owner!r} does not open with this master key"
+            ) from None
+
+
+class EncryptedBlobStore:
+    """A ``BlobStore`` that encrypts each owner's blobs under its data key (see the module)."""
+
+    def __init__(self, inner: NamedBlobStore, keyring: Keyring) -> None:
+        self.inner = inner
+        self.keyring = keyring
+
+    def _name(self, key: bytes, digest: str) -> str:
+        return hmac.digest(key, digest.encode(), "sha256").hex()
+
+    def put(self, data: bytes, owner: str | None = None) -> str:
+        """Store ``data`` encrypted for ``owner``; its plaintext SHA-256."""
+        digest = hashlib.sha256(data).hexdigest()
+        key = self.keyring.key(owner)
+        name = self._name(key, digest)
+        if not self.inner.exists(name):
+            nonce = os.urandom(_NONCE)
+            self.inner.put_named(name, nonce + AESGCM(key).encrypt(nonce, data, digest.encode()))
+        return digest
+
+    def get(self, digest: str, owner: str | None = None) -> bytes:
+        """The plaintext of ``digest`` of ``owner``; NotFound once its key is gone."""
+        key = self.keyring.key(owner) if owner is None else self.keyring.existing_key(owner)
+        if key is None:
+            raise NotFound(f"no blob {digest} (its tenant's data key is gone)", digest=digest)
+        stored = self.inner.get_named(self._name(key, digest))
+        try:
+            return AESGCM(key).decrypt(stored[:_NONCE], stored[_NONCE:], digest.encode())
+        except InvalidTag:
+            raise InternalError(f"blob {digest} is corrupt", digest=digest) from None
+
+    def exists(self, digest: str, owner: str | None = None) -> bool:
+        """Whether ``digest`` of ``owner`` is stored (and readable)."""
+        key = self.keyring.key(owner) if owner is None else self.keyring.existing_key(owner)
+        return key is not None and self.inner.exists(self._name(key, digest))
