@@ -1,0 +1,176 @@
+"""What TLS costs an HTTP search: ``shardrag serve`` plain, then with HTTPS and mutual TLS.
+
+    python bench/tls_cost.py [--docs 300] [--queries 300] [--out bench/results/tls_cost.json]
+
+One data dir (the first ``--docs`` CISI documents, ingested in-process), served twice, one
+server after the other (the baseline first): plain HTTP, then HTTPS requiring client
+certificates (``--tls-cert/--tls-key/--tls-client-ca``, certificates from
+``shardrag.tls.CertificateAuthority``, EC P-256). Against each, one client at a time:
+
+- **keep-alive**: one connection for every search (what a backend with a connection pool
+  pays): the cost of encrypting requests and answers;
+- **new connection**: a connection per search (the TLS handshake each time, both sides
+  verifying a certificate).
+
+Each search is a distinct query (a CISI question with a unique tag), so none is a cache hit.
+Reported: p50/p99 wall ms per case, and the ratio to plain HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import httpx  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench.http_search import (  # noqa: E402
+    distinct_query,
+    free_port,
+    load_cisi,
+    shardrag_executable,
+    stop,
+)
+from bench.ingest import percentiles  # noqa: E402
+from shardrag import Shardrag  # noqa: E402
+from shardrag.tls import CertificateAuthority, tls_context  # noqa: E402
+
+console = Console(stderr=True)
+TENANT = "bench"
+
+
+def served(data_dir: Path, admin_key: str, tls: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """``shardrag serve`` over ``data_dir`` with the TLS arguments ``tls``; (process, port)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SHARDRAG_DATA_DIR": str(data_dir),
+        "SHARDRAG_ADMIN_KEY": admin_key,
+        "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
+        "SHARDRAG_ACCESS_LOG": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    command = [shardrag_executable(), "serve", "--host", "127.0.0.1", "--port", str(port), *tls]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return process, port
+
+
+def wait_ready(url: str, verify: Any, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", verify=verify, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.2)
+
+
+def measure(url: str, verify: Any, key: str, questions: list[str], label: str) -> dict[str, Any]:
+    """p50/p99 of searches over one kept-alive connection and over a connection each."""
+    headers = {"Authorization": f"Bearer {key}"}
+    path = f"/v1/tenants/{TENANT}/search"
+    report: dict[str, Any] = {}
+    with httpx.Client(base_url=url, verify=verify, headers=headers, timeout=60) as client:
+        samples = []
+        for n, question in enumerate(questions):
+            start = time.perf_counter()
+            client.post(path, json={"query": distinct_query(question, label, n), "k": 10})
+            samples.append(time.perf_counter() - start)
+    report["keep_alive"] = percentiles(samples[5:])
+    samples = []
+    for n, question in enumerate(questions):
+        start = time.perf_counter()
+        with httpx.Client(base_url=url, verify=verify, headers=headers, timeout=60) as fresh:
+            fresh.post(path, json={"query": distinct_query(question, f"{label}-new", n), "k": 10})
+        samples.append(time.perf_counter() - start)
+    report["new_connection"] = percentiles(samples[5:])
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    documents, questions = load_cisi(args.docs, 112)
+    questions = [questions[i % len(questions)] for i in range(args.queries)]
+    report: dict[str, Any] = {"docs": args.docs, "queries": args.queries, "cases": {}}
+    with tempfile.TemporaryDirectory(prefix="tls-bench-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        with Shardrag.open(data) as rag:
+            rag.put_documents(TENANT, documents)
+        ca = CertificateAuthority(work / "pki")
+        server, client = ca.issue("server"), ca.issue("client")
+        admin_key = secrets.token_urlsafe(24)
+        tls_args = [
+            "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+            "--tls-client-ca", str(ca.cert_path),
+        ]  # fmt: skip
+        mutual = tls_context(str(ca.cert_path), (str(client.cert), str(client.key)))
+        for name, scheme, extra, verify in (
+            ("http", "http", [], True),
+            ("https_mutual_tls", "https", tls_args, mutual),
+        ):
+            process, port = served(data, admin_key, extra)
+            try:
+                url = f"{scheme}://127.0.0.1:{port}"
+                wait_ready(url, verify, process)
+                root = {"Authorization": f"Bearer {admin_key}"}
+                made = httpx.post(
+                    f"{url}/v1/tenants/{TENANT}/keys",
+                    json={"role": "reader"},
+                    headers=root,
+                    verify=verify,
+                )
+                made.raise_for_status()
+                console.print(f"measuring {name}")
+                report["cases"][name] = measure(url, verify, made.json()["key"], questions, name)
+            finally:
+                stop(process)
+    show(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def show(report: dict[str, Any]) -> None:
+    table = Table(title=f"HTTP search with and without TLS ({report['queries']} searches, ms)")
+    for column in ("case", "connection", "p50", "p99", "p50 vs http"):
+        table.add_column(column)
+    base = report["cases"]["http"]
+    for name, case in report["cases"].items():
+        for connection, figures in case.items():
+            ratio = figures["p50_ms"] / base[connection]["p50_ms"]
+            table.add_row(
+                name,
+                connection,
+                f"{figures['p50_ms']:.2f}",
+                f"{figures['p99_ms']:.2f}",
+                f"{ratio:.2f}x",
+            )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
