@@ -141,7 +141,11 @@ def measure(
         per_case = {}
         for name, groups in cases(args.groups).items():
 
-            def search(item: ScaleQuery, groups: tuple[str, ...] | None = groups) -> None:
+            def search(
+                item: ScaleQuery,
+                groups: tuple[str, ...] | None = groups,
+                mode: SearchMode = mode,
+            ) -> None:
                 engine.search(
                     ShardQuery(TENANT, mode, K, item.text, item.vector.tolist(), groups=groups)
                 )
