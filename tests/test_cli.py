@@ -138,6 +138,28 @@ def test_query_filters(tmp_path: Path) -> None:
     assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
 
 
+def test_ingest_with_access_groups_and_search_within_groups(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "hr" / "pay.md").write_text("Replica of the payroll runbook for HR only.\n")
+    (tmp_path / "open.md").write_text("Replica of the public runbook.\n")
+    cli_json("ingest", tmp_path / "hr", "--tenant", "acme", "--data-dir", data, "--acl", "hr")
+    cli_json("ingest", tmp_path / "open.md", "--tenant", "acme", "--data-dir", data)
+
+    def ids(command: str, *groups: str) -> set[str]:
+        args = [a for g in groups for a in ("--groups", g)]
+        out = cli_json(command, "replica runbook", "--tenant", "acme", "--data-dir", data, *args)
+        hits = out["hits"]
+        return {h["doc_id"] for h in hits}
+
+    assert ids("query") == {"pay.md", "open.md"}
+    assert ids("query", "eng") == {"open.md"}
+    assert ids("query", "eng,hr") == {"pay.md", "open.md"}
+    assert ids("ask", "eng") == {"open.md"}
+    shown = cli_json("docs", "--tenant", "acme", "--data-dir", data)
+    assert {d["doc_id"]: d["acl"] for d in shown["documents"]} == {"pay.md": ["hr"], "open.md": []}
+
+
 def test_bad_input_gives_codes_and_exit_2(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with Shardrag.open(data) as rag:

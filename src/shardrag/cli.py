@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shardrag import acl as access
 from shardrag.client import ShardragClient
 from shardrag.clikit import console, err_console, errors_reported, print_json
 from shardrag.cluster.commands import cluster_app
@@ -62,6 +63,14 @@ ApiKeyOpt = Annotated[
     str | None,
     typer.Option("--api-key", envvar="SHARDRAG_API_KEY", help="API key for --url."),
 ]
+GroupsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--groups",
+        help="Read only documents of these access groups (and public ones); repeatable or "
+        "comma-separated. Narrows the key's groups over --url.",
+    ),
+]
 # What a command works against: the data dir in this process, or a server.
 Backend = Shardrag | ShardragClient
 DEFAULT_DATA_DIR = Path("./shardrag-data")
@@ -87,7 +96,14 @@ def _backend(
         return
     if not api_key:
         raise InvalidParameter("--url needs --api-key (or SHARDRAG_API_KEY)")
-    with ShardragClient(url, api_key) as client:
+    # An https:// server of a private CA, or one requiring client certificates (mutual TLS).
+    with ShardragClient(
+        url,
+        api_key,
+        ca_file=os.environ.get("SHARDRAG_CA_FILE"),
+        client_cert=os.environ.get("SHARDRAG_CLIENT_CERT"),
+        client_key=os.environ.get("SHARDRAG_CLIENT_KEY"),
+    ) as client:
         yield client
 
 
@@ -182,14 +198,20 @@ def _outcome(file: SourceFile, result: WriteResult | ShardragError) -> dict[str,
 
 
 def ingest_files(
-    rag: Backend, tenant: str, files: list[SourceFile], progress: Progress | None
+    rag: Backend,
+    tenant: str,
+    files: list[SourceFile],
+    progress: Progress | None,
+    acl: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Ingest files in batches; one outcome per file, in order."""
+    """Ingest files in batches, readable by the access groups ``acl`` (none: every key);
+    one outcome per file, in order."""
     outcomes: list[dict[str, Any]] = []
     task = progress.add_task("ingesting", total=len(files)) if progress else None
     for batch in _batches(files):
         documents = [
-            DocumentInput(f.doc_id, f.path.read_bytes(), filename=f.path.name) for f in batch
+            DocumentInput(f.doc_id, f.path.read_bytes(), filename=f.path.name, acl=acl)
+            for f in batch
         ]
         for file, result in zip(batch, rag.put_documents(tenant, documents), strict=True):
             outcomes.append(_outcome(file, result))
@@ -206,16 +228,21 @@ def ingest(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
+    acl: Annotated[
+        list[str] | None,
+        typer.Option("--acl", help="Access group that may read the files (repeatable)."),
+    ] = None,
 ) -> None:
     """Ingest files and folders (txt, md, html, pdf); doc id = path relative to the folder."""
     with errors_reported(as_json):
         files = collect_files(paths)
+        groups = access.groups(_names(acl), "acl")
         with _backend(data_dir, url, api_key) as rag:
             if as_json:
-                outcomes = ingest_files(rag, tenant, files, None)
+                outcomes = ingest_files(rag, tenant, files, None, groups)
             else:
                 with _progress() as progress:
-                    outcomes = ingest_files(rag, tenant, files, progress)
+                    outcomes = ingest_files(rag, tenant, files, progress, groups)
     failed = [o for o in outcomes if o["outcome"] == "failed"]
     if as_json:
         print_json({"files": outcomes, "failed": len(failed)})
@@ -242,6 +269,11 @@ def ingest(
 
 
 # -- query ----------------------------------------------------------------------------------
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """Group names from repeated and comma-separated options."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
 def parse_filters(items: list[str]) -> dict[str, Any]:
@@ -288,11 +320,19 @@ def query(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
+    groups: GroupsOpt = None,
 ) -> None:
     """Search a tenant's documents."""
     with errors_reported(as_json), _backend(data_dir, url, api_key, reading=True) as rag:
         _load_model(rag, quiet=as_json)
-        hits = rag.search(tenant, text, k=k, mode=mode, filters=parse_filters(filters or []))
+        hits = rag.search(
+            tenant,
+            text,
+            k=k,
+            mode=mode,
+            filters=parse_filters(filters or []),
+            groups=None if groups is None else _names(groups),
+        )
     if as_json:
         print_json({"hits": [h.to_dict() for h in hits]})
     else:
@@ -321,11 +361,18 @@ def ask(
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonFlag = False,
+    groups: GroupsOpt = None,
 ) -> None:
     """Answer a question from a tenant's documents, with numbered citations."""
     with errors_reported(as_json), _backend(data_dir, url, api_key, reading=True) as rag:
         _load_model(rag, quiet=as_json)
-        result = rag.answer(tenant, question, k=k, max_context_tokens=max_context_tokens)
+        result = rag.answer(
+            tenant,
+            question,
+            k=k,
+            max_context_tokens=max_context_tokens,
+            groups=None if groups is None else _names(groups),
+        )
     if as_json:
         print_json(result.to_dict())
     else:
