@@ -13,6 +13,7 @@ from tests.engine.test_shard_engine import DIM, chunks, vector
 from shardrag import acl
 from shardrag.engine import EngineSettings, ShardEngine
 from shardrag.engine.ids import point_id
+from shardrag.engine.terms import TermCounts
 from shardrag.models import SearchMode, ShardQuery
 
 DOCS = {
@@ -98,3 +99,24 @@ def test_points_written_before_access_groups_are_public(engine: ShardEngine) -> 
     hits = engine.search(_query(SearchMode.KEYWORD, ("legal",)))
     assert "old" in {h.doc_id for h in hits}
     assert "eng-1" not in {h.doc_id for h in hits}
+
+
+def test_term_counts_follow_a_change_of_groups(engine: ShardEngine, tmp_path: Path) -> None:
+    """Counts per set of groups stay equal to a fresh count when a document moves between
+    groups, and a restricted caller's scores stay those of a shard of what it reads."""
+    moved = acl.with_acl({"team": "a"}, ("hr",))
+    assert engine.upsert("t", "eng-1", 2, chunks([_text("eng-1")]), moved, None)
+    engine.commit("t", "eng-1", 2)
+    engine.delete("t", "open-2", 2)
+    with engine._lock.shared():
+        assert engine._terms == TermCounts.of(engine._live_terms([]))
+    after = {"eng-1": ("hr",), "eng-2": ("eng",), "hr-1": ("hr",), "both": ("eng", "hr")}
+    after["open-1"] = ()
+    alone = ShardEngine(tmp_path / "alone", EngineSettings(dimension=DIM))
+    try:
+        _fill(alone, {d: g for d, g in after.items() if acl.may_read(("eng",), g)})
+        got = {h.doc_id: h.score for h in engine.search(_query(SearchMode.KEYWORD, ("eng",)))}
+        want = {h.doc_id: h.score for h in alone.search(_query(SearchMode.KEYWORD, None))}
+        assert got == pytest.approx(want, rel=1e-5)
+    finally:
+        alone.close()

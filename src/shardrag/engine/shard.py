@@ -416,11 +416,13 @@ class ShardEngine:
                 except Exception:  # the shard failed under the change: stop counting
                     self._terms = None
                 else:
-                    terms.change(tenant, [t for _, t in before], [t for _, t in after])
+                    terms.change(tenant, [c[1:] for c in before], [c[1:] for c in after])
 
-    def _live_terms(self, must: list[qe.FieldCondition]) -> list[tuple[str, list[int]]]:
-        """(tenant, BM25 terms) of the live chunks that match ``must`` (caller holds the
-        lock)."""
+    def _live_terms(
+        self, must: list[qe.FieldCondition]
+    ) -> list[tuple[str, tuple[str, ...], list[int]]]:
+        """(tenant, access groups, BM25 terms) of the live chunks that match ``must``
+        (caller holds the lock)."""
         found = (_terms_of(record) for page in self._live_pages(must) for record in page)
         return [chunk for chunk in found if chunk is not None]
 
@@ -441,7 +443,7 @@ class ShardEngine:
                         offset=offset,
                         limit=_TERM_PAGE,
                         filter=live,
-                        with_payload=["tenant"],
+                        with_payload=["tenant", "acl"],
                         with_vector=[BM25],
                     )
                 )
@@ -490,7 +492,7 @@ class ShardEngine:
             for record in page:
                 chunk = _terms_of(record)
                 if chunk is not None:
-                    counts.count(*chunk)
+                    counts.count(chunk[0], chunk[2], chunk[1])
         return counts
 
     def _committed_since(self, tenant: str, doc_id: str, version: int) -> bool:
@@ -638,8 +640,8 @@ class ShardEngine:
                     with_vector=[BM25],
                 )
             )
-            if self._terms is not None and _whole_tenant(query):
-                chunks, counted = self._terms.stats(query.tenant, terms)
+            if self._terms is not None and not query.filters:
+                chunks, counted = self._terms.stats(query.tenant, terms, query.groups)
                 holding = [float(n) for n in counted]
             else:
                 chunks, holding = self._engine_holding(terms, live)
@@ -731,15 +733,17 @@ class ShardEngine:
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
         sparse = self._bm25.embed_query(query.text)
         terms = self._terms
-        if terms is None or not _whole_tenant(query):
-            # The engine counts them over the filter: the IDF of what the query can find (a
-            # caller restricted by access groups learns nothing of the documents it cannot
-            # read from scores, docs/access.md).
+        if terms is None or query.filters:
+            # The engine counts them over the filter: the IDF of what the query can find.
             return qe.Query.Nearest(sparse, using=BM25), qe.SearchParams(
                 idf=qe.IdfParams(corpus=live)
             )
         indices = [int(t) for t in sparse.indices]
-        weights = terms.weights(query.tenant, indices, [float(v) for v in sparse.values])
+        # Over what the caller may read: a caller restricted by access groups learns nothing
+        # from scores of the documents it cannot read (docs/access.md).
+        weights = terms.weights(
+            query.tenant, indices, [float(v) for v in sparse.values], query.groups
+        )
         return qe.Query.Nearest(qe.SparseVector(indices, weights), using=BM25), _NO_CORPUS
 
     def _effort(self) -> int:
@@ -1046,15 +1050,13 @@ def _access_conditions(groups: access.Groups) -> list[Any]:
     return [qe.Filter(should=[readable, qe.IsEmptyCondition("acl")])]
 
 
+def _acl_of(payload: dict[str, Any]) -> tuple[str, ...]:
+    """A point's access groups (empty: public, also for points written before groups)."""
+    return tuple(g for g in payload.get("acl") or () if g != access.PUBLIC)
+
+
 def _readable(payload: dict[str, Any], groups: access.Groups) -> bool:
-    acl = [g for g in payload.get("acl") or () if g != access.PUBLIC]
-    return access.may_read(groups, acl)
-
-
-def _whole_tenant(query: ShardQuery) -> bool:
-    """Whether the query may match every live chunk of its tenant (no filter, no groups):
-    then the shard's term counts of the tenant are its BM25 statistics."""
-    return not query.filters and query.groups is None
+    return access.may_read(groups, _acl_of(payload))
 
 
 @dataclass(frozen=True)
@@ -1084,13 +1086,14 @@ def _weights(point: Any, terms: Sequence[int]) -> list[float]:
     return [float(stored.get(term, 0.0)) for term in terms]
 
 
-def _terms_of(record: Any) -> tuple[str, list[int]] | None:
-    """(tenant, BM25 terms) of a scrolled point; None for a point without a BM25 vector (a
-    tombstone's marker), which the engine's BM25 does not count either."""
+def _terms_of(record: Any) -> tuple[str, tuple[str, ...], list[int]] | None:
+    """(tenant, access groups, BM25 terms) of a scrolled point; None for a point without a
+    BM25 vector (a tombstone's marker), which the engine's BM25 does not count either."""
     vector = (record.vector or {}).get(BM25)
     if vector is None:
         return None
-    return str((record.payload or {}).get("tenant")), list(vector.indices)
+    payload = record.payload or {}
+    return str(payload.get("tenant")), _acl_of(payload), list(vector.indices)
 
 
 def _one_version_per_document(hits: list[Hit]) -> list[Hit]:
