@@ -1,8 +1,9 @@
 """The distributed mode under failure, against real servers: a cluster started by ``up``.
 
 3 NATS servers, 3 index nodes, 2 shards x 2 replicas, the workers and 2 api processes behind
-one port. Each test runs a load generator while it breaks something and asserts what a user
-sees: no failed search, no lost write, replicas caught up again.
+one port, all with mutual TLS (``up --tls``: every process, NATS and the api require client
+certificates). Each test runs a load generator while it breaks something and asserts what a
+user sees: no failed search, no lost write, replicas caught up again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ import pytest
 from shardrag.cluster.launcher import API_PROCESSES, ClusterSpec, ClusterState, down, up
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.models import Fusion, Hit, SearchMode, ShardQuery
+from shardrag.tls import tls_context
 from tests.chaos.loadgen import VOCABULARY
 from tests.support import postgres_is_up, redis_is_up, require
 
@@ -56,7 +59,7 @@ class Cluster:
 
     def client(self) -> httpx.Client:
         """A new keep-alive client of the api port (one connection: one api process)."""
-        return httpx.Client(base_url=self.state.api_url, timeout=60)
+        return httpx.Client(base_url=self.state.api_url, timeout=60, verify=self.state.client_tls())
 
     def status(self) -> dict[str, object]:
         """``shardrag cluster status --json``."""
@@ -91,7 +94,11 @@ def tenant_on(shard: int, shards: int = 2) -> str:
 
 @contextmanager
 def running_cluster(
-    tmp_path_factory: pytest.TempPathFactory, prefix: str, env: dict[str, str], seeds: int
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    env: dict[str, str],
+    seeds: int,
+    tls: bool = False,
 ) -> Iterator[Cluster]:
     """A cluster started by ``up``: 3 nodes, 2 shards x 2 replicas, caching and the rate limit
     off (every search reaches a node), ``env`` on top; a tenant on each shard with a writer and
@@ -112,6 +119,7 @@ def running_cluster(
             "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
             **env,
         },
+        tls=tls,
     )
     state = up(spec)
     try:
@@ -141,7 +149,7 @@ def running_cluster(
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A cluster with short timers."""
     env = {"SHARDRAG_SNAPSHOT_INTERVAL_SECONDS": "2", "SHARDRAG_REPLICA_TIMEOUT_SECONDS": "1"}
-    with running_cluster(tmp_path_factory, "fo", env, seeds=12) as found:
+    with running_cluster(tmp_path_factory, "fo", env, seeds=12, tls=True) as found:
         yield found
 
 
@@ -310,6 +318,31 @@ def await_all_live(cluster: Cluster, accepted: list[str], timeout: float = 120) 
         time.sleep(0.25)
 
 
+def test_the_cluster_refuses_clients_without_a_certificate(cluster: Cluster) -> None:
+    """With ``--tls``, NATS and the api refuse a client that presents no certificate; with the
+    cluster's client certificate both answer."""
+    state = cluster.state
+    assert state.tls is not None and state.api_url.startswith("https://")
+    anonymous = tls_context(state.tls.ca)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{state.api_url}/healthz", verify=anonymous, timeout=10)
+    with cluster.client() as client:
+        assert client.get("/healthz").status_code == 200
+
+    async def connect(context: ssl.SSLContext) -> bool:
+        client = await nats.connect(
+            state.nats_urls, tls=context, connect_timeout=3, allow_reconnect=False
+        )
+        try:
+            return bool(client.is_connected)
+        finally:
+            await client.close()
+
+    with pytest.raises(Exception):  # noqa: B017 (nats-py raises several kinds)
+        asyncio.run(connect(anonymous))
+    assert asyncio.run(connect(nats_tls_of(state)))  # type: ignore[arg-type]
+
+
 def test_a_write_through_one_api_process_is_read_your_writes_through_the_other(
     cluster: Cluster,
 ) -> None:
@@ -446,11 +479,17 @@ def ask(cluster: Cluster, call: SearchCall, node_id: str) -> list[tuple[str, int
     return [(h.doc_id, h.chunk_index) for h in hits]
 
 
+def nats_tls_of(state: ClusterState) -> ssl.SSLContext | None:
+    """The TLS context a NATS client of ``state``'s cluster needs (None: plain NATS)."""
+    context = state.client_tls()
+    return context if isinstance(context, ssl.SSLContext) else None
+
+
 def ask_replica(state: ClusterState, call: SearchCall, node_id: str) -> list[Hit]:
     """The hits of ``call`` from one named node over NATS (an error fails the test)."""
 
     async def request() -> SearchReply:
-        client = await nats.connect(state.nats_urls)
+        client = await nats.connect(state.nats_urls, tls=nats_tls_of(state))
         try:
             subject = search_subject(state.name, call.shard_id, node_id)
             msg = await client.request(subject, call.encode(), timeout=10)

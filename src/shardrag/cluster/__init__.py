@@ -22,6 +22,7 @@ from shardrag.cluster.shardmap import (
     initial_replicas,
 )
 from shardrag.config import Settings
+from shardrag.tls import nats_tls
 
 if TYPE_CHECKING:
     from shardrag.natsconn import NatsConnection
@@ -43,6 +44,7 @@ def open_shard_map(settings: Settings, conn: NatsConnection | None = None) -> Sh
             settings.node_ttl_seconds,
             settings.log_replicas,
             conn=conn,
+            tls=nats_tls(settings),
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteShardMap(Path(settings.data_dir) / "shardmap.sqlite3", settings.node_ttl_seconds)

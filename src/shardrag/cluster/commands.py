@@ -63,6 +63,13 @@ def up(
             "instead of --postgres-url."
         ),
     ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            help="Mutual TLS: a private CA in <dir>/pki, a certificate per process; NATS and "
+            "the api (https) require client certificates (docs/security.md)."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a cluster: 3 NATS servers, index nodes, workers and 2 api processes."""
@@ -81,6 +88,7 @@ def up(
         blob_url=blob_url,
         own_redis=own_redis,
         own_postgres=own_postgres,
+        tls=tls,
     )
     with errors_reported(as_json):
         if as_json:
@@ -95,6 +103,9 @@ def up(
                 "admin_key": state.admin_key,
                 "nats_urls": state.nats_urls,
                 "registry_url": state.registry_url,
+                "tls": None
+                if state.tls is None
+                else {"ca": state.tls.ca, "cert": state.tls.cert, "key": state.tls.key},
                 "processes": [
                     {"name": p.name, "role": p.role, "pid": p.pid, "log": str(p.log)}
                     for p in state.processes
@@ -108,6 +119,12 @@ def up(
     console.print(table)
     console.print(f"[bold]api[/]       {state.api_url}")
     console.print(f"[bold]admin key[/] {state.admin_key}", highlight=False)
+    if state.tls is not None:
+        console.print(
+            f"[bold]tls[/]       SHARDRAG_CA_FILE={state.tls.ca} "
+            f"SHARDRAG_CLIENT_CERT={state.tls.cert} SHARDRAG_CLIENT_KEY={state.tls.key}",
+            highlight=False,
+        )
     console.print(f"stop it with: shardrag cluster down --dir {state.dir}", highlight=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ class NatsShardMap(KeyValueShardMap):
         replicas: int = 1,
         timeout: float = 5.0,
         conn: NatsConnection | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.ttl_seconds = ttl_seconds
         # The heartbeats as the watch last told them (see ``nodes``).
@@ -47,7 +49,9 @@ class NatsShardMap(KeyValueShardMap):
         self._watch: tuple[Any, asyncio.Task[None]] | None = None
         # ``conn``: the process's one connection (``Backends``), which outlives this map.
         self._owns_conn = conn is None
-        self._conn = conn if conn is not None else NatsConnection(url, timeout, name="shard-map")
+        self._conn = (
+            conn if conn is not None else NatsConnection(url, timeout, name="shard-map", tls=tls)
+        )
         stem = prefix.upper().replace("-", "_")
         try:
             self._map = self._bucket(f"{stem}_MAP", replicas, None)

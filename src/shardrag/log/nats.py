@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 import threading
 import time
 from collections.abc import Coroutine
@@ -70,6 +71,7 @@ class NatsLog:
         timeout: float = 5.0,
         replicas: int = 1,
         conn: NatsConnection | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
             raise InvalidParameter(f"log prefix {prefix!r} must be letters, digits, _ or -")
@@ -82,7 +84,9 @@ class NatsLog:
         self._readers: dict[str, _Reader] = {}
         # ``conn``: the process's one connection (``Backends``), which outlives this log.
         self._owns_conn = conn is None
-        self._conn = conn if conn is not None else NatsConnection(url, timeout, name="nats-log")
+        self._conn = (
+            conn if conn is not None else NatsConnection(url, timeout, name="nats-log", tls=tls)
+        )
         self._js = self._conn.js
         try:
             self._conn.run_patiently(self._create_streams)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +44,7 @@ from shardrag.cluster.launcher.processes import (
 from shardrag.cluster.launcher.servers import (
     NATS_SERVERS,
     NatsCluster,
+    NatsTls,
     database_url,
     drop_database,
     ensure_database,
@@ -63,8 +66,10 @@ from shardrag.cluster.launcher.state import (
     ClusterSpec,
     ClusterState,
     DownReport,
+    TlsFiles,
 )
 from shardrag.errors import Conflict, NotFound, Unavailable
+from shardrag.tls import CertificateAuthority, IssuedCertificate, tls_context
 
 
 def _start_own_servers(
@@ -83,6 +88,69 @@ def _start_own_servers(
         step(f"starting the cluster's own PostgreSQL on port {postgres_port}")
         state.processes.append(start_postgres(state.dir, postgres_port, spec.postgres_bin))
         state.save()
+
+
+@dataclass(frozen=True)
+class ClusterCertificates:
+    """The certificates of a ``--tls`` cluster, made once per directory by its CA."""
+
+    ca: CertificateAuthority
+
+    @property
+    def nats(self) -> NatsTls:
+        """The NATS servers' certificate (and the launcher's client one)."""
+        server = self._issued("nats")
+        return NatsTls(str(self.ca.cert_path), str(server.cert), str(server.key), self.context())
+
+    @property
+    def client(self) -> TlsFiles:
+        """The certificate of tools and tests talking to the cluster (``ClusterState.tls``)."""
+        issued = self._issued("client")
+        return TlsFiles(str(self.ca.cert_path), str(issued.cert), str(issued.key))
+
+    def context(self) -> ssl.SSLContext:
+        """A client context of the cluster CA with the client certificate."""
+        files = self.client
+        return tls_context(files.ca, (files.cert, files.key))
+
+    def env(self) -> dict[str, str]:
+        """Every process's variables: the CA, and the client certificate by default."""
+        files = self.client
+        return {
+            "SHARDRAG_NATS_TLS_CA": files.ca,
+            "SHARDRAG_NATS_TLS_CERT": files.cert,
+            "SHARDRAG_NATS_TLS_KEY": files.key,
+        }
+
+    def process_env(self, name: str) -> dict[str, str]:
+        """One process's own certificate for NATS."""
+        issued = self._issued(name)
+        return {
+            "SHARDRAG_NATS_TLS_CERT": str(issued.cert),
+            "SHARDRAG_NATS_TLS_KEY": str(issued.key),
+        }
+
+    def api_env(self) -> dict[str, str]:
+        """The api processes' HTTPS: one server certificate (they share a port), clients
+        verified against the cluster CA."""
+        issued = self._issued("api")
+        return {
+            "SHARDRAG_TLS_CERT": str(issued.cert),
+            "SHARDRAG_TLS_KEY": str(issued.key),
+            "SHARDRAG_TLS_CLIENT_CA": str(self.ca.cert_path),
+        }
+
+    def _issued(self, name: str) -> IssuedCertificate:
+        cert = self.ca.directory / f"{name}.pem"
+        key = self.ca.directory / f"{name}-key.pem"
+        if cert.exists() and key.exists():
+            return IssuedCertificate(cert, key)
+        return self.ca.issue(name)
+
+
+def _certificates(dir: Path) -> ClusterCertificates:
+    """The certificates of the cluster in ``dir`` (``<dir>/pki``), made on first use."""
+    return ClusterCertificates(CertificateAuthority(dir / "pki"))
 
 
 def _shardrag(spec: ClusterSpec, *args: str) -> list[str]:
@@ -113,6 +181,7 @@ def _await_api(state: ClusterState, deadline: float) -> None:
     logs = ", ".join(str(p.log) for p in apis)
     wanted = {p.pid for p in apis}
     seen: set[int] = set()
+    verify = state.client_tls()
     while not wanted <= seen:
         if time.monotonic() > deadline:
             raise Unavailable(
@@ -121,23 +190,23 @@ def _await_api(state: ClusterState, deadline: float) -> None:
             )
         _fail_if_exited(state.processes)
         # A fresh connection each time: the kernel spreads connections, not requests.
-        body = _get_json(f"{state.api_url}/healthz")
+        body = _get_json(f"{state.api_url}/healthz", verify)
         if isinstance(body, dict) and isinstance(body.get("pid"), int):
             seen.add(body["pid"])
             time.sleep(0.05)
         else:
             time.sleep(0.25)
-    while _get_json(f"{state.api_url}/readyz") is None:
+    while _get_json(f"{state.api_url}/readyz", verify) is None:
         if time.monotonic() > deadline:
             raise Unavailable(f"{state.api_url}/readyz did not answer 200 in time; see {logs}")
         _fail_if_exited(state.processes)
         time.sleep(0.25)
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str, verify: ssl.SSLContext | bool = True) -> Any:
     """The JSON body of a 200 answer, else None."""
     try:
-        response = httpx.get(url, timeout=2.0, trust_env=False)
+        response = httpx.get(url, timeout=2.0, trust_env=False, verify=verify)
         return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
@@ -176,7 +245,8 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
     if blob_url.startswith("file://"):
         Path(blob_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
 
-    step("starting NATS (3 servers)")
+    pki = _certificates(dir) if spec.tls else None
+    step("starting NATS (3 servers)" + (" with mutual TLS" if pki else ""))
     nats_cluster = start_nats_cluster(
         dir,
         spec.name,
@@ -184,6 +254,7 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
         spec.nats_route_ports,
         spec.nats_server,
         spec.nats_timeout_seconds,
+        pki.nats if pki else None,
     )
     # Picked now (NATS listens already): the URLs go into every process's environment.
     redis_port, postgres_port = free_ports(2)
@@ -191,7 +262,7 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
     state = ClusterState(
         dir=dir,
         name=spec.name,
-        api_url=f"http://127.0.0.1:{api_port}",
+        api_url=f"{'https' if pki else 'http'}://127.0.0.1:{api_port}",
         # The same key across restarts of one directory.
         admin_key=previous.admin_key if previous else secrets.token_urlsafe(32),
         nats_urls=nats_cluster.urls,
@@ -204,6 +275,7 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
         replicas=spec.replicas,
         env_overrides={},
         processes=list(nats_cluster.processes),
+        tls=pki.client if pki else None,
     )
     state.env_overrides = {
         "SHARDRAG_CLUSTER": "true",
@@ -219,6 +291,7 @@ def up(spec: ClusterSpec, on_step: Callable[[str], None] | None = None) -> Clust
         "SHARDRAG_REPLICAS": str(spec.replicas),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        **(pki.env() if pki else {}),
         **spec.extra_env,
     }
     try:
@@ -238,9 +311,13 @@ def _start_shardrag(
 ) -> None:
     """The database, the layout, then every shardrag process; saved as each one starts."""
 
+    pki = _certificates(state.dir) if spec.tls else None
+
     def start(name: str, role: Role, args: list[str], **own: str) -> None:
         data_dir = state.dir / name
-        env = {**state.env_overrides, "SHARDRAG_DATA_DIR": str(data_dir), **own}
+        # With TLS, each process presents a certificate of its own to NATS.
+        mine = pki.process_env(name) if pki else {}
+        env = {**state.env_overrides, "SHARDRAG_DATA_DIR": str(data_dir), **mine, **own}
         state.processes.append(
             start_process(state.dir, name, role, _shardrag(spec, *args), env, data_dir)
         )
@@ -266,6 +343,7 @@ def _start_shardrag(
             SHARDRAG_HOST="127.0.0.1",
             SHARDRAG_REUSE_PORT="true",
             SHARDRAG_STAGES="none",
+            **(pki.api_env() if pki else {}),
         )
     step(f"waiting for the api at {state.api_url} (each process loads the embedding model)")
     _await_api(state, time.monotonic() + spec.api_timeout_seconds)

@@ -10,6 +10,7 @@ import os
 import pwd
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -63,12 +64,15 @@ def nats_config(
     route_port: int,
     peer_route_ports: list[int],
     store_dir: Path,
+    tls: NatsTls | None = None,
 ) -> str:
-    """The configuration file of one server of a loopback JetStream cluster."""
+    """The configuration file of one server of a loopback JetStream cluster; with ``tls``,
+    clients and the other servers must present a certificate of its CA (mutual TLS)."""
     routes = ", ".join(json.dumps(f"nats-route://127.0.0.1:{p}") for p in peer_route_ports)
     return (
         f"server_name: {json.dumps(server_name)}\n"
         f'listen: "127.0.0.1:{port}"\n'
+        f"{_tls_block(tls, '')}"
         "jetstream {\n"
         f"  store_dir: {json.dumps(str(store_dir))}\n"
         "}\n"
@@ -76,8 +80,36 @@ def nats_config(
         f"  name: {json.dumps(cluster_name)}\n"
         f'  listen: "127.0.0.1:{route_port}"\n'
         f"  routes: [{routes}]\n"
+        f"{_tls_block(tls, '  ')}"
         "}\n"
     )
+
+
+def _tls_block(tls: NatsTls | None, indent: str) -> str:
+    """A ``tls`` block verifying the peer's certificate against the CA ("" without TLS)."""
+    if tls is None:
+        return ""
+    lines = [
+        "tls {",
+        f"  cert_file: {json.dumps(tls.cert)}",
+        f"  key_file: {json.dumps(tls.key)}",
+        f"  ca_file: {json.dumps(tls.ca)}",
+        "  verify: true",
+        "  timeout: 5",
+        "}",
+    ]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+@dataclass(frozen=True)
+class NatsTls:
+    """The NATS servers' certificate and key, and the CA their peers' must come from."""
+
+    ca: str
+    cert: str
+    key: str
+    #: What the launcher itself connects with to wait for JetStream (a client certificate).
+    client: ssl.SSLContext
 
 
 def start_nats_cluster(
@@ -87,6 +119,7 @@ def start_nats_cluster(
     route_ports: tuple[int, ...] | None = None,
     nats_server: str | None = None,
     timeout_seconds: float = 30.0,
+    tls: NatsTls | None = None,
 ) -> NatsCluster:
     """Start three nats-server processes as one JetStream cluster and wait for its meta leader.
 
@@ -109,19 +142,27 @@ def start_nats_cluster(
             store = dir / "nats" / str(n)
             conf = dir / "nats" / f"{n}.conf"
             conf.write_text(
-                nats_config(server_name, name, ports[n - 1], routes[n - 1], peers, store)
+                nats_config(server_name, name, ports[n - 1], routes[n - 1], peers, store, tls)
             )
             argv = [executable, "-c", str(conf)]
             processes.append(start_process(dir, server_name, "nats", argv, {}, store))
-        urls = [f"nats://127.0.0.1:{p}" for p in ports]
-        asyncio.run(_await_jetstream(urls, processes, time.monotonic() + timeout_seconds))
+        scheme = "tls" if tls else "nats"
+        urls = [f"{scheme}://127.0.0.1:{p}" for p in ports]
+        client_tls = tls.client if tls else None
+        deadline = time.monotonic() + timeout_seconds
+        asyncio.run(_await_jetstream(urls, processes, deadline, client_tls))
     except BaseException:
         stop_processes(processes, grace_seconds=10.0)
         raise
     return NatsCluster(urls, processes)
 
 
-async def _await_jetstream(urls: list[str], servers: list[ProcessRecord], deadline: float) -> None:
+async def _await_jetstream(
+    urls: list[str],
+    servers: list[ProcessRecord],
+    deadline: float,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     """Return once JetStream answers (its meta leader is elected); raise at ``deadline``."""
 
     async def quiet(_: Exception) -> None:
@@ -133,7 +174,7 @@ async def _await_jetstream(urls: list[str], servers: list[ProcessRecord], deadli
         _fail_if_exited(servers)
         try:
             client = await nats.connect(
-                servers=urls, connect_timeout=1, allow_reconnect=False, error_cb=quiet
+                servers=urls, connect_timeout=1, allow_reconnect=False, error_cb=quiet, tls=tls
             )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"

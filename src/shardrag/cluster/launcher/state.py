@@ -9,9 +9,10 @@ import json
 import os
 import re
 import signal
+import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from shardrag.cluster.launcher.servers import (
     _await_redis,
 )
 from shardrag.errors import Conflict, InvalidParameter, NotFound
+from shardrag.tls import tls_context
 
 STATE_FILE = "cluster.json"
 
@@ -82,6 +84,9 @@ class ClusterSpec:
     postgres_bin: str | None = None
     #: Each api process loads an embedding model before it answers.
     api_timeout_seconds: float = 120.0
+    #: Mutual TLS everywhere it is started here: a private CA in ``<dir>/pki``, a certificate
+    #: per process; NATS (clients and routes) and the api require client certificates.
+    tls: bool = False
 
     def validate(self) -> None:
         """Reject values ``up`` cannot start a cluster with, naming the option."""
@@ -129,6 +134,8 @@ class ClusterState:
     #: The variables every shardrag process of the cluster gets over ``os.environ``.
     env_overrides: dict[str, str]
     processes: list[ProcessRecord] = field(default_factory=list)
+    #: With ``--tls``: the CA and a client certificate for tests and tools (``client_tls``).
+    tls: TlsFiles | None = None
 
     @property
     def path(self) -> Path:
@@ -145,6 +152,7 @@ class ClusterState:
             return cls(
                 dir=dir,
                 processes=[ProcessRecord.from_dict(p) for p in value.pop("processes")],
+                tls=TlsFiles(**value["tls"]) if value.get("tls") else None,
                 **{k: value[k] for k in _STATE_FIELDS},
             )
         except FileNotFoundError:
@@ -157,12 +165,20 @@ class ClusterState:
         self.dir.mkdir(parents=True, exist_ok=True)
         value = {k: getattr(self, k) for k in _STATE_FIELDS}
         value["processes"] = [p.to_dict() for p in self.processes]
+        value["tls"] = asdict(self.tls) if self.tls else None
         temporary = self.path.with_suffix(".json.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(value, f, indent=2)
             f.write("\n")
         os.replace(temporary, self.path)
+
+    def client_tls(self) -> ssl.SSLContext | bool:
+        """What an HTTP or NATS client of the cluster verifies and presents: the cluster CA
+        and its client certificate with ``--tls``, else the defaults (True)."""
+        if self.tls is None:
+            return True
+        return tls_context(self.tls.ca, (self.tls.cert, self.tls.key))
 
     def env(self) -> dict[str, str]:
         """The environment of a ``python -m shardrag ...`` command against this cluster."""
@@ -208,7 +224,9 @@ class ClusterState:
         deadline = time.monotonic() + timeout_seconds
         if record.role == "nats":
             url = self.nats_urls[int(name.rsplit("-", 1)[1]) - 1]
-            asyncio.run(_await_jetstream([url], [record], deadline))
+            tls = self.client_tls()
+            context = tls if isinstance(tls, ssl.SSLContext) else None
+            asyncio.run(_await_jetstream([url], [record], deadline, context))
         elif record.role == "redis":
             _await_redis(self.redis_url, record, deadline)
         elif record.role == "postgres":
@@ -235,6 +253,15 @@ _STATE_FIELDS = (
     "replicas",
     "env_overrides",
 )
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The cluster CA and one client certificate with its key (PEM paths)."""
+
+    ca: str
+    cert: str
+    key: str
 
 
 @dataclass(frozen=True)
