@@ -136,6 +136,32 @@ def test_a_session_read_sees_a_write_that_did_not_wait(service: Under) -> None:
     assert [h.doc_id for h in hits][:1] == ["late.txt"]
 
 
+def test_access_groups_pass_through_every_call(service: Under) -> None:
+    rag = service.tenant
+    rag.put_document(TENANT, "acl/hr.txt", b"Otters handle payroll in HR.", acl=["hr"])
+    batch = rag.put_documents(
+        TENANT, [DocumentInput("acl/eng.txt", b"Otters build the engine.", acl=("eng",))]
+    )
+    assert isinstance(batch[0], WriteResult)
+    assert rag.get_document(TENANT, "acl/hr.txt").acl == ("hr",)
+    assert rag.get_document(TENANT, "acl/eng.txt").acl == ("eng",)
+
+    def found(groups: list[str] | None) -> set[str]:
+        hits = rag.search(TENANT, "otters", k=10, groups=groups)
+        return {h.doc_id for h in hits if h.doc_id.startswith("acl/")}
+
+    assert found(None) == {"acl/hr.txt", "acl/eng.txt"}
+    assert found(["hr"]) == {"acl/hr.txt"}
+    assert found([]) == set()
+    answer = rag.answer(TENANT, "who handles payroll?", groups=["eng"])
+    assert "acl/hr.txt" not in {h.doc_id for h in answer.hits}
+    with pytest.raises(DocumentNotFound):
+        rag.get_document(TENANT, "acl/hr.txt", groups=["eng"])
+    listed = rag.list_documents(TENANT, groups=["eng"])
+    assert "acl/hr.txt" not in [d.doc_id for d in listed]
+    assert "acl/eng.txt" in [d.doc_id for d in listed]
+
+
 def test_a_batch_reports_one_outcome_per_document_in_order(service: Under) -> None:
     outcomes = service.tenant.put_documents(
         TENANT,

@@ -137,10 +137,14 @@ def test_console_uploads_searches_and_cites(
     assert visible(browser, "#session-tenant").text == "acme"
     assert browser.find_element(By.ID, "session-role").text == "writer"
 
-    # Upload one file through the hidden file input; drop two more on the drop zone.
+    # Upload one file through the hidden file input, readable by the group ops only; drop two
+    # more on the drop zone, for every key.
     markdown = tmp_path / "replication.md"
     markdown.write_text(REPLICATION, encoding="utf-8")
+    groups = browser.find_element(By.ID, "upload-acl")
+    groups.send_keys("ops")
     browser.find_element(By.ID, "file-input").send_keys(str(markdown))
+    groups.clear()
     dropped = [[DROPPED, CAFETERIA, "text/plain"], ["diagram.png", "not a picture", "image/png"]]
     accepted = browser.execute_script(DROP_FILES_JS, "#dropzone", dropped)
     assert accepted == [True, True, True]
@@ -160,6 +164,11 @@ def test_console_uploads_searches_and_cites(
     )
     row = browser.find_element(By.CSS_SELECTOR, '#documents-body tr[data-doc-id="replication.md"]')
     assert row.find_element(By.CSS_SELECTOR, ".badge-live").text == "live"
+    assert row.find_element(By.CSS_SELECTOR, ".doc-acl").text == "groups: ops"
+    dropped_row = browser.find_element(
+        By.CSS_SELECTOR, f'#documents-body tr[data-doc-id="{DROPPED}"]'
+    )
+    assert not dropped_row.find_elements(By.CSS_SELECTOR, ".doc-acl")
 
     # Search: the passage of the expected document appears, untrusted markup shown as text.
     browser.find_element(By.ID, "search-query").send_keys("quokka pie cafeteria")

@@ -180,6 +180,9 @@
     if (doc.filename && doc.filename !== doc.doc_id) {
       name.append(el('div', { className: 'muted small', text: doc.filename }));
     }
+    if (doc.acl && doc.acl.length) {
+      name.append(el('div', { className: 'muted small doc-acl', text: `groups: ${doc.acl.join(', ')}` }));
+    }
     const stateCell = el('td', {}, badge(doc.state));
     if (doc.latest_version !== doc.version && doc.latest_state !== doc.state) {
       stateCell.append(el('div', {
@@ -254,11 +257,18 @@
 
   // ---- uploads --------------------------------------------------------------------------
 
+  // The access groups typed now apply to the files queued now (a JSON array, or none).
+  function uploadGroups() {
+    const names = $('#upload-acl').value.split(',').map((name) => name.trim()).filter(Boolean);
+    return names.length ? JSON.stringify(names) : null;
+  }
+
   function queueUploads(files) {
     if (!canWrite()) return;
+    const acl = uploadGroups();
     for (const file of files) {
       const row = uploadRow(file);
-      session.uploads = session.uploads.then(() => upload(file, row));
+      session.uploads = session.uploads.then(() => upload(file, row, acl));
     }
   }
 
@@ -277,7 +287,7 @@
     row.status.classList.toggle('error', status === 'error');
   }
 
-  function upload(file, row) {
+  function upload(file, row, acl) {
     if (!canWrite()) {
       setUploadStatus(row, 'error', 'Cancelled: signed out');
       return Promise.resolve();
@@ -317,6 +327,7 @@
       };
       const form = new FormData();
       form.append('file', file, file.name);
+      if (acl) form.append('acl', acl);
       setUploadStatus(row, 'uploading', 'Uploading…');
       xhr.send(form);
     });
