@@ -21,8 +21,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from shardrag.blobs import BlobStore, LocalBlobStore, open_blob_store
+from shardrag.blobs.encrypted import EncryptedBlobStore, Keyring
 from shardrag.blobs.s3 import S3BlobStore
 from shardrag.errors import InternalError, InvalidParameter, NotFound, Unavailable
+from shardrag.registry.sqlite import SqliteRegistry
 
 OpenStore = Callable[[], BlobStore]
 UNKNOWN = hashlib.sha256(b"never stored").hexdigest()
@@ -58,14 +60,25 @@ def s3_client(endpoint: str) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
-@pytest.fixture(params=["local", "s3"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
-    """Opens the backend under test on the same storage each time it is called."""
-    if request.param == "s3":
+@pytest.fixture(params=["local", "s3", "local+encrypted", "s3+encrypted"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens the backend under test on the same storage each time it is called; encrypted:
+    the same under ``EncryptedBlobStore`` (a master key, the snapshots' key)."""
+    inner: Callable[[], LocalBlobStore | S3BlobStore]
+    if request.param.startswith("s3"):
         endpoint = request.getfixturevalue("s3_endpoint")
         bucket = request.getfixturevalue("s3_bucket")
-        return lambda: S3BlobStore(bucket, "tenant-data", endpoint_url=endpoint)
-    return lambda: LocalBlobStore(tmp_path / "shared")
+        inner = lambda: S3BlobStore(bucket, "tenant-data", endpoint_url=endpoint)  # noqa: E731
+    else:
+        inner = lambda: LocalBlobStore(tmp_path / "shared")  # noqa: E731
+    if not request.param.endswith("encrypted"):
+        yield inner
+        return
+    registry = SqliteRegistry(tmp_path / "registry.sqlite3")
+    try:
+        yield lambda: EncryptedBlobStore(inner(), Keyring(bytes(range(32)), registry))
+    finally:
+        registry.close()
 
 
 def test_a_blob_is_stored_under_its_sha256(open_store: OpenStore) -> None:

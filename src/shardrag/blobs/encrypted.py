@@ -25,7 +25,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shardrag.blobs.base import NamedBlobStore
+from shardrag.blobs.base import NamedBlobStore, check_digest
 from shardrag.errors import InternalError, InvalidParameter, NotFound
 
 _NONCE = 12
@@ -121,6 +121,7 @@ class EncryptedBlobStore:
         self.keyring = keyring
 
     def _name(self, key: bytes, digest: str) -> str:
+        check_digest(digest)  # what a caller names must be a digest, as for a plain store
         return hmac.digest(key, digest.encode(), "sha256").hex()
 
     def put(self, data: bytes, owner: str | None = None) -> str:
@@ -135,6 +136,7 @@ class EncryptedBlobStore:
 
     def get(self, digest: str, owner: str | None = None) -> bytes:
         """The plaintext of ``digest`` of ``owner``; NotFound once its key is gone."""
+        check_digest(digest)
         key = self.keyring.key(owner) if owner is None else self.keyring.existing_key(owner)
         if key is None:
             raise NotFound(f"no blob {digest} (its tenant's data key is gone)", digest=digest)
@@ -146,5 +148,6 @@ class EncryptedBlobStore:
 
     def exists(self, digest: str, owner: str | None = None) -> bool:
         """Whether ``digest`` of ``owner`` is stored (and readable)."""
+        check_digest(digest)
         key = self.keyring.key(owner) if owner is None else self.keyring.existing_key(owner)
         return key is not None and self.inner.exists(self._name(key, digest))
