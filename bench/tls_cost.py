@@ -1,6 +1,8 @@
-"""What TLS costs an HTTP search: ``shardrag serve`` plain, then with HTTPS and mutual TLS.
+"""What TLS costs a search: ``shardrag serve`` plain, then with HTTPS and mutual TLS; and
+optionally a whole cluster, plain, then ``up --tls``.
 
-    python bench/tls_cost.py [--docs 300] [--queries 300] [--out bench/results/tls_cost.json]
+    python bench/tls_cost.py [--docs 300] [--queries 300] [--cluster]
+                             [--out bench/results/tls_cost.json]
 
 One data dir (the first ``--docs`` CISI documents, ingested in-process), served twice, one
 server after the other (the baseline first): plain HTTP, then HTTPS requiring client
@@ -14,6 +16,12 @@ certificates (``--tls-cert/--tls-key/--tls-client-ca``, certificates from
 
 Each search is a distinct query (a CISI question with a unique tag), so none is a cache hit.
 Reported: p50/p99 wall ms per case, and the ratio to plain HTTP.
+
+With ``--cluster``, the same two measures against a cluster of ``shardrag.cluster.launcher.up``
+(3 NATS servers, 3 index nodes, 2 shards x 2 replicas, workers, 2 api processes; this machine's
+PostgreSQL and Redis), the baseline plain first, then with ``tls=True``: HTTPS with client
+certificates at the api and mutual TLS on every NATS connection (router → nodes, log, shard
+map). The documents go in through the API; every search crosses api → NATS → a node.
 """
 
 from __future__ import annotations
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--cluster", action="store_true", help="also measure a cluster")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     documents, questions = load_cisi(args.docs, 112)
@@ -151,6 +160,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 report["cases"][name] = measure(url, verify, made.json()["key"], questions, name)
             finally:
                 stop(process)
+        if args.cluster:
+            for tls in (False, True):
+                name = "cluster_mutual_tls" if tls else "cluster_plain"
+                report["cases"][name] = measure_cluster(
+                    work / name, tls, documents, questions, name
+                )
     show(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,12 +173,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def measure_cluster(
+    directory: Path, tls: bool, documents: list[Any], questions: list[str], label: str
+) -> dict[str, Any]:
+    """A cluster started with or without TLS, the documents put through its API, measured."""
+    from shardrag.cluster.launcher import ClusterSpec, down, up
+
+    spec = ClusterSpec(
+        dir=directory,
+        name=f"tlsbench_{secrets.token_hex(3)}",
+        shards=2,
+        replicas=2,
+        nodes=3,
+        api_port=0,
+        extra_env={
+            "SHARDRAG_RESULT_CACHE_ENTRIES": "0",
+            "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
+            "SHARDRAG_ACCESS_LOG": "false",
+        },
+        tls=tls,
+    )
+    console.print(f"starting {label}")
+    state = up(spec)
+    try:
+        verify = state.client_tls()
+        root = {"Authorization": f"Bearer {state.admin_key}"}
+        with httpx.Client(base_url=state.api_url, verify=verify, timeout=120) as client:
+            client.post("/v1/tenants", json={"id": TENANT}, headers=root).raise_for_status()
+            keys = {}
+            for role in ("writer", "reader"):
+                made = client.post(f"/v1/tenants/{TENANT}/keys", json={"role": role}, headers=root)
+                keys[role] = made.raise_for_status().json()["key"]
+            writer = {"Authorization": f"Bearer {keys['writer']}"}
+            for document in documents:
+                client.put(
+                    f"/v1/tenants/{TENANT}/documents/{document.doc_id}",
+                    content=document.data,
+                    params={"wait": "true"},
+                    headers={**writer, "Content-Type": "text/plain"},
+                ).raise_for_status()
+        console.print(f"measuring {label}")
+        return measure(state.api_url, verify, keys["reader"], questions, label)
+    finally:
+        down(directory, purge=True)
+
+
 def show(report: dict[str, Any]) -> None:
     table = Table(title=f"HTTP search with and without TLS ({report['queries']} searches, ms)")
     for column in ("case", "connection", "p50", "p99", "p50 vs http"):
         table.add_column(column)
-    base = report["cases"]["http"]
     for name, case in report["cases"].items():
+        base = report["cases"]["cluster_plain" if name.startswith("cluster") else "http"]
         for connection, figures in case.items():
             ratio = figures["p50_ms"] / base[connection]["p50_ms"]
             table.add_row(
