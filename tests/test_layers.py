@@ -23,6 +23,8 @@ LAYERS = {
             "loopthread",
             "natsconn",
             "clikit",
+            "acl",
+            "tls",
         ],
         0,
     ),
