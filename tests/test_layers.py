@@ -45,7 +45,9 @@ LAYERS = {
     **dict.fromkeys(["pipeline"], 2),
     **dict.fromkeys(["backends", "cluster", "retrieval"], 3),
     **dict.fromkeys(["modes", "embedded", "service", "client"], 4),
-    **dict.fromkeys(["api", "cli", "worker", "evaluation", "demo", "__main__", "__init__"], 5),
+    **dict.fromkeys(
+        ["api", "cli", "worker", "evaluation", "demo", "integrations", "__main__", "__init__"], 5
+    ),
 }
 
 

@@ -160,6 +160,11 @@ def test_access_groups_pass_through_every_call(service: Under) -> None:
     listed = rag.list_documents(TENANT, groups=["eng"])
     assert "acl/hr.txt" not in [d.doc_id for d in listed]
     assert "acl/eng.txt" in [d.doc_id for d in listed]
+    assert rag.get_original(TENANT, "acl/hr.txt") == b"Otters handle payroll in HR."
+    with pytest.raises(DocumentNotFound):
+        rag.get_original(TENANT, "acl/hr.txt", groups=["eng"])
+    with pytest.raises(DocumentNotFound):
+        rag.get_original(TENANT, "no/such.txt")
 
 
 def test_a_batch_reports_one_outcome_per_document_in_order(service: Under) -> None:

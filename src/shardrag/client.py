@@ -175,6 +175,11 @@ class ShardragClient:
         raw = self._call("GET", self._documents(tenant, doc_id), headers=_narrowed(groups))
         return DocumentInfo.from_dict(raw)
 
+    def get_original(self, tenant: str, doc_id: str, groups: Iterable[str] | None = None) -> bytes:
+        """The live version's original bytes, as ``Shardrag.get_original``."""
+        path = f"/v1/tenants/{quote(tenant, safe='')}/originals/{quote(doc_id, safe='/')}"
+        return self._send("GET", path, headers=_narrowed(groups)).content
+
     def list_documents(
         self,
         tenant: str,
@@ -240,6 +245,12 @@ class ShardragClient:
             headers=_narrowed(groups),
         )
         return [_hit(h) for h in raw["hits"]]
+
+    def embed(self, tenant: str, texts: list[str], query: bool = False) -> list[list[float]]:
+        """Vectors of ``texts`` by the server's model, as ``Shardrag.embed``."""
+        body = {"texts": list(texts), "kind": "query" if query else "document"}
+        raw = self._call("POST", f"/v1/tenants/{quote(tenant, safe='')}/embeddings", json=body)
+        return [list(v) for v in raw["vectors"]]
 
     def answer(
         self,

@@ -414,6 +414,16 @@ class Shardrag:
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
         return info
 
+    def get_original(self, tenant: str, doc_id: str, groups: Iterable[str] | None = None) -> bytes:
+        """The bytes the live version of a document was written with.
+
+        ``DocumentNotFound`` when no version is live or ``groups`` may not read it.
+        """
+        info = self.get_document(tenant, doc_id, groups)
+        if info.live is None or info.live.content_hash is None:
+            raise DocumentNotFound(f"document {doc_id!r} has no live version", doc_id=doc_id)
+        return self.backends.blobs.get(info.live.content_hash, owner=info.tenant)
+
     def list_documents(
         self,
         tenant: str,
@@ -482,6 +492,16 @@ class Shardrag:
             groups=_groups(groups),
         )
         return self.searcher.run(request, positions)
+
+    def embed(self, tenant: str, texts: list[str], query: bool = False) -> list[list[float]]:
+        """Vectors of ``texts`` by the tenant's embedding model: as passages are indexed, or
+        (``query``) as questions are searched. Each text is at most a query's length."""
+        self._check_open()
+        self.tenant(tenant)
+        checked = [validation.query_text(text) if query else _passage(text) for text in texts]
+        if query:
+            return [self.embedder.embed_query(text) for text in checked]
+        return self.embedder.embed_documents(checked)
 
     def answer(
         self,
@@ -675,3 +695,15 @@ class Shardrag:
 def _groups(value: Iterable[str] | None) -> access.Groups:
     """A caller's effective groups, validated (None: every document)."""
     return None if value is None else access.groups(list(value))
+
+
+def _passage(text: str) -> str:
+    """A text to embed as a passage: not empty, within a query's length (longer ones would be
+    cut by the model anyway; documents are chunked first)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidParameter("a text to embed must not be empty")
+    if len(text) > validation.MAX_QUERY_CHARS:
+        raise InvalidParameter(
+            f"a text to embed is {len(text)} characters; the limit is {validation.MAX_QUERY_CHARS}"
+        )
+    return text

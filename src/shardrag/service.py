@@ -66,6 +66,10 @@ class RagService(Protocol):
         """A document's live and latest versions."""
         ...
 
+    def get_original(self, tenant: str, doc_id: str, groups: Iterable[str] | None = None) -> bytes:
+        """The bytes the live version of a document was written with."""
+        ...
+
     def list_documents(
         self,
         tenant: str,
@@ -90,6 +94,10 @@ class RagService(Protocol):
         groups: Iterable[str] | None = None,
     ) -> list[Hit]:
         """The top-k passages of the tenant's live documents."""
+        ...
+
+    def embed(self, tenant: str, texts: list[str], query: bool = False) -> list[list[float]]:
+        """Vectors of texts by the service's own model (as indexed, or ``query``: as searched)."""
         ...
 
     def answer(

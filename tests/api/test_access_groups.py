@@ -140,6 +140,12 @@ def test_every_read_path_stays_inside_the_callers_groups(
             doc_id = _doc(group, 0)[0]
             got = api.client.get(f"/v1/tenants/{TENANT}/documents/{doc_id}", headers=sent)
             assert got.status_code == (200 if _allowed(doc_id, effective) else 404), (case, doc_id)
+            original = api.client.get(f"/v1/tenants/{TENANT}/originals/{doc_id}", headers=sent)
+            if _allowed(doc_id, effective):
+                assert original.content == _doc(None if group is None else group, 0)[1]
+                assert original.headers["content-disposition"] == "attachment"
+            else:
+                assert original.status_code == 404 and b"kayak" not in original.content
 
 
 def _doc_ids(value: Any) -> list[str]:

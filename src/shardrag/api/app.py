@@ -73,6 +73,7 @@ def create_app(rag: Shardrag) -> FastAPI:
         health.router,
         tenants.router,
         documents.router,
+        documents.originals,
         search.router,
         pipeline.router,
     ):

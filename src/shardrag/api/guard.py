@@ -31,7 +31,7 @@ from shardrag.errors import (
 from shardrag.registry import AuditEvent, Role
 
 _TENANT_PATH = re.compile(r"^/v1/tenants/([^/]+)(?:/|$)")
-_QUERY_PATH = re.compile(r"^/v1/tenants/([^/]+)/(?:search|answer)$")
+_QUERY_PATH = re.compile(r"^/v1/tenants/([^/]+)/(?:search|answer|embeddings)$")
 
 
 class Guard:

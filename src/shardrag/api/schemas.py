@@ -5,7 +5,7 @@ Requests forbid unknown fields: a misspelt parameter is a 422, not silently igno
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,6 +178,24 @@ class AnswerBody(_Request):
         default=False,
         description="answer as server-sent events: context, delta..., done (or error)",
     )
+
+
+class EmbedBody(_Request):
+    """Texts to embed with the service's own model."""
+
+    texts: list[str] = Field(min_length=1, max_length=256)
+    kind: Literal["document", "query"] = Field(
+        default="document",
+        description="document: passages as they are indexed; query: questions as searched",
+    )
+
+
+class EmbedOut(BaseModel):
+    """One vector per text, in order, and the model that made them."""
+
+    model: str
+    dimension: int
+    vectors: list[list[float]]
 
 
 class CitationOut(BaseModel):

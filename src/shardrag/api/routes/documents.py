@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from shardrag import acl as access
@@ -19,6 +19,8 @@ from shardrag.models import Metadata, VersionState, WriteResult
 from shardrag.registry import Role
 
 router = APIRouter(prefix="/v1/tenants/{t}/documents", tags=["documents"])
+#: Originals apart from documents: a document id may end in anything, "/content" included.
+originals = APIRouter(prefix="/v1/tenants/{t}/originals", tags=["documents"])
 
 Reader = Annotated[Caller, Depends(tenant_caller(Role.READER))]
 Writer = Annotated[Caller, Depends(tenant_caller(Role.WRITER, action="document.write"))]
@@ -185,6 +187,31 @@ def list_documents(
 def get_document(t: str, doc_id: str, who: Reader) -> Any:
     """A document's version, state, chunk count, metadata and last error."""
     return who.service.rag.get_document(t, doc_id, who.groups).to_dict()
+
+
+@originals.get(
+    "/{doc_id:path}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the original"},
+        404: {"model": ErrorOut},
+    },
+)
+def get_original(t: str, doc_id: str, who: Reader) -> Response:
+    """The bytes the live version of a document was written with, with its content type
+    (404 when none is live or the caller's access groups may not read it)."""
+    rag = who.service.rag
+    info = rag.get_document(t, doc_id, who.groups)
+    data = rag.get_original(t, doc_id, who.groups)
+    media = (info.live.content_type if info.live else None) or "application/octet-stream"
+    # An attachment, never rendered here: an HTML original would otherwise run in the
+    # console's origin.
+    headers = {
+        "Content-Disposition": "attachment",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+    }
+    return Response(data, media_type=media, headers=headers)
 
 
 @router.delete("/{doc_id:path}", response_model=WriteOut, responses={404: {"model": ErrorOut}})

@@ -14,7 +14,14 @@ from fastapi.responses import StreamingResponse
 
 from shardrag.api.deps import Caller, tenant_caller
 from shardrag.api.limits import shed_if_late
-from shardrag.api.schemas import AnswerBody, AnswerOut, SearchBody, SearchOut
+from shardrag.api.schemas import (
+    AnswerBody,
+    AnswerOut,
+    EmbedBody,
+    EmbedOut,
+    SearchBody,
+    SearchOut,
+)
 from shardrag.context import citations_in
 from shardrag.errors import InternalError, ShardragError
 from shardrag.registry import Role
@@ -106,6 +113,16 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
+
+
+@router.post("/embeddings", response_model=EmbedOut)
+def embed(t: str, body: EmbedBody, who: Reader, request: Request) -> Any:
+    """Vectors of texts by the service's own embedding model (what its search uses): for
+    clients that need the same vector space, such as LangChain's ``Embeddings``."""
+    shed_if_late(request)
+    rag = who.service.rag
+    vectors = rag.embed(t, body.texts, query=body.kind == "query")
+    return {"model": rag.embedder.model_id, "dimension": len(vectors[0]), "vectors": vectors}
 
 
 def _event(name: str, data: dict[str, Any]) -> str:
