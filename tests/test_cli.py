@@ -61,6 +61,73 @@ def test_ingest_a_folder_uses_relative_paths_as_ids(tmp_path: Path, folder: Path
     assert {f["doc_id"]: f["outcome"] for f in third["files"]}["failover.txt"] == "updated"
 
 
+def test_ids_are_stable_across_ways_of_naming_a_file_and_prune_mirrors_a_folder(
+    tmp_path: Path, folder: Path
+) -> None:
+    data = tmp_path / "data"
+    common = ("--tenant", "acme", "--data-dir", data)
+    first = cli_json("ingest", folder, *common, "--prefix", "kb/", "--metadata", "source=wiki")
+    assert {f["doc_id"] for f in first["files"]} == {
+        "kb/failover.txt",
+        "kb/guides/replication.md",
+        "kb/page.html",
+    }
+    # The same file named directly, with the same root: the same document, unchanged.
+    one = folder / "guides" / "replication.md"
+    again = cli_json(
+        "ingest", one, *common, "--root", folder, "--prefix", "kb/", "--metadata", "source=wiki"
+    )
+    assert [(f["doc_id"], f["outcome"]) for f in again["files"]] == [
+        ("kb/guides/replication.md", "unchanged")
+    ]
+    named = cli_json("ingest", one, *common, "--id", "kb/guides/replication.md")
+    assert [f["doc_id"] for f in named["files"]] == ["kb/guides/replication.md"]
+    code, out, _ = cli("ingest", folder, *common, "--id", "x", "--json")
+    assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
+    code, out, _ = cli("ingest", one, *common, "--root", tmp_path / "elsewhere", "--json")
+    assert code == 2 and json.loads(out)["error"]["code"] == "invalid_parameter"
+    outside = cli_json("ingest", one, *common, "--id", "notes/keep.md")
+    assert outside["files"][0]["outcome"] == "added"
+    # A file removed from the folder: --prune deletes its document, nothing outside kb/.
+    (folder / "page.html").unlink()
+    pruned = cli_json(
+        "ingest", folder, *common, "--prefix", "kb/", "--prune", "--metadata", "source=wiki"
+    )
+    outcomes = {f["doc_id"]: f["outcome"] for f in pruned["files"]}
+    assert outcomes["kb/page.html"] == "pruned"
+    listed = cli_json("docs", *common)
+    live = {d["doc_id"]: d for d in listed["documents"]}
+    assert set(live) == {"kb/failover.txt", "kb/guides/replication.md", "notes/keep.md"}
+    assert live["kb/failover.txt"]["metadata"] == {"source": "wiki"}
+
+
+def test_a_file_that_failed_is_not_tried_again_unchanged_and_docs_lists_it_failed(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    common = ("--tenant", "acme", "--data-dir", data)
+    report = tmp_path / "report.pdf"
+    report.write_text("A text file with a .pdf name would fail to parse.")
+    (tmp_path / "notes.txt").write_text("Replicas apply the log in order.")
+    cli_json("ingest", tmp_path / "notes.txt", *common)
+    # notes.txt becomes broken: its live version 1 stays, version 2 fails.
+    (tmp_path / "notes.txt").write_bytes(b"\x00\x01\x02 binary \x00" * 50)
+    for _ in range(2):
+        code, _, _ = cli("ingest", report, tmp_path / "notes.txt", *common, "--json")
+        assert code == 1
+    with Shardrag.open(data) as rag:
+        assert rag.get_document("acme", "report.pdf").latest.version == 1
+        notes = rag.get_document("acme", "notes.txt")
+        assert (notes.version, notes.latest.version) == (1, 2)
+    failed = cli_json("docs", *common, "--state", "failed")
+    assert {d["doc_id"] for d in failed["documents"]} == {"report.pdf", "notes.txt"}
+
+
+def test_version_flag() -> None:
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip().startswith("shardrag ")
+
+
 def test_ingest_reports_each_failed_file_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "ok.txt").write_text("Replicas apply the log in order.")
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
@@ -156,6 +223,18 @@ def test_ingest_with_access_groups_and_search_within_groups(tmp_path: Path) -> N
     assert ids("query", "eng") == {"open.md"}
     assert ids("query", "eng,hr") == {"pay.md", "open.md"}
     assert ids("ask", "eng") == {"open.md"}
+    code, out, _ = cli(
+        "ask",
+        "replica runbook",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        data,
+        "--filter",
+        "x=1",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["hits"] == []
     shown = cli_json("docs", "--tenant", "acme", "--data-dir", data)
     assert {d["doc_id"]: d["acl"] for d in shown["documents"]} == {"pay.md": ["hr"], "open.md": []}
 

@@ -45,6 +45,27 @@ app = typer.Typer(
 )
 app.add_typer(cluster_app)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from shardrag import __version__
+
+        console.print(f"shardrag {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Multi-tenant retrieval-augmented generation over sharded Qdrant Edge shards."""
+
+
 DataDir = Annotated[
     Path,
     typer.Option(
@@ -154,21 +175,68 @@ class SourceFile:
     doc_id: str
 
 
-def collect_files(paths: list[Path]) -> list[SourceFile]:
-    """Files named directly, and supported files under folders (doc id = relative path)."""
+def collect_files(
+    paths: list[Path], root: Path | None = None, prefix: str = "", doc_id: str | None = None
+) -> list[SourceFile]:
+    """The files to ingest and their document ids (docs/ingestion.md, "Document ids").
+
+    The id of a file is ``prefix`` + its path relative to ``root``; without ``root``, relative
+    to the folder named on the command line (a file named directly: its name, as the console
+    names an upload). ``doc_id`` names the one file given. Hidden files and unsupported
+    extensions under folders are skipped.
+    """
     found: list[SourceFile] = []
+    base = root.resolve() if root is not None else None
     for path in paths:
         if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                relative = file.relative_to(path)
-                hidden = any(part.startswith(".") for part in relative.parts)
-                if file.is_file() and not hidden and file.suffix.lower() in SUPPORTED_EXTENSIONS:
-                    found.append(SourceFile(file, relative.as_posix()))
+            files = [
+                f
+                for f in sorted(path.rglob("*"))
+                if f.is_file()
+                and not any(p.startswith(".") for p in f.relative_to(path).parts)
+                and f.suffix.lower() in SUPPORTED_EXTENSIONS
+            ]
+            found += [SourceFile(f, prefix + _relative(f, base or path.resolve())) for f in files]
         elif path.is_file():
-            found.append(SourceFile(path, path.name))
+            name = _relative(path, base) if base is not None else path.name
+            found.append(SourceFile(path, prefix + name))
         else:
             raise InvalidParameter(f"no such file or folder: {path}", path=str(path))
+    if doc_id is not None:
+        if len(found) != 1:
+            raise InvalidParameter(f"--id names one file; {len(found)} were given")
+        found = [SourceFile(found[0].path, doc_id)]
     return found
+
+
+def prune_documents(rag: Backend, tenant: str, prefix: str, keep: set[str]) -> list[dict[str, Any]]:
+    """Delete the tenant's documents whose id starts with ``prefix`` and is not in ``keep``;
+    an outcome per deletion."""
+    gone: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        page = rag.list_documents(tenant, limit=1000, after=after)
+        for info in page:
+            if info.doc_id.startswith(prefix) and info.doc_id not in keep:
+                try:
+                    result = rag.delete_document(tenant, info.doc_id)
+                except ShardragError as exc:
+                    gone.append(
+                        {"doc_id": info.doc_id, "outcome": "failed", "error": exc.to_dict()}
+                    )
+                else:
+                    gone.append({"doc_id": info.doc_id, "outcome": "pruned", **result.to_dict()})
+        if len(page) < 1000:
+            return gone
+        after = page[-1].doc_id
+
+
+def _relative(file: Path, root: Path) -> str:
+    """``file``'s path under ``root`` with / separators; InvalidParameter outside it."""
+    try:
+        return file.resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise InvalidParameter(f"{file} is not under --root {root}", path=str(file)) from None
 
 
 def _batches(files: list[SourceFile]) -> Iterator[list[SourceFile]]:
@@ -203,14 +271,15 @@ def ingest_files(
     files: list[SourceFile],
     progress: Progress | None,
     acl: tuple[str, ...] = (),
+    metadata: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Ingest files in batches, readable by the access groups ``acl`` (none: every key);
-    one outcome per file, in order."""
+    """Ingest files in batches, with ``metadata``, readable by the access groups ``acl``
+    (none: every key); one outcome per file, in order."""
     outcomes: list[dict[str, Any]] = []
     task = progress.add_task("ingesting", total=len(files)) if progress else None
     for batch in _batches(files):
         documents = [
-            DocumentInput(f.doc_id, f.path.read_bytes(), filename=f.path.name, acl=acl)
+            DocumentInput(f.doc_id, f.path.read_bytes(), f.path.name, dict(metadata or {}), acl=acl)
             for f in batch
         ]
         for file, result in zip(batch, rag.put_documents(tenant, documents), strict=True):
@@ -232,29 +301,62 @@ def ingest(
         list[str] | None,
         typer.Option("--acl", help="Access group that may read the files (repeatable)."),
     ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Ids are paths relative to this folder (files under it)."),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Put before every id (e.g. 'handbook/').")
+    ] = "",
+    doc_id: Annotated[
+        str | None, typer.Option("--id", help="The id of the one file given.")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option("--metadata", help="key=value given to every file (repeatable)."),
+    ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete the tenant's documents under --prefix (all of them without one) "
+            "that are not among these files: a folder mirrored, files removed since.",
+        ),
+    ] = False,
 ) -> None:
-    """Ingest files and folders (txt, md, html, pdf); doc id = path relative to the folder."""
+    """Ingest files and folders (txt, md, html, pdf): a new version of each changed file.
+
+    Document ids: --prefix + the path relative to --root, else to the folder given; a file
+    given directly is named by its file name (as the web console names an upload) unless
+    --root or --id says otherwise (docs/ingestion.md).
+    """
     with errors_reported(as_json):
-        files = collect_files(paths)
+        files = collect_files(paths, root, prefix, doc_id)
         groups = access.groups(_names(acl), "acl")
+        meta = parse_filters(metadata or [])
         with _backend(data_dir, url, api_key) as rag:
             if as_json:
-                outcomes = ingest_files(rag, tenant, files, None, groups)
+                outcomes = ingest_files(rag, tenant, files, None, groups, meta)
             else:
                 with _progress() as progress:
-                    outcomes = ingest_files(rag, tenant, files, progress, groups)
+                    outcomes = ingest_files(rag, tenant, files, progress, groups, meta)
+            if prune:
+                outcomes += prune_documents(rag, tenant, prefix, {f.doc_id for f in files})
     failed = [o for o in outcomes if o["outcome"] == "failed"]
     if as_json:
         print_json({"files": outcomes, "failed": len(failed)})
     else:
         table = Table("document", "outcome", "version", "chunks", "detail")
         for o in outcomes:
-            style = {"failed": "red", "unchanged": "dim"}.get(o["outcome"], "green")
-            detail = (
-                escape(f"[{o['error']['code']}] {o['error']['message']}")
-                if o["outcome"] == "failed"
-                else f"{o['embedded_chunks']} embedded, {o['reused_vectors']} reused"
+            style = {"failed": "red", "unchanged": "dim", "pruned": "yellow"}.get(
+                o["outcome"], "green"
             )
+            if o["outcome"] == "failed":
+                detail = escape(f"[{o['error']['code']}] {o['error']['message']}")
+            elif o["outcome"] == "pruned":
+                detail = "its file is gone: deleted"
+            else:
+                detail = f"{o['embedded_chunks']} embedded, {o['reused_vectors']} reused"
             table.add_row(
                 o["doc_id"],
                 f"[{style}]{o['outcome']}[/]",
@@ -357,6 +459,9 @@ def ask(
     max_context_tokens: Annotated[
         int | None, typer.Option(help="Token budget of the passages in the prompt.")
     ] = None,
+    filters: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata key=value (repeatable).")
+    ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -371,6 +476,7 @@ def ask(
             question,
             k=k,
             max_context_tokens=max_context_tokens,
+            filters=parse_filters(filters or []),
             groups=None if groups is None else _names(groups),
         )
     if as_json:
@@ -759,6 +865,7 @@ def evaluate(
                     for m, s in report.modes.items()
                 },
                 "documents": report.documents,
+                "refused": report.refused,
                 "queries": report.queries,
                 "tenant": report.tenant,
                 "ingest_seconds": report.ingest_seconds,
@@ -772,6 +879,9 @@ def evaluate(
         table.add_row(m, f"{s.ndcg_at_10:.4f}", f"{s.recall_at_100:.4f}")
     console.print(table)
     console.print(f"{report.documents} documents ingested in {report.ingest_seconds:.1f}s")
+    if report.refused:
+        refused = ", ".join(f"{n} {code}" for code, n in sorted(report.refused.items()))
+        console.print(f"[yellow]{sum(report.refused.values())} documents refused[/]: {refused}")
 
 
 # -- demo -----------------------------------------------------------------------------------

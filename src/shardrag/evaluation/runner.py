@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import Progress
@@ -24,10 +25,12 @@ class EvaluationReport:
     """Scores per mode and what was ingested."""
 
     tenant: str
+    #: Documents indexed, and those the service refused (their errors by code).
     documents: int
     queries: int
     ingest_seconds: float
     modes: dict[str, RetrievalScores]
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def run_evaluation(
@@ -36,10 +39,16 @@ def run_evaluation(
     """Ingest the corpus into a new tenant, then run every judged query in every mode."""
     dataset = load_beir(dataset_dir, split)
     tenant = f"eval-{int(time.time() * 1000)}"
+    # The title heads every chunk (it is indexed with each); a document with a title and no
+    # body is its title. One with neither is sent too: it is refused, and counted as such.
     documents = [
-        DocumentInput(doc.doc_id, doc.text.encode(), filename="document.txt", title=doc.title)
+        DocumentInput(
+            doc.doc_id,
+            (doc.text if doc.text.strip() else doc.title).encode(),
+            filename="document.txt",
+            title=doc.title,
+        )
         for doc in dataset.corpus.values()
-        if doc.text.strip() or doc.title.strip()
     ]
     task = progress.add_task("ingesting corpus", total=len(documents)) if progress else None
     started = time.perf_counter()
@@ -66,4 +75,6 @@ def run_evaluation(
             if progress and task is not None:
                 progress.advance(task)
         modes[mode.value] = evaluate_run(run, dataset.qrels)
-    return EvaluationReport(tenant, len(documents), len(queries), ingest_seconds, modes)
+    refused = Counter(f.code for f in failures)
+    indexed = len(documents) - len(failures)
+    return EvaluationReport(tenant, indexed, len(queries), ingest_seconds, modes, dict(refused))

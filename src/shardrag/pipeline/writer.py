@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shardrag.blobs import BlobStore
-from shardrag.errors import DocumentNotFound, DocumentTooLarge, EmptyDocument
+from shardrag.errors import (
+    DocumentNotFound,
+    DocumentTooLarge,
+    EmptyDocument,
+    InvalidInput,
+    error_from,
+)
 from shardrag.ingest import parser_for
 from shardrag.log import Log
 from shardrag.models import DocumentInput, Metadata, VersionState, WriteResult
@@ -103,6 +109,24 @@ class DocumentWriter:
         content_hash = hashlib.sha256(upload.data).hexdigest()
         current = self.registry.document(tenant, doc_id)
         live = current.live if current else None
+        refused = current.latest if current else None
+        if (
+            refused is not None
+            and refused.state is VersionState.FAILED
+            and refused.error_code is not None
+            and isinstance(error_from(refused.error_code, ""), InvalidInput)
+            and refused.content_hash == content_hash
+            and refused.filename == upload.filename
+            and _same_json(refused.metadata, upload.metadata)
+        ):
+            # The same bytes failed for what they are (not for a passing outage): trying them
+            # again would fail again. The failed version is the answer; no new one is made.
+            raise error_from(
+                refused.error_code,
+                refused.error or "",
+                version=refused.version,
+                unchanged=True,
+            )
         if (
             current is not None
             and live is not None

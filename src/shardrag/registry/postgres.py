@@ -509,11 +509,15 @@ class PostgresRegistry:
         limit: int = 100,
         after: str | None = None,
     ) -> list[DocumentInfo]:
-        """A page of the tenant's documents by id; deleted ones only when asked for."""
+        """A page of the tenant's documents by id; deleted ones only when asked for; with
+        ``failed``, those whose latest version failed (a live older one or not)."""
         sql = _DOCUMENT_ROWS + "WHERE d.tenant = %s AND d.doc_id > %s "
         args: list[Any] = [tenant, after or ""]
         if state is None:
             sql += f"AND {DOCUMENT_STATE} != 'deleted' "
+        elif state is VersionState.FAILED:
+            # Failed: the latest attempt failed, whether or not an older version is live.
+            sql += "AND latest.state = 'failed' "
         else:
             sql += f"AND {DOCUMENT_STATE} = %s "
             args.append(state.value)

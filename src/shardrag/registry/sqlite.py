@@ -405,7 +405,8 @@ class SqliteRegistry:
         limit: int = 100,
         after: str | None = None,
     ) -> list[DocumentInfo]:
-        """A page of the tenant's documents by id; deleted ones only when asked for."""
+        """A page of the tenant's documents by id; deleted ones only when asked for; with
+        ``failed``, those whose latest version failed (a live older one or not)."""
         sql = (
             f"SELECT d.doc_id, d.live_version, d.latest_version, {DOCUMENT_STATE} AS doc_state "
             "FROM documents d JOIN versions latest ON latest.tenant = d.tenant "
@@ -415,6 +416,9 @@ class SqliteRegistry:
         args: list[Any] = [tenant, after or ""]
         if state is None:
             sql += f"AND {DOCUMENT_STATE} != 'deleted' "
+        elif state is VersionState.FAILED:
+            # Failed: the latest attempt failed, whether or not an older version is live.
+            sql += "AND latest.state = 'failed' "
         else:
             sql += f"AND {DOCUMENT_STATE} = ? "
             args.append(state.value)
