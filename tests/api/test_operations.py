@@ -30,6 +30,25 @@ def test_openapi_documents_every_route(api: ApiUnderTest) -> None:
     assert api.client.get("/docs").status_code == 200
 
 
+def test_the_docs_page_works_offline_and_documents_auth_and_errors(api: ApiUnderTest) -> None:
+    page = api.client.get("/docs").text
+    assert "cdn" not in page.lower()
+    scripts = re.findall(r'src="([^"]+)"', page) + re.findall(r'href="([^"]+\.css)"', page)
+    assert scripts and all(s.startswith("/docs-assets/") for s in scripts)
+    for asset in scripts:
+        fetched = api.client.get(asset)
+        assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+    spec = api.client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    search = spec["paths"]["/v1/tenants/{t}/search"]["post"]
+    assert search["security"] == [{"bearer": []}]
+    error_ref = "#/components/schemas/ErrorOut"
+    for status in ("401", "404", "422", "429", "503"):
+        body = search["responses"][status]["content"]["application/json"]["schema"]
+        assert body["$ref"] == error_ref, (status, body)
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
 def _sample(metrics: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(wanted)}\}} (\S+)$", metrics, re.M)

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from shardrag.api.accesslog import AccessLog
 from shardrag.api.auth import ApiKeys
 from shardrag.api.deps import Service
+from shardrag.api.docs import ERROR_RESPONSES, install_docs
 from shardrag.api.errors import install_error_handlers
 from shardrag.api.guard import Guard
 from shardrag.api.limits import QueryAdmission
@@ -62,22 +63,23 @@ def create_app(rag: Shardrag) -> FastAPI:
         title="shardrag",
         version="0.1.0",
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
     )
     app.state.service = Service(rag=rag, keys=keys, metrics=metrics)
     app.state.bootstrap_key = keys.bootstrap()
     app.state.query_admission = admission
     install_error_handlers(app)
+    app.include_router(health.router)
     for router in (
-        health.router,
         tenants.router,
-        documents.router,
         documents.originals,
+        documents.router,
         search.router,
         pipeline.router,
     ):
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
+    install_docs(app)
     _mount_console(app)
     # Outermost last: metrics time everything, including the guard's refusals.
     app.add_middleware(
