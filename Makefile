@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 # torch first, pinned (the CPU build, see constraints.txt).
 $(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch,cluster,langchain]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch,cluster,langchain,otel]'
 	touch $@
 
 install: $(BIN)/.installed

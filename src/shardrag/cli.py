@@ -637,11 +637,14 @@ def reconcile(
         console.print(table)
 
 
-def _until_stopped() -> threading.Event:
-    """JSON logs, and an event set by SIGTERM or Ctrl-C: a long-running process's set-up."""
+def _until_stopped(service: str) -> threading.Event:
+    """JSON logs, traces (if the OTEL_* environment asks), and an event set by SIGTERM or
+    Ctrl-C: a long-running process's set-up."""
     from shardrag.observability.logging import configure_json_logging
+    from shardrag.observability.tracing import configure_tracing
 
     configure_json_logging()
+    configure_tracing(service)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
@@ -663,7 +666,7 @@ def worker(
     from shardrag.config import Settings
     from shardrag.worker import run_worker
 
-    stopped = _until_stopped()
+    stopped = _until_stopped(f"shardrag-worker-{stage}")
     with errors_reported(False):
         settings = Settings.load(data_dir=data_dir, nats_url=nats_url)
         err_console.print(f"shardrag worker: stage {stage} on {settings.nats_url}")
@@ -686,7 +689,7 @@ def node(
     from shardrag.cluster.node import run_node
     from shardrag.config import Settings
 
-    stopped = _until_stopped()
+    stopped = _until_stopped("shardrag-node")
     with errors_reported(False):
         settings = Settings.load(
             data_dir=data_dir, nats_url=nats_url, node_id=node_id, cluster=True
@@ -728,6 +731,7 @@ def serve(
     from shardrag.api.server import serve as serve_app
     from shardrag.config import Settings
     from shardrag.observability.logging import configure_json_logging
+    from shardrag.observability.tracing import configure_tracing, flush
     from shardrag.pipeline.reconcile import PeriodicReconciler
 
     with errors_reported(False):
@@ -740,6 +744,7 @@ def serve(
             tls_client_ca=tls_client_ca,
         )
         configure_json_logging(settings.log_level.upper(), settings.access_log)
+        configure_tracing("shardrag-api")
         with Shardrag(settings) as rag:
             # Load the embedding model now: ready means a first query is not 5 s slow. An
             # embedding endpoint that is down is not fatal: queries report it.
@@ -765,6 +770,7 @@ def serve(
                 serve_app(api, settings)
             finally:
                 reconciler.stop()
+                flush()
 
 
 # -- doctor ---------------------------------------------------------------------------------

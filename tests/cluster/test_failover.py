@@ -34,6 +34,7 @@ from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.models import Fusion, Hit, SearchMode, ShardQuery
 from shardrag.tls import tls_context
 from tests.chaos.loadgen import VOCABULARY
+from tests.observability.test_tracing import OtlpReceiver
 from tests.support import postgres_is_up, redis_is_up, require
 
 pytestmark = pytest.mark.timeout(600)
@@ -146,11 +147,48 @@ def running_cluster(
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A cluster with short timers."""
-    env = {"SHARDRAG_SNAPSHOT_INTERVAL_SECONDS": "2", "SHARDRAG_REPLICA_TIMEOUT_SECONDS": "1"}
+def receiver() -> Iterator[OtlpReceiver]:
+    """Where the cluster's processes export their traces (OTLP/HTTP)."""
+    found = OtlpReceiver()
+    yield found
+    found.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver) -> Iterator[Cluster]:
+    """A cluster with short timers, mutual TLS, and traces exported to ``receiver``."""
+    env = {
+        "SHARDRAG_SNAPSHOT_INTERVAL_SECONDS": "2",
+        "SHARDRAG_REPLICA_TIMEOUT_SECONDS": "1",
+        **receiver.env(),
+    }
     with running_cluster(tmp_path_factory, "fo", env, seeds=12, tls=True) as found:
         yield found
+
+
+def test_a_search_is_one_trace_from_the_api_to_a_node(
+    cluster: Cluster, receiver: OtlpReceiver
+) -> None:
+    """The caller's ``traceparent`` is continued by the api; the router's call to the shard
+    carries it in the NATS message's headers to the node that answers."""
+    tenant = cluster.tenants[0]
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    with cluster.client() as client:
+        found = client.post(
+            f"/v1/tenants/{tenant}/search",
+            json={"query": "seed marker"},
+            headers={**cluster.readers[tenant], "traceparent": f"00-{trace_id}-{parent}-01"},
+        )
+    assert found.status_code == 200, found.text
+    wanted = {"POST /v1/tenants/{t}/search", "search", "shard search", "engine search"}
+    spans = receiver.trace(trace_id, wanted)
+    assert wanted <= {s.name for s in spans}, [(s.service, s.name) for s in spans]
+    assert {s.service for s in spans} >= {"shardrag-api", "shardrag-node"}
+    sent = [s for s in spans if s.name == "shard search" and s.service == "shardrag-api"]
+    served = [s for s in spans if s.name == "shard search" and s.service == "shardrag-node"]
+    assert sent and served
+    # The node's span is a child of the api's call span: one trace across the processes.
+    assert {s.parent_id for s in served} <= {s.span_id for s in sent}
 
 
 def text_of(doc_id: str) -> bytes:

@@ -17,19 +17,22 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardrag.api.auth import Principal
+from shardrag.observability import tracing
 
 access_log = logging.getLogger("shardrag.access")
 audit_log = logging.getLogger("shardrag.audit")
 
 
 class AccessLog:
-    """Pure ASGI middleware outside the guard: logs each HTTP request once it is answered."""
+    """Pure ASGI middleware outside the guard: logs each HTTP request once it is answered,
+    inside the request's trace span (``observability/tracing.py``; a caller's ``traceparent``
+    is continued)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -48,13 +51,23 @@ class AccessLog:
                 seen["out"] += len(message.get("body", b""))
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, counted_send)
-        finally:
-            _log(scope, seen, time.perf_counter() - started)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        with tracing.span(
+            f"{scope['method']} {scope['path']}", "server", parent=headers
+        ) as current:
+            try:
+                await self.app(scope, counted_receive, counted_send)
+            finally:
+                entry = _log(scope, seen, time.perf_counter() - started)
+                if current is not None:
+                    # Named by the route template once routing has found it.
+                    current.update_name(f"{entry['method']} {entry['route']}")
+                    current.set_attribute("http.response.status_code", entry["status"])
+                    if entry["tenant"]:
+                        current.set_attribute("shardrag.tenant", entry["tenant"])
 
 
-def _log(scope: Scope, seen: dict[str, int], seconds: float) -> None:
+def _log(scope: Scope, seen: dict[str, int], seconds: float) -> dict[str, Any]:
     state: dict[str, Any] = scope.get("state", {})
     principal: Principal | None = state.get("principal")
     route = scope.get("route")
@@ -76,3 +89,4 @@ def _log(scope: Scope, seen: dict[str, int], seconds: float) -> None:
     refusal = state.get("refusal")
     if refusal is not None:
         audit_log.warning("refused", extra={**entry, "reason": refusal})
+    return entry

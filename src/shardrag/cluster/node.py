@@ -52,6 +52,7 @@ from shardrag.engine import EngineSettings, ShardEngine, ShardSet
 from shardrag.errors import InvalidParameter, ShardragError, Unavailable
 from shardrag.log import Log
 from shardrag.natsconn import NatsConnection
+from shardrag.observability import tracing
 from shardrag.pipeline import Retry
 from shardrag.pipeline.applier import IndexApplier
 from shardrag.pipeline.events import shard_subject
@@ -505,18 +506,23 @@ class IndexNode:
         try:
             if self.fault_delay > 0:
                 await asyncio.sleep(self.fault_delay)
-            body = await loop.run_in_executor(self._pool, self.answer, msg.data)
+            body = await loop.run_in_executor(self._pool, self.answer, msg.data, msg.headers)
             await msg.respond(body)
         except Exception:
             logger.exception("answering a search on %s failed", msg.subject)
 
-    def answer(self, data: bytes) -> bytes:
-        """The reply to one search request (errors are replies too, never exceptions)."""
-        try:
-            call = SearchCall.decode(data)
-        except (ValueError, KeyError, TypeError) as exc:
-            return SearchReply(self.node_id, 0, None, "invalid_request", str(exc)).encode()
-        return self.server.answer(call).encode()
+    def answer(self, data: bytes, headers: dict[str, str] | None = None) -> bytes:
+        """The reply to one search request (errors are replies too, never exceptions), in
+        the trace of the router's call when its headers carry one."""
+        with tracing.span(
+            "shard search", "server", parent=headers, attributes={"shardrag.node": self.node_id}
+        ):
+            try:
+                call = SearchCall.decode(data)
+            except (ValueError, KeyError, TypeError) as exc:
+                return SearchReply(self.node_id, 0, None, "invalid_request", str(exc)).encode()
+            tracing.annotate(attributes={"shardrag.shard": call.shard_id})
+            return self.server.answer(call).encode()
 
 
 def run_node(settings: Settings, stopped: threading.Event) -> None:

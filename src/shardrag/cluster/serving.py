@@ -27,6 +27,7 @@ from shardrag.cluster.protocol import SearchCall, SearchReply
 from shardrag.engine import ShardEngine
 from shardrag.errors import ShardragError
 from shardrag.models import SearchMode
+from shardrag.observability import tracing
 
 
 class ServedReplica(Protocol):
@@ -89,7 +90,8 @@ class SearchServer:
             return SearchReply(self.node_id, applied, None, "replica_behind", message)
         candidates = None
         try:
-            hits = replica.engine.search(call.query)
+            with tracing.span("engine search", attributes={"shardrag.shard": call.shard_id}):
+                hits = replica.engine.search(call.query)
             if call.query.unfused and call.query.mode is SearchMode.HYBRID:
                 candidates = replica.engine.candidates(call.query)
         except ShardragError as exc:

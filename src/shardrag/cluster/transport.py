@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shardrag.cluster.protocol import SearchCall, SearchReply, search_subject
 from shardrag.cluster.serving import SearchServer
+from shardrag.observability import tracing
 
 if TYPE_CHECKING:
     from shardrag.natsconn import NatsConnection
@@ -70,8 +71,9 @@ class NatsTransport:
         self.prefix = prefix
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
-        """Run ``coroutine`` on the connection's loop (NATS faults: ``Unavailable``)."""
-        return self.conn.run(coroutine, timeout)
+        """Run ``coroutine`` on the connection's loop (NATS faults: ``Unavailable``), in the
+        caller's trace (the loop's thread has none of its own)."""
+        return self.conn.run(_in_trace(tracing.inject(), coroutine), timeout)
 
     async def request(self, call: SearchCall, node_id: str | None, timeout: float) -> SearchReply:
         """One request-reply to the shard's replicas (see ``SearchTransport``)."""
@@ -79,7 +81,14 @@ class NatsTransport:
 
         subject = search_subject(self.prefix, call.shard_id, node_id)
         try:
-            message = await self.conn.client.request(subject, call.encode(), timeout=timeout)
+            with tracing.span(
+                "shard search",
+                "client",
+                attributes={"shardrag.shard": call.shard_id, "shardrag.node": node_id},
+            ):
+                message = await self.conn.client.request(
+                    subject, call.encode(), timeout=timeout, headers=tracing.inject() or None
+                )
         except nats.errors.NoRespondersError as exc:
             raise ReplicaUnreachable(f"{subject}: no responders", no_responders=True) from exc
         except nats.errors.TimeoutError as exc:
@@ -94,6 +103,14 @@ class NatsTransport:
 
     def close(self) -> None:
         """Nothing: the connection belongs to the process's ``Backends``."""
+
+
+async def _in_trace(carrier: dict[str, str], coroutine: Coroutine[Any, Any, _T]) -> _T:
+    token = tracing.attach(carrier)
+    try:
+        return await coroutine
+    finally:
+        tracing.detach(token)
 
 
 class LocalTransport:

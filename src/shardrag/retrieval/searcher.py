@@ -11,6 +11,7 @@ from typing import Protocol
 from shardrag.cache import CacheKey, CacheKind, ResultCache
 from shardrag.embed import Embedder
 from shardrag.models import Hit, SearchMode, SearchRequest, ShardQuery
+from shardrag.observability import tracing
 
 
 class SearchTarget(Protocol):
@@ -62,6 +63,17 @@ class Searcher:
         ``positions``: per shard, the log offset a replica must have applied to answer (the
         request's read concern, resolved by the caller).
         """
+        with tracing.span(
+            "search",
+            attributes={
+                "shardrag.tenant": request.tenant,
+                "shardrag.mode": request.mode.value,
+                "shardrag.k": request.k,
+            },
+        ):
+            return self._run(request, positions)
+
+    def _run(self, request: SearchRequest, positions: Mapping[int, int] | None) -> list[Hit]:
         routed = self.route(request.tenant, positions or {})
         engine = routed.target
         if self.cache is None:
@@ -80,6 +92,7 @@ class Searcher:
             },
         )
         cached = self.cache.get(key)
+        tracing.annotate(attributes={"shardrag.cache_hit": cached is not None})
         if cached is None:
             # Computed from the normalised text, so every spelling that shares the key
             # would have produced this value.
@@ -107,6 +120,10 @@ class Searcher:
         )
 
     def _query_vector(self, tenant: str, text: str) -> list[float]:
+        with tracing.span("embed query"):
+            return self._embedded_query(tenant, text)
+
+    def _embedded_query(self, tenant: str, text: str) -> list[float]:
         if self.cache is None:
             return self.embedder.embed_query(text)
         key = CacheKey.for_query_embedding(tenant, self.embedder.model_id, text)
