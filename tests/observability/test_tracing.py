@@ -149,11 +149,12 @@ def test_a_search_is_one_trace_continuing_the_callers(
         assert client.post("/v1/tenants", json={"id": "traced"}, headers=root).status_code == 201
         key = client.post("/v1/tenants/traced/keys", json={"role": "writer"}, headers=root)
         writer = {"Authorization": f"Bearer {key.json()['key']}"}
+        write_trace = secrets.token_hex(16)
         put = client.put(
             "/v1/tenants/traced/documents/otters.txt",
             content=b"Sea otters hold hands while they sleep.",
             params={"wait": "true"},
-            headers=writer,
+            headers={**writer, "traceparent": f"00-{write_trace}-{secrets.token_hex(8)}-01"},
         )
         assert put.status_code == 200, put.text
         trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
@@ -172,6 +173,13 @@ def test_a_search_is_one_trace_continuing_the_callers(
     ids = {s.span_id for s in spans}
     # One tree: every span's parent is the caller's span or another span of the trace.
     assert all(s.parent_id == parent or s.parent_id in ids for s in spans)
+    # The write's trace went through the log: ingest, embed and the shard's ops.
+    stages = {"PUT /v1/tenants/{t}/documents/{doc_id}", "ingest", "embed", "apply commit"}
+    written = receiver.trace(write_trace, stages)
+    assert stages <= {s.name for s in written}, [s.name for s in written]
+    by_stage = {s.name: s for s in written}
+    assert by_stage["ingest"].span_id in _ancestors(by_stage["embed"], written)
+    assert by_stage["embed"].span_id in _ancestors(by_stage["apply commit"], written)
     # (FastAPI's own spans may sit between the request's span and the route's work.)
     assert server.span_id in _ancestors(by_name["search"], spans)
     assert by_name["search"].span_id in _ancestors(by_name["embed query"], spans)

@@ -25,6 +25,7 @@ from typing import Any
 from shardrag.engine import CommitOutcome, ShardEngine
 from shardrag.errors import ShardragError
 from shardrag.log import Log, LogMessage
+from shardrag.observability import tracing
 from shardrag.pipeline.events import SHARD_OPS, OpKind, ShardOp, shard_of_subject
 from shardrag.pipeline.retry import Retry, as_error
 from shardrag.pipeline.stages import ShardLookup
@@ -125,6 +126,15 @@ class IndexApplier:
         except (ShardragError, ValueError, KeyError, TypeError) as exc:
             self.log.bury(self.name, message, f"undecodable shard op: {exc}")
             return
+        with tracing.span(
+            f"apply {op.kind.value}",
+            "server",
+            message.headers,
+            {"shardrag.tenant": op.ref.tenant, "shardrag.doc_id": op.ref.doc_id},
+        ):
+            self._apply_op(message, op)
+
+    def _apply_op(self, message: LogMessage, op: ShardOp) -> None:
         engine = self.shard(shard_of_subject(message.subject))
         attempts = 0
         while True:

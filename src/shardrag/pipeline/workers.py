@@ -19,10 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from shardrag.errors import ShardragError, Unavailable
 from shardrag.log import Consumer, Log, LogMessage
+from shardrag.observability import tracing
 from shardrag.pipeline.events import (
     CHUNK_EMBED,
     DOC_INGEST,
@@ -152,19 +153,21 @@ class IngestWorker(StageWorker[IngestStage]):
                 self._undecodable(message, exc)
                 continue
             started = time.monotonic()
-            try:
-                out = self.stage.run(event)
-                if out is not None:
-                    append = functools.partial(
-                        self.log.append,
-                        CHUNK_EMBED,
-                        out.encode(),
-                        message_id=event.ref.message_id("embed"),
-                    )
-                    self._patiently(append, started)
-            except Exception as exc:
-                self._failed(message, event.ref, exc)
-                continue
+            with tracing.span("ingest", "server", message.headers, _attributes(event.ref)):
+                try:
+                    out = self.stage.run(event)
+                    if out is not None:
+                        append = functools.partial(
+                            self.log.append,
+                            CHUNK_EMBED,
+                            out.encode(),
+                            message_id=event.ref.message_id("embed"),
+                            headers=tracing.inject() or None,
+                        )
+                        self._patiently(append, started)
+                except Exception as exc:
+                    self._failed(message, event.ref, exc)
+                    continue
             self._ack(message, started)
 
 
@@ -209,6 +212,12 @@ class EmbedWorker(StageWorker[EmbedStage]):
     def _publish(self, message: LogMessage, event: EmbedEvent, ops: list[ShardOp] | None) -> None:
         ref = event.ref
         started = time.monotonic()
+        with tracing.span("embed", "server", message.headers, _attributes(ref)):
+            self._publish_ops(message, ref, ops, started)
+
+    def _publish_ops(
+        self, message: LogMessage, ref: VersionRef, ops: list[ShardOp] | None, started: float
+    ) -> None:
         try:
             for op in ops or []:
                 append = functools.partial(
@@ -216,6 +225,7 @@ class EmbedWorker(StageWorker[EmbedStage]):
                     shard_subject(ref.shard_id),
                     op.encode(),
                     message_id=op.message_id(),
+                    headers=tracing.inject() or None,
                 )
                 position = self._patiently(append, started)
                 if op.kind is OpKind.COMMIT:
@@ -227,6 +237,15 @@ class EmbedWorker(StageWorker[EmbedStage]):
             self._failed(message, ref, exc)
             return
         self._ack(message, started)
+
+
+def _attributes(ref: VersionRef) -> dict[str, Any]:
+    """A version's span attributes."""
+    return {
+        "shardrag.tenant": ref.tenant,
+        "shardrag.doc_id": ref.doc_id,
+        "shardrag.version": ref.version,
+    }
 
 
 def run_until(stopped: threading.Event, step: Callable[[float], int], name: str) -> None:

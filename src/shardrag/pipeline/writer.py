@@ -29,6 +29,7 @@ from shardrag.errors import (
 from shardrag.ingest import parser_for
 from shardrag.log import Log
 from shardrag.models import DocumentInput, Metadata, VersionState, WriteResult
+from shardrag.observability import tracing
 from shardrag.pipeline.events import DOC_INGEST, IngestEvent, OpKind, ShardOp, VersionRef
 from shardrag.pipeline.events import shard_subject as subject_of
 from shardrag.pipeline.retry import as_error
@@ -167,7 +168,10 @@ class DocumentWriter:
     def submit(self, event: IngestEvent) -> int:
         """Append a version's ``doc.ingest`` event (a repeat of the same version is dropped)."""
         return self.log.append(
-            DOC_INGEST, event.encode(), message_id=event.ref.message_id("ingest")
+            DOC_INGEST,
+            event.encode(),
+            message_id=event.ref.message_id("ingest"),
+            headers=tracing.inject() or None,  # the version's trace goes on (tracing.md)
         )
 
     def delete(self, tenant: str, doc_id: str) -> Accepted:
