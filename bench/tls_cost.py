@@ -60,11 +60,15 @@ console = Console(stderr=True)
 TENANT = "bench"
 
 
-def served(data_dir: Path, admin_key: str, tls: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """``shardrag serve`` over ``data_dir`` with the TLS arguments ``tls``; (process, port)."""
+def served(
+    data_dir: Path, admin_key: str, tls: list[str], extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``shardrag serve`` over ``data_dir`` with the TLS arguments ``tls`` and ``extra_env``;
+    (process, port)."""
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        **(extra_env or {}),
         "SHARDRAG_DATA_DIR": str(data_dir),
         "SHARDRAG_ADMIN_KEY": admin_key,
         "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
