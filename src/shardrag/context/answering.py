@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from shardrag import validation
+from shardrag.observability import tracing
 from shardrag.acl import Groups
 from shardrag.cache import CacheKey, CacheKind, ResultCache
 from shardrag.context.assembly import (
@@ -67,7 +68,8 @@ class Answering:
             return cached
         hits = self.search(tenant, question, k, filters, groups)
         context = self.assembler.run(question, hits, budget)
-        result = AnswerResult(self.answerer.run(context), hits)
+        with tracing.span("generate", attributes={"shardrag.answerer": self.answerer.name}):
+            result = AnswerResult(self.answerer.run(context), hits)
         if self.cache is not None:
             self.cache.put(key, result)
         return result
