@@ -128,6 +128,19 @@ def test_version_flag() -> None:
     assert code == 0 and out.strip().startswith("shardrag ")
 
 
+def test_a_usage_error_under_json_is_json() -> None:
+    """As the installed script runs it: a missing option is a JSON error, exit code 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shardrag", "query", "replicas", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "usage_error" and "--tenant" in error["message"]
+
+
 def test_ingest_reports_each_failed_file_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "ok.txt").write_text("Replicas apply the log in order.")
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")

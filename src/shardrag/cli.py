@@ -8,6 +8,7 @@ input, 1 for anything else; ``ingest`` exits 1 when any file failed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -934,5 +935,23 @@ def main() -> None:
     """Entry point of the ``shardrag`` script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app(prog_name="shardrag")
-    sys.exit(0)
+    if "--json" not in sys.argv[1:]:
+        app(prog_name="shardrag")
+        sys.exit(0)
+    # Under --json a usage error is JSON too, on stdout, for the program that reads it.
+    try:  # typer >= 0.20 carries its own click
+        from typer._click.exceptions import UsageError
+    except ImportError:  # pragma: no cover - older typer on click
+        from click.exceptions import UsageError  # type: ignore[assignment]
+
+    try:
+        result = app(prog_name="shardrag", standalone_mode=False)
+    except UsageError as exc:
+        error = {"code": "usage_error", "message": exc.format_message(), "details": {}}
+        print(json.dumps({"error": error}))
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

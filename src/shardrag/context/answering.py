@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from shardrag import validation
-from shardrag.observability import tracing
 from shardrag.acl import Groups
 from shardrag.cache import CacheKey, CacheKind, ResultCache
 from shardrag.context.assembly import (
@@ -27,6 +26,7 @@ from shardrag.context.assembly import (
 from shardrag.context.generation import OpenAIChatGenerator
 from shardrag.errors import InvalidParameter
 from shardrag.models import Hit, Metadata
+from shardrag.observability import tracing
 
 #: Searches a tenant: (tenant, question, k, filters, the caller's access groups) → hits.
 Search = Callable[[str, str, int, Metadata | None, Groups], list[Hit]]
