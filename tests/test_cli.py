@@ -248,6 +248,8 @@ def test_ingest_with_access_groups_and_search_within_groups(tmp_path: Path) -> N
         "--json",
     )
     assert code == 0 and json.loads(out)["hits"] == []
+    code, out, _ = cli("ask", "replica runbook", "--tenant", "acme", "--data-dir", data)
+    assert code == 0 and "(extractive:" in out
     shown = cli_json("docs", "--tenant", "acme", "--data-dir", data)
     assert {d["doc_id"]: d["acl"] for d in shown["documents"]} == {"pay.md": ["hr"], "open.md": []}
 

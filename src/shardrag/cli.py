@@ -444,7 +444,14 @@ def query(
 
 def print_answer(result: AnswerResult) -> None:
     """The answer, then its numbered sources."""
-    console.print(f"[bold]A:[/] {escape(result.answer.text)}\n", highlight=False)
+    console.print(f"[bold]A:[/] {escape(result.answer.text)}", highlight=False)
+    if not result.answer.generated:
+        # No language model configured (SHARDRAG_LLM_URL): say what the answer is.
+        console.print(
+            "[dim](extractive: sentences quoted from the passages; set SHARDRAG_LLM_URL for "
+            "a generated answer)[/]"
+        )
+    console.print()
     for citation in result.answer.citations:
         where = f", p. {citation.page}" if citation.page else ""
         console.print(
