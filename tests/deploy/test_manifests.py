@@ -1531,3 +1531,18 @@ def test_alerts_and_panels_on_what_is_not_exported_are_reported(
     assert any(expected in p for p in rules_problems({"groups": [{"rules": [rule]}]}, code))
     panel = {"id": 1, "title": "broken", "targets": [{"refId": "A", "expr": expr}]}
     assert any(expected in p for p in dashboard_problems({"panels": [panel]}, code))
+
+
+def test_the_collector_runs_one_configuration_in_compose_and_kubernetes() -> None:
+    """deploy/otel/collector.yaml (compose mounts it) and the Kubernetes ConfigMap agree, and
+    both receive OTLP over HTTP where every process's OTEL_EXPORTER_OTLP_ENDPOINT points."""
+    compose_config = yaml.safe_load((DEPLOY / "otel" / "collector.yaml").read_text())
+    documents = list(yaml.safe_load_all((DEPLOY / "k8s" / "otel-collector.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == compose_config
+    endpoint = compose_config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert endpoint.endswith(":4318")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["x-shardrag-env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    k8s_env = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())["data"]
+    assert k8s_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
