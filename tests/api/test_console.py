@@ -241,3 +241,67 @@ def test_console_limits_readers_and_root_keys(live_server: Any, browser: WebDriv
     assert "tenant" in visible(browser, "#root-notice").text
     assert not browser.find_element(By.ID, "workspace").is_displayed()
     assert browser.find_element(By.ID, "session-role").text == "root"
+
+
+ADMIN_SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "console-admin-400px.png"
+
+
+def test_console_root_and_tenant_admins_manage_tenants_keys_and_read_the_audit(
+    live_server: Any, browser: WebDriver
+) -> None:
+    """The root key creates a tenant and a key with access groups from the console; the new
+    key signs in; a tenant admin sees its keys and audit log and revokes a key; at 400 px."""
+    browser.set_window_size(400, 1800)
+    browser.get(f"{live_server.url}/")
+    sign_in(browser, live_server.admin_key)
+    visible(browser, "#admin-section")
+    browser.find_element(By.ID, "tenant-id").send_keys("console-corp")
+    browser.find_element(By.ID, "tenant-create").click()
+    wait(browser).until(
+        lambda d: d.find_element(By.ID, "admin-tenant").get_property("value") == "console-corp"
+    )
+    browser.find_element(By.ID, "key-groups").send_keys("hr, legal")
+    browser.find_element(By.ID, "key-create").click()
+    new_key = visible(browser, "#new-key")
+    wait(browser).until(lambda _: new_key.text.startswith("srk_"))
+    reader_key = new_key.text
+    row = visible(browser, "#keys-body tr")
+    assert row.find_element(By.CSS_SELECTOR, ".key-groups").text == "hr, legal"
+    visible(browser, '#audit-body tr[data-action="key.create"]')
+
+    # An admin key of the tenant, made here too, then used to sign in.
+    browser.find_element(By.CSS_SELECTOR, '#key-role option[value="admin"]').click()
+    browser.find_element(By.ID, "key-create").click()
+    wait(browser).until(lambda _: new_key.text != reader_key and new_key.text.startswith("srk_"))
+    admin_key = new_key.text
+    sign_out(browser)
+    assert not browser.find_element(By.ID, "new-key-box").is_displayed()
+
+    sign_in(browser, admin_key)
+    visible(browser, "#workspace")
+    visible(browser, "#admin-section")
+    assert not browser.find_element(By.ID, "tenants-admin").is_displayed()
+    rows = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#keys-body tr") or False)
+    assert len(rows) == 2
+    reader_row = next(
+        r for r in rows if r.find_element(By.CSS_SELECTOR, ".key-groups").text != "all"
+    )
+    reader_row.find_element(By.CSS_SELECTOR, ".revoke-button").click()
+    keys_text = "return document.querySelector('#keys-body').textContent"
+    wait(browser).until(lambda d: "revoked" in d.execute_script(keys_text))
+    # Search and ask come before the document list.
+    order = browser.execute_script(
+        "return [...document.querySelectorAll('#workspace > section')].map(s => s.id)"
+    )
+    assert order.index("search-section") < order.index("documents-section")
+    assert order.index("ask-section") < order.index("documents-section")
+    # Usable at 400 px: nothing wider than the window.
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 400, width
+    ADMIN_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ADMIN_SCREENSHOT))
+    assert script_errors(browser) == []
+    revoked = httpx.get(
+        f"{live_server.url}/v1/whoami", headers={"Authorization": f"Bearer {reader_key}"}
+    )
+    assert revoked.status_code == 401

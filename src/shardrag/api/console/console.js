@@ -118,17 +118,22 @@
     $('#api-key').value = '';
     render();
     if (whoami.tenant !== null) loadDocuments();
+    if (whoami.role === 'root') loadTenants();
+    else if (whoami.role === 'admin') loadAdmin();
   }
 
   function signOut() {
     sessionStorage.removeItem(KEY_STORAGE);
     clearTimeout(session.pollTimer);
     Object.assign(session, { key: null, whoami: null, pollTimer: null });
-    for (const id of ['#documents-body', '#upload-list', '#search-results', '#answer-text', '#sources']) {
+    for (const id of ['#documents-body', '#upload-list', '#search-results', '#answer-text', '#sources',
+      '#keys-body', '#audit-body', '#admin-tenant']) {
       $(id).replaceChildren();
     }
     $('#answer').hidden = true;
     $('#search-summary').hidden = true;
+    $('#new-key-box').hidden = true;
+    $('#new-key').textContent = '';
     clearError();
     render();
     $('#api-key').focus();
@@ -141,6 +146,9 @@
     $('#session').hidden = !who;
     $('#root-notice').hidden = !who || tenantKey;
     $('#workspace').hidden = !tenantKey;
+    const admin = Boolean(who) && (who.role === 'root' || who.role === 'admin');
+    $('#admin-section').hidden = !admin;
+    $('#tenants-admin').hidden = !who || who.role !== 'root';
     $('#upload-section').hidden = !canWrite();
     document.body.classList.toggle('read-only', !canWrite());
     if (who) {
@@ -473,6 +481,106 @@
     });
   }
 
+  // ---- administration: tenants (root), keys and the audit log (root, tenant admins) ---------
+
+  // The tenant administered: the admin key's own, or the one the root key picked.
+  const adminTenant = () => (session.whoami.role === 'root'
+    ? $('#admin-tenant').value : session.whoami.tenant);
+  const adminPath = (suffix) => `/v1/tenants/${encodeURIComponent(adminTenant())}${suffix}`;
+
+  async function loadTenants(selected) {
+    let listed;
+    try {
+      listed = await api('GET', '/v1/tenants');
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    const select = $('#admin-tenant');
+    select.replaceChildren(...listed.tenants.map((t) => el('option', { value: t.id, text: t.id })));
+    if (selected) select.value = selected;
+    loadAdmin();
+  }
+
+  async function loadAdmin() {
+    if (!adminTenant()) {
+      $('#keys-body').replaceChildren();
+      $('#audit-body').replaceChildren();
+      return;
+    }
+    try {
+      const [keys, audit] = await Promise.all([
+        api('GET', adminPath('/keys')),
+        api('GET', adminPath('/audit?limit=50')),
+      ]);
+      $('#keys-body').replaceChildren(...keys.keys.map(keyRow));
+      $('#audit-body').replaceChildren(...audit.events.map(auditRow));
+    } catch (error) {
+      fail(error);
+    }
+  }
+
+  function keyRow(key) {
+    const revoke = key.revoked_at ? null : el('button', {
+      type: 'button', className: 'button secondary small revoke-button', text: 'Revoke',
+      onclick: () => revokeKey(key.id),
+    });
+    return el('tr', { dataset: { keyId: key.id } },
+      el('td', {}, el('code', { text: key.id }), key.name ? el('div', { className: 'muted small', text: key.name }) : null),
+      el('td', { text: key.role }),
+      el('td', { className: 'key-groups', text: key.groups ? key.groups.join(', ') : 'all' }),
+      el('td', { text: key.revoked_at ? 'revoked' : 'active' }),
+      el('td', { className: 'actions' }, revoke));
+  }
+
+  function auditRow(event) {
+    const when = new Date(event.at * 1000).toISOString().replace('T', ' ').slice(0, 19);
+    return el('tr', { dataset: { action: event.action } },
+      el('td', { className: 'small', text: when }),
+      el('td', { className: 'small', text: event.actor }),
+      el('td', { text: event.action }),
+      el('td', { className: 'small', text: event.target }),
+      el('td', { text: event.outcome }));
+  }
+
+  async function createTenant(event) {
+    event.preventDefault();
+    const id = $('#tenant-id').value.trim();
+    if (!id) return;
+    await submitting(event.target, async () => {
+      const made = await api('POST', '/v1/tenants', { id });
+      $('#tenant-id').value = '';
+      await loadTenants(made.id);
+    });
+  }
+
+  async function createKey(event) {
+    event.preventDefault();
+    if (!adminTenant()) return;
+    const groups = $('#key-groups').value.split(',').map((g) => g.trim()).filter(Boolean);
+    const body = { role: $('#key-role').value };
+    if ($('#key-name').value.trim()) body.name = $('#key-name').value.trim();
+    if (groups.length) body.groups = groups;
+    await submitting(event.target, async () => {
+      const made = await api('POST', adminPath('/keys'), body);
+      $('#new-key').textContent = made.key;
+      $('#new-key-box').hidden = false;
+      $('#key-groups').value = '';
+      $('#key-name').value = '';
+      await loadAdmin();
+    });
+  }
+
+  async function revokeKey(keyId) {
+    try {
+      await api('DELETE', adminPath(`/keys/${encodeURIComponent(keyId)}`));
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    loadAdmin();
+  }
+
   // ---- start ----------------------------------------------------------------------------
 
   function start() {
@@ -486,6 +594,9 @@
     $('#refresh-button').addEventListener('click', loadDocuments);
     $('#search-form').addEventListener('submit', search);
     $('#ask-form').addEventListener('submit', ask);
+    $('#tenant-form').addEventListener('submit', createTenant);
+    $('#key-form').addEventListener('submit', createKey);
+    $('#admin-tenant').addEventListener('change', () => loadAdmin());
     wireDropzone();
     render();
     const saved = sessionStorage.getItem(KEY_STORAGE);
