@@ -128,6 +128,13 @@ def test_version_flag() -> None:
     assert code == 0 and out.strip().startswith("shardrag ")
 
 
+def test_json_is_shown_as_a_flag() -> None:
+    code, out, _ = cli("query", "--help")
+    assert code == 0
+    line = next(row for row in out.splitlines() if "--json" in row)
+    assert "<bool>" not in line and "machine-readable" in line
+
+
 def test_a_usage_error_under_json_is_json() -> None:
     """As the installed script runs it: a missing option is a JSON error, exit code 2."""
     done = subprocess.run(

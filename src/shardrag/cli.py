@@ -28,7 +28,7 @@ from rich.table import Table
 
 from shardrag import acl as access
 from shardrag.client import ShardragClient
-from shardrag.clikit import console, err_console, errors_reported, print_json
+from shardrag.clikit import JsonFlag, console, err_console, errors_reported, print_json
 from shardrag.cluster.commands import cluster_app
 from shardrag.context import AnswerResult
 from shardrag.embed.bundled import BundledEmbedder
@@ -73,7 +73,6 @@ DataDir = Annotated[
         "--data-dir", envvar="SHARDRAG_DATA_DIR", help="Data directory (SHARDRAG_DATA_DIR)."
     ),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
 UrlOpt = Annotated[
     str | None,

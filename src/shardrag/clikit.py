@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from shardrag.errors import InvalidInput, ShardragError
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: ``--json`` of every command, shown as a flag (metavar "": no ``<bool>`` in the help).
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.", metavar="")]
 
 
 @contextmanager

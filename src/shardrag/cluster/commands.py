@@ -16,7 +16,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shardrag.clikit import console, err_console, errors_reported, print_json
+from shardrag.clikit import JsonFlag, console, err_console, errors_reported, print_json
 from shardrag.cluster.shardmap import Layout
 from shardrag.config import Settings
 from shardrag.errors import Unavailable
@@ -30,7 +30,6 @@ cluster_app = typer.Typer(
 ClusterDir = Annotated[
     Path, typer.Option("--dir", help="The cluster's directory: logs, data, cluster.json.")
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DEFAULT_DIR = Path("./shardrag-cluster")
 
 
