@@ -183,6 +183,9 @@ def test_console_uploads_searches_and_cites(
     browser.find_element(By.ID, "ask-question").send_keys("how many replicas does a shard have?")
     browser.find_element(By.ID, "ask-button").click()
     citation = visible(browser, "#answer-text button.citation")
+    # The answer came as a stream and says what it is (no language model here).
+    assert browser.find_element(By.ID, "answer-kind").text.startswith("Extractive answer")
+    assert browser.find_element(By.ID, "answer").get_attribute("aria-busy") is None
     number = citation.get_attribute("data-citation")
     source = browser.find_element(By.CSS_SELECTOR, f'#sources .passage[data-citation="{number}"]')
     assert source.get_attribute("data-doc-id") == "replication.md"

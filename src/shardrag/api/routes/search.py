@@ -108,7 +108,9 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
             return
         answer_text = "".join(text).strip()
         cited = citations_in(answer_text, context)
-        yield _event("done", {"answer": answer_text, "citations": [asdict(c) for c in cited]})
+        generated = bool(rag.settings.llm_url)
+        done = {"answer": answer_text, "citations": [asdict(c) for c in cited]}
+        yield _event("done", {**done, "generated": generated})
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
