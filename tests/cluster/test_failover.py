@@ -181,7 +181,7 @@ def test_a_search_is_one_trace_from_the_api_to_a_node(
         )
     assert found.status_code == 200, found.text
     wanted = {"POST /v1/tenants/{t}/search", "search", "shard search", "engine search"}
-    spans = receiver.trace(trace_id, wanted)
+    spans = receiver.trace(trace_id, wanted, parent)
     assert wanted <= {s.name for s in spans}, [(s.service, s.name) for s in spans]
     assert {s.service for s in spans} >= {"shardrag-api", "shardrag-node"}
     sent = [s for s in spans if s.name == "shard search" and s.service == "shardrag-api"]
