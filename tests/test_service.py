@@ -14,7 +14,7 @@ from shardrag import Shardrag
 from shardrag.api import create_app
 from shardrag.client import ShardragClient
 from shardrag.cluster.shardmap import ClusterStatus
-from shardrag.context import AnswerResult
+from shardrag.context import AnswerResult, AnswerStream, citations_in
 from shardrag.errors import (
     DocumentNotFound,
     EmptyDocument,
@@ -110,6 +110,33 @@ def test_a_document_is_written_read_found_answered_and_deleted(service: Under) -
     assert deleted.state is VersionState.DELETED
     assert rag.get_document(TENANT, "guides/handbook.md").state is VersionState.DELETED
     assert not [h for h in rag.search(TENANT, "replicas", k=3) if h.doc_id == "guides/handbook.md"]
+
+
+def test_answers_search_in_the_mode_asked_and_stream_the_same_answer(service: Under) -> None:
+    rag = service.tenant
+    rag.put_document(TENANT, "modes/failover.txt", HANDBOOK)
+    question = "how many replicas does a shard have?"
+    whole = rag.answer(TENANT, question, mode="keyword", filters={})
+    assert "three replicas" in whole.answer.text
+    # A question sharing no word with any document: keyword search finds no passage to
+    # answer from, dense search still ranks one; the mode reaches the search.
+    paraphrase = "copies kept per partition?"
+    assert rag.search(TENANT, paraphrase, mode="keyword") == []
+    assert rag.answer(TENANT, paraphrase, mode="keyword").hits == []
+    assert rag.answer(TENANT, paraphrase, mode="dense").hits
+
+    stream = rag.answer_stream(TENANT, question, mode="keyword")
+    assert isinstance(stream, AnswerStream)
+    assert stream.generated is False
+    assert [h.doc_id for h in stream.hits] == [h.doc_id for h in whole.hits]
+    assert stream.context.passages
+    assert {p.doc_id for p in stream.context.passages} <= {h.doc_id for h in stream.hits}
+    text = "".join(stream.pieces).strip()
+    assert text == whole.answer.text
+    assert citations_in(text, stream.context) == whole.answer.citations
+
+    with pytest.raises(EmptyQuery):
+        rag.answer_stream(TENANT, "   ")
 
 
 def test_a_retry_with_the_same_idempotency_key_writes_nothing_new(service: Under) -> None:

@@ -8,6 +8,7 @@ input, 1 for anything else; ``ingest`` exits 1 when any file failed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from shardrag import acl as access
 from shardrag.client import ShardragClient
 from shardrag.clikit import JsonFlag, console, err_console, errors_reported, print_json
 from shardrag.cluster.commands import cluster_app
-from shardrag.context import AnswerResult
+from shardrag.context import AnswerResult, AnswerStream, Citation, citations_in
 from shardrag.embed.bundled import BundledEmbedder
 from shardrag.embedded import Shardrag
 from shardrag.errors import InvalidParameter, ShardragError
@@ -91,6 +92,12 @@ GroupsOpt = Annotated[
         help="Read only documents of these access groups (and public ones); repeatable or "
         "comma-separated. Narrows the key's groups over --url.",
     ),
+]
+ModeOpt = Annotated[
+    SearchMode, typer.Option("--mode", help="How passages are searched: hybrid, dense or keyword.")
+]
+FiltersOpt = Annotated[
+    list[str] | None, typer.Option("--filter", help="Metadata key=value (repeatable).")
 ]
 # What a command works against: the data dir in this process, or a server.
 Backend = Shardrag | ShardragClient
@@ -378,6 +385,11 @@ def _names(values: list[str] | None) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
+def _reading_as(groups: list[str] | None) -> list[str] | None:
+    """The access groups a read narrows to (``--groups``); None: the key's own."""
+    return None if groups is None else _names(groups)
+
+
 def parse_filters(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; a repeated key means any of its values; numbers stay numbers."""
     filters: dict[str, Any] = {}
@@ -414,10 +426,8 @@ def query(
     text: Annotated[str, typer.Argument(help="The question or keywords.")],
     tenant: TenantOpt,
     k: Annotated[int, typer.Option("--k", help="Number of passages.")] = 10,
-    mode: Annotated[SearchMode, typer.Option("--mode")] = SearchMode.HYBRID,
-    filters: Annotated[
-        list[str] | None, typer.Option("--filter", help="Metadata key=value (repeatable).")
-    ] = None,
+    mode: ModeOpt = SearchMode.HYBRID,
+    filters: FiltersOpt = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -433,7 +443,7 @@ def query(
             k=k,
             mode=mode,
             filters=parse_filters(filters or []),
-            groups=None if groups is None else _names(groups),
+            groups=_reading_as(groups),
         )
     if as_json:
         print_json({"hits": [h.to_dict() for h in hits]})
@@ -444,18 +454,56 @@ def query(
 def print_answer(result: AnswerResult) -> None:
     """The answer, then its numbered sources."""
     console.print(f"[bold]A:[/] {escape(result.answer.text)}", highlight=False)
-    if not result.answer.generated:
+    print_sources(result.answer.generated, result.answer.citations)
+
+
+def print_sources(generated: bool, citations: list[Citation]) -> None:
+    """What kind of answer it was, then the sources it cites."""
+    if not generated:
         # No language model configured (SHARDRAG_LLM_URL): say what the answer is.
         console.print(
             "[dim](extractive: sentences quoted from the passages; set SHARDRAG_LLM_URL for "
             "a generated answer)[/]"
         )
     console.print()
-    for citation in result.answer.citations:
+    for citation in citations:
         where = f", p. {citation.page}" if citation.page else ""
         console.print(
             f"  [bold cyan]{citation.marker}[/] {citation.doc_id} v{citation.version}{where}"
         )
+
+
+def print_stream(stream: AnswerStream, as_json: bool) -> None:
+    """An answer as it is written: pieces as they come, then its sources. With ``as_json``,
+    one JSON object a line: the context, each piece, then the answer with its citations."""
+    if as_json:
+        print_json(
+            {
+                "event": "context",
+                "generated": stream.generated,
+                "hits": [h.to_dict() for h in stream.hits],
+                "passages": [dataclasses.asdict(p) for p in stream.context.passages],
+            },
+            compact=True,
+        )
+    else:
+        console.print("[bold]A:[/] ", end="")
+    text: list[str] = []
+    for piece in stream.pieces:
+        text.append(piece)
+        if as_json:
+            print_json({"event": "delta", "text": piece}, compact=True)
+        else:
+            console.out(piece, end="", highlight=False)
+    answer = "".join(text).strip()
+    cited = citations_in(answer, stream.context)
+    if as_json:
+        done = {"answer": answer, "generated": stream.generated}
+        citations = [dataclasses.asdict(c) for c in cited]
+        print_json({"event": "done", **done, "citations": citations}, compact=True)
+        return
+    console.print()
+    print_sources(stream.generated, cited)
 
 
 @app.command()
@@ -466,9 +514,15 @@ def ask(
     max_context_tokens: Annotated[
         int | None, typer.Option(help="Token budget of the passages in the prompt.")
     ] = None,
-    filters: Annotated[
-        list[str] | None, typer.Option("--filter", help="Metadata key=value (repeatable).")
-    ] = None,
+    mode: ModeOpt = SearchMode.HYBRID,
+    filters: FiltersOpt = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Print the answer as it is written (with --json: one JSON event a line).",
+        ),
+    ] = False,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -478,14 +532,17 @@ def ask(
     """Answer a question from a tenant's documents, with numbered citations."""
     with errors_reported(as_json), _backend(data_dir, url, api_key, reading=True) as rag:
         _load_model(rag, quiet=as_json)
-        result = rag.answer(
-            tenant,
-            question,
-            k=k,
-            max_context_tokens=max_context_tokens,
-            filters=parse_filters(filters or []),
-            groups=None if groups is None else _names(groups),
-        )
+        how: dict[str, Any] = {
+            "k": k,
+            "max_context_tokens": max_context_tokens,
+            "filters": parse_filters(filters or []),
+            "groups": _reading_as(groups),
+            "mode": mode,
+        }
+        if stream:
+            print_stream(rag.answer_stream(tenant, question, **how), as_json)
+            return
+        result = rag.answer(tenant, question, **how)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -671,9 +728,10 @@ def worker(
 ) -> None:
     """Run one stage of the write pipeline alone against NATS (until SIGTERM or Ctrl-C)."""
     from shardrag.config import Settings
+    from shardrag.observability.tracing import worker_service
     from shardrag.worker import run_worker
 
-    stopped = _until_stopped(f"shardrag-worker-{stage}")
+    stopped = _until_stopped(worker_service(stage))
     with errors_reported(False):
         settings = Settings.load(data_dir=data_dir, nats_url=nats_url)
         err_console.print(f"shardrag worker: stage {stage} on {settings.nats_url}")
@@ -695,8 +753,9 @@ def node(
     searches over NATS (until SIGTERM or Ctrl-C)."""
     from shardrag.cluster.node import run_node
     from shardrag.config import Settings
+    from shardrag.observability.tracing import NODE_SERVICE
 
-    stopped = _until_stopped("shardrag-node")
+    stopped = _until_stopped(NODE_SERVICE)
     with errors_reported(False):
         settings = Settings.load(
             data_dir=data_dir, nats_url=nats_url, node_id=node_id, cluster=True
@@ -738,7 +797,7 @@ def serve(
     from shardrag.api.server import serve as serve_app
     from shardrag.config import Settings
     from shardrag.observability.logging import configure_json_logging
-    from shardrag.observability.tracing import configure_tracing, flush
+    from shardrag.observability.tracing import API_SERVICE, configure_tracing, flush
     from shardrag.pipeline.reconcile import PeriodicReconciler
 
     with errors_reported(False):
@@ -751,7 +810,7 @@ def serve(
             tls_client_ca=tls_client_ca,
         )
         configure_json_logging(settings.log_level.upper(), settings.access_log)
-        configure_tracing("shardrag-api")
+        configure_tracing(API_SERVICE)
         with Shardrag(settings) as rag:
             # Load the embedding model now: ready means a first query is not 5 s slow. An
             # embedding endpoint that is down is not fatal: queries report it.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from shardrag.cluster.shardmap import ClusterStatus
-from shardrag.context import Answer, AnswerResult, Citation
+from shardrag.context import Answer, AnswerResult, AnswerStream, Citation, Context
 from shardrag.errors import ShardragError, Unavailable, error_from
 from shardrag.models import (
     DeadLetterInfo,
@@ -51,6 +51,42 @@ def _error_from(response: httpx.Response) -> ShardragError:
 
 def _hit(raw: dict[str, Any]) -> Hit:
     return Hit(**raw)
+
+
+def _citation(raw: dict[str, Any]) -> Citation:
+    return Citation(**{**raw, "chunk_indexes": tuple(raw["chunk_indexes"])})
+
+
+def _answer_body(
+    question: str,
+    k: int,
+    max_context_tokens: int | None,
+    filters: Metadata | None,
+    mode: SearchMode | str,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"question": question, "k": k, "mode": _value(mode)}
+    if max_context_tokens is not None:
+        body["max_context_tokens"] = max_context_tokens
+    if filters:
+        body["filters"] = filters
+    return body
+
+
+def _pieces(events: Generator[tuple[str, dict[str, Any]], None, None]) -> Iterator[str]:
+    """The answer's text from its ``delta`` events; an ``error`` event raised as its error."""
+    for name, data in events:
+        if name == "delta":
+            yield data["text"]
+        elif name == "error":
+            error = data.get("error") or {}
+            raise error_from(
+                error.get("code", "unavailable"),
+                error.get("message", "the answer failed"),
+                **(error.get("details") or {}),
+            )
+        elif name == "done":
+            events.close()  # the server ends the stream here: release the connection now
+            return
 
 
 def _narrowed(groups: Iterable[str] | None) -> dict[str, str]:
@@ -260,25 +296,70 @@ class ShardragClient:
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
         groups: Iterable[str] | None = None,
+        mode: SearchMode | str = SearchMode.HYBRID,
     ) -> AnswerResult:
         """An answer with citations, as ``Shardrag.answer``."""
-        body: dict[str, Any] = {"question": question, "k": k}
-        if max_context_tokens is not None:
-            body["max_context_tokens"] = max_context_tokens
-        if filters:
-            body["filters"] = filters
+        body = _answer_body(question, k, max_context_tokens, filters, mode)
         raw = self._call(
             "POST",
             f"/v1/tenants/{quote(tenant, safe='')}/answer",
             json=body,
             headers=_narrowed(groups),
         )
-        citations = [
-            Citation(**{**c, "chunk_indexes": tuple(c["chunk_indexes"])}) for c in raw["citations"]
-        ]
+        citations = [_citation(c) for c in raw["citations"]]
         return AnswerResult(
             Answer(raw["answer"], citations, raw["generated"]), [_hit(h) for h in raw["hits"]]
         )
+
+    def answer_stream(
+        self,
+        tenant: str,
+        question: str,
+        k: int = 8,
+        max_context_tokens: int | None = None,
+        filters: Metadata | None = None,
+        groups: Iterable[str] | None = None,
+        mode: SearchMode | str = SearchMode.HYBRID,
+    ) -> AnswerStream:
+        """The answer as the server writes it, as ``Shardrag.answer_stream`` (server-sent
+        events). An error before the answer begins is raised here; one while it is written,
+        by the iteration of ``pieces``. Read ``pieces`` to its end to release the connection.
+        """
+        body = {**_answer_body(question, k, max_context_tokens, filters, mode), "stream": True}
+        events = self._events(
+            f"/v1/tenants/{quote(tenant, safe='')}/answer", body, _narrowed(groups)
+        )
+        name, data = next(events)
+        if name != "context":
+            events.close()
+            raise Unavailable(f"the answer stream began with {name!r}, not its context")
+        passages = [_citation(p) for p in data["passages"]]
+        context = Context(question, passages, prompt_tokens=0, dropped_hits=0)
+        hits = [_hit(h) for h in data["hits"]]
+        return AnswerStream(hits, context, _pieces(events), bool(data.get("generated")))
+
+    def _events(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        """The server-sent events of a POST, (name, JSON data) each, as they arrive."""
+        try:
+            with self._http.stream(
+                "POST", path, json=body, headers={**headers, "Accept": "text/event-stream"}
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                name, data = "message", []
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        yield name, json.loads("\n".join(data))
+                        name, data = "message", []
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {self.url}: {exc}", url=self.url) from None
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -34,6 +34,10 @@ def errors_reported(as_json: bool) -> Iterator[None]:
         raise typer.Exit(2 if isinstance(exc, InvalidInput) else 1) from None
 
 
-def print_json(value: Any) -> None:
-    """``value`` as indented JSON on stdout."""
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+def print_json(value: Any, compact: bool = False) -> None:
+    """``value`` as indented JSON on stdout (``compact``: on one line, flushed: a stream's
+    event)."""
+    if compact:
+        print(json.dumps(value, ensure_ascii=False), flush=True)
+    else:
+        print(json.dumps(value, indent=2, ensure_ascii=False))

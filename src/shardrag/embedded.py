@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from shardrag import acl as access
 from shardrag import validation
 from shardrag.backends import Backends
+from shardrag.blobs.encrypted import EncryptedBlobStore
 from shardrag.cluster import ClusterStatus
 from shardrag.cluster.placement import Mover, ReplicaMove
 from shardrag.cluster.placements import Placements
@@ -29,7 +30,7 @@ from shardrag.cluster.status import collect_status
 from shardrag.config import Settings
 from shardrag.context import (
     AnswerResult,
-    Context,
+    AnswerStream,
     ContextAssembler,
     ExtractiveAnswerer,
     OpenAIChatGenerator,
@@ -148,8 +149,8 @@ class Shardrag:
         )
         self.searcher = Searcher(self.embedder, self._route, self.result_cache)
         self.answering = Answering(
-            lambda tenant, question, k, filters, groups: self.search(
-                tenant, question, k, filters=filters, groups=groups
+            lambda tenant, question, k, mode, filters, groups: self.search(
+                tenant, question, k, mode=mode, filters=filters, groups=groups
             ),
             lambda tenant: self.tenant(tenant).generation,
             ContextAssembler(self.embedder.tokenizer),
@@ -161,7 +162,7 @@ class Shardrag:
                     settings.llm_timeout_seconds,
                 )
                 if settings.llm_url
-                else ExtractiveAnswerer()
+                else ExtractiveAnswerer(self.embedder)
             ),
             self.result_cache,
             settings.answer_context_tokens,
@@ -211,6 +212,9 @@ class Shardrag:
         placement = self.placements.of(tenant, fresh=True)
         shards = sorted({*placement.shards, *placement.target, *placement.source})
         positions = self.writer.drop_tenant(tenant, shards)
+        if isinstance(self.backends.blobs, EncryptedBlobStore):
+            # Its data key went with its registry rows: this process must not keep a copy.
+            self.backends.blobs.keyring.forget(tenant)
         for shard_id in (*placement.target, *(placement.shards if placement.source else ())):
             self.shard_map.clear_move(shard_id)  # a move under way fills nothing any more
         self.shard_map.forget_tenant(tenant)
@@ -419,9 +423,15 @@ class Shardrag:
 
         ``DocumentNotFound`` when no version is live or ``groups`` may not read it.
         """
-        info = self.get_document(tenant, doc_id, groups)
+        return self.original_of(self.get_document(tenant, doc_id, groups))
+
+    def original_of(self, info: DocumentInfo) -> bytes:
+        """The bytes of ``info``'s live version (``info`` as ``get_document`` gave it, so
+        read by a caller allowed to)."""
         if info.live is None or info.live.content_hash is None:
-            raise DocumentNotFound(f"document {doc_id!r} has no live version", doc_id=doc_id)
+            raise DocumentNotFound(
+                f"document {info.doc_id!r} has no live version", doc_id=info.doc_id
+            )
         return self.backends.blobs.get(info.live.content_hash, owner=info.tenant)
 
     def list_documents(
@@ -511,16 +521,24 @@ class Shardrag:
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
         groups: Iterable[str] | None = None,
+        mode: SearchMode | str = SearchMode.HYBRID,
     ) -> AnswerResult:
         """Answer ``question`` from the tenant's documents, citing the passages used.
 
-        Searches (hybrid), assembles the best passages within ``max_context_tokens`` with
-        numbered citations, then asks the configured language model (``SHARDRAG_LLM_URL``) or,
-        without one, answers with the best-supported sentences of the passages. Answers are
+        Searches (in ``mode``, hybrid by default), assembles the best passages within
+        ``max_context_tokens`` with numbered citations, then asks the configured language
+        model (``SHARDRAG_LLM_URL``) or, without one, answers with the sentences of the
+        passages that best support the question (``ExtractiveAnswerer``). Answers are
         cached like searches (until the tenant's documents change).
         """
         return self.answering.answer(
-            tenant, question, k, max_context_tokens, filters, _groups(groups)
+            tenant,
+            question,
+            k,
+            max_context_tokens,
+            filters,
+            _groups(groups),
+            validation.search_mode(mode),
         )
 
     def answer_stream(
@@ -531,8 +549,9 @@ class Shardrag:
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
         groups: Iterable[str] | None = None,
-    ) -> tuple[list[Hit], Context, Iterator[str]]:
-        """Like ``answer``, with the text as it is generated: (hits, context, text pieces).
+        mode: SearchMode | str = SearchMode.HYBRID,
+    ) -> AnswerStream:
+        """Like ``answer``, with the text as it is generated (``AnswerStream``).
 
         The language model's pieces arrive as it writes them (an ``Unavailable`` may be
         raised between pieces); the extractive answer, and a cached one, come as one piece.
@@ -540,7 +559,13 @@ class Shardrag:
         to its end is cached for ``answer`` and later streams.
         """
         return self.answering.stream(
-            tenant, question, k, max_context_tokens, filters, _groups(groups)
+            tenant,
+            question,
+            k,
+            max_context_tokens,
+            filters,
+            _groups(groups),
+            validation.search_mode(mode),
         )
 
     def _applied(self, shard_id: int) -> int | float:

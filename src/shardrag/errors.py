@@ -296,6 +296,11 @@ def _error_classes() -> dict[str, type[ShardragError]]:
     return found
 
 
+def error_class(code: str) -> type[ShardragError]:
+    """The class of errors of ``code`` (``ShardragError`` for a code this version lacks)."""
+    return _error_classes().get(code, ShardragError)
+
+
 def error_from(code: str, message: str, **details: Any) -> ShardragError:
     """The error of class ``code`` (a ``ShardragError`` for a code this version lacks)."""
-    return _error_classes().get(code, ShardragError)(message, **details)
+    return error_class(code)(message, **details)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from shardrag.cluster.shardmap import ClusterStatus
-from shardrag.context import AnswerResult
+from shardrag.context import AnswerResult, AnswerStream
 from shardrag.errors import ShardragError
 from shardrag.models import (
     DeadLetterInfo,
@@ -108,8 +108,22 @@ class RagService(Protocol):
         max_context_tokens: int | None = None,
         filters: Metadata | None = None,
         groups: Iterable[str] | None = None,
+        mode: SearchMode | str = SearchMode.HYBRID,
     ) -> AnswerResult:
         """An answer from the tenant's documents, with citations."""
+        ...
+
+    def answer_stream(
+        self,
+        tenant: str,
+        question: str,
+        k: int = 8,
+        max_context_tokens: int | None = None,
+        filters: Metadata | None = None,
+        groups: Iterable[str] | None = None,
+        mode: SearchMode | str = SearchMode.HYBRID,
+    ) -> AnswerStream:
+        """The answer as it is written: hits and context first, then the text in pieces."""
         ...
 
     def dead_letters(self, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:

@@ -66,10 +66,22 @@ def test_remote_commands_print_what_the_embedded_ones_print(
             ("docs", "--tenant", "cli", "--state", "live", "--json"),
             ("delete", "failover.txt", "--tenant", "cli", "--json"),
             ("docs", "--tenant", "cli"),
+            (
+                "ask",
+                "how many replicas?",
+                "--tenant",
+                "cli",
+                "--mode",
+                "keyword",
+                "--stream",
+                "--json",
+            ),
+            ("ask", "how many replicas?", "--tenant", "cli", "--mode", "dense", "--stream"),
         ]
         for step in steps:
             code, out = run(*step, *where)
-            outputs[side].append((code, out if "--json" not in step else json.loads(out)))
+            parsed = "--json" in step and "--stream" not in step  # a stream is JSON lines
+            outputs[side].append((code, json.loads(out) if parsed else out))
             live_server.settle()  # a cluster's next eventual read may reach any replica
     remote_out, local_out = outputs["remote"], outputs["local"]
     assert remote_out[0][0] == local_out[0][0] == 1  # the broken pdf fails the ingest
@@ -89,8 +101,23 @@ def test_remote_commands_print_what_the_embedded_ones_print(
         dataclasses.replace(tokens[1], position=None)
     ] * 2
     assert all(t.position for t in tokens)
-    assert remote_out[2:] == local_out[2:]
+    assert remote_out[2:5] == local_out[2:5]
     assert "guides/replicati" in remote_out[4][1] and "failover" not in remote_out[4][1]
+    # A streamed answer over the api: one JSON event a line (the model's pieces would come
+    # as deltas), the same answer as embedded, in the mode asked for.
+    answers = []
+    for keyword, dense in ((remote_out[5], remote_out[6]), (local_out[5], local_out[6])):
+        assert keyword[0] == dense[0] == 0
+        events = [json.loads(line) for line in keyword[1].splitlines()]
+        assert [e["event"] for e in events] == ["context", "delta", "done"]
+        assert events[0]["generated"] is False
+        done = events[-1]
+        assert "three replicas" in done["answer"] and done["answer"] == events[1]["text"]
+        assert [c["doc_id"] for c in done["citations"]] == ["guides/replication.md"]
+        answers.append(done["answer"])
+        assert dense[1].startswith("A: ") and "three replicas" in dense[1]
+        assert "(extractive:" in dense[1] and "[1] guides/replication.md v1" in dense[1]
+    assert answers[0] == answers[1]
 
 
 def test_remote_errors_keep_their_codes_and_exit_status(

@@ -138,11 +138,12 @@ def test_list_is_paginated_and_filterable_by_state(
             content=f"page {name}".encode(),
             headers=keys["writer"],
         )
-    api.client.put(
-        "/v1/tenants/docs/documents/p/broken.pdf",
+    broken = api.client.put(
+        "/v1/tenants/docs/documents/p/broken.pdf?wait=true",
         content=b"%PDF-1.4 garbage",
         headers=keys["writer"],
     )
+    assert broken.json()["error"]["code"] == "unparseable_document"  # decided: failed
     seen: list[str] = []
     after = None
     while True:

@@ -50,18 +50,19 @@ def test_a_streamed_answer_is_cached_for_answer_and_later_streams(tmp_path: Path
     question = "how many replicas does a shard have?"
     with http_server(FakeChat) as url, Shardrag.open(tmp_path / "d", llm_url=f"{url}/v1") as rag:
         rag.put_document("acme", "storage.md", REPLICATION, filename="storage.md")
-        hits, context, pieces = rag.answer_stream("acme", question)
-        streamed = "".join(pieces)
+        first = rag.answer_stream("acme", question)
+        assert first.generated
+        streamed = "".join(first.pieces)
         asked = len(FakeChat.requests)
         whole = rag.answer("acme", question)
-        _, again_context, again = rag.answer_stream("acme", question)
-        assert list(again) == [whole.answer.text]
+        again = rag.answer_stream("acme", question)
+        assert list(again.pieces) == [whole.answer.text] and again.generated
         assert len(FakeChat.requests) == asked  # neither asked the model again
         assert rag.result_cache is not None
         assert rag.result_cache.stats().by_kind["answer"].hits == 2
     assert whole.answer.text == streamed.strip() and whole.answer.generated
-    assert [h.doc_id for h in whole.hits] == [h.doc_id for h in hits]
-    assert again_context.passages == context.passages
+    assert [h.doc_id for h in whole.hits] == [h.doc_id for h in first.hits]
+    assert again.context.passages == first.context.passages
 
 
 def test_ask_from_the_command_line(tmp_path: Path) -> None:

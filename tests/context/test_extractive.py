@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardrag.context import NO_ANSWER, Context, ContextAssembler, ExtractiveAnswerer
+from shardrag.embed.bundled import BundledEmbedder
 from shardrag.embed.tokenizer import bundled_tokenizer
 from shardrag.errors import InvalidParameter
 from shardrag.models import Hit
@@ -77,8 +78,56 @@ def test_a_sentence_repeated_in_two_passages_is_said_once() -> None:
     assert answer.text.count("three replicas") == 1
 
 
+@pytest.fixture(scope="module")
+def model() -> BundledEmbedder:
+    """The service's own embedding model: the semantic view of the answerer."""
+    return BundledEmbedder()
+
+
+def test_a_sentence_about_the_text_itself_is_not_the_answer(model: BundledEmbedder) -> None:
+    guide = (
+        "This guide explains how each shard is replicated and how replicas catch up. "
+        "Every shard is replicated three times, once in each zone."
+    )
+    ctx = context("How are shards replicated?", CAFETERIA, guide)
+    # The model finds the guide's sentence about itself the closest to the question of all:
+    # only its discount keeps it out.
+    answer = ExtractiveAnswerer(model).run(ctx)
+    assert answer.text == "Every shard is replicated three times, once in each zone. [2]"
+    first = ExtractiveAnswerer(max_sentences=1).run(ctx)
+    assert first.text == "Every shard is replicated three times, once in each zone. [2]"
+
+
+def test_passages_on_another_topic_are_no_answer_though_they_share_a_word(
+    model: BundledEmbedder,
+) -> None:
+    ctx = context(
+        "Where can I go kayaking?", REPLICATION, "Writes go to the journal, never to a replica."
+    )
+    # By words alone a sentence sharing "go" passes for support; the model sees it is not.
+    assert ExtractiveAnswerer().run(ctx).text == "Writes go to the journal, never to a replica. [2]"
+    answer = ExtractiveAnswerer(model).run(ctx)
+    assert answer.text == NO_ANSWER and answer.citations == []
+
+
+def test_headings_and_fragments_are_never_quoted(model: BundledEmbedder) -> None:
+    steps = "Restore a snapshot.\nSnapshots are restored one shard at a time with kestrelctl."
+    ctx = context("How do I restore a snapshot?", steps)
+    for answerer in (ExtractiveAnswerer(), ExtractiveAnswerer(model)):
+        assert answerer.run(ctx).text == (
+            "Snapshots are restored one shard at a time with kestrelctl. [1]"
+        )
+
+
+def test_the_semantic_answerer_is_cached_under_its_own_name(model: BundledEmbedder) -> None:
+    assert ExtractiveAnswerer().name == "extractive"
+    assert ExtractiveAnswerer(model).name == f"extractive+{model.model_id}"
+
+
 def test_bad_parameters_are_rejected() -> None:
     with pytest.raises(InvalidParameter):
         ExtractiveAnswerer(max_sentences=0)
     with pytest.raises(InvalidParameter):
         ExtractiveAnswerer(min_score=0)
+    with pytest.raises(InvalidParameter):
+        ExtractiveAnswerer(min_similarity=1.5)

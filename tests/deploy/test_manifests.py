@@ -40,7 +40,13 @@ from shardrag.cli import app as cli_app
 from shardrag.cluster.launcher import NATS_SERVERS
 from shardrag.config import Settings
 from shardrag.errors import ShardragError
-from shardrag.observability.metrics import Metrics, PipelineStats, ResilienceStats
+from shardrag.observability import tracing
+from shardrag.observability.metrics import (
+    EXEMPLAR_TRACE_LABEL,
+    Metrics,
+    PipelineStats,
+    ResilienceStats,
+)
 from shardrag.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +99,10 @@ class Code:
     route_templates: frozenset[str]
     metrics: frozenset[str]
     metric_labels: frozenset[str]
+    #: The service names the processes report their traces as.
+    service_names: frozenset[str]
+    #: The exemplar label of a request's trace id.
+    exemplar_label: str
 
 
 def _served_paths(rag: Shardrag) -> tuple[Callable[[str], bool], frozenset[str]]:
@@ -128,7 +138,7 @@ def _exported_metrics() -> tuple[frozenset[str], frozenset[str]]:
     metrics.request_seconds.labels("/healthz", "GET", "200").observe(0.01)
     samples = [
         s
-        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for family in text_string_to_metric_families(metrics.exposition()[0].decode())
         for s in family.samples
     ]
     return frozenset(s.name for s in samples), frozenset(k for s in samples for k in s.labels)
@@ -157,6 +167,11 @@ def load_code() -> Code:
         route_templates=templates,
         metrics=names,
         metric_labels=labels,
+        service_names=frozenset(
+            {tracing.API_SERVICE, tracing.NODE_SERVICE}
+            | {tracing.worker_service(stage) for stage in STAGES}
+        ),
+        exemplar_label=EXEMPLAR_TRACE_LABEL,
     )
 
 
@@ -1173,7 +1188,37 @@ def dashboard_problems(dashboard: dict[str, Any], code: Code) -> list[str]:
         if uid.startswith("$") and uid.strip("${}") not in variables:
             problems.append(f"{where}: datasource {uid} is no dashboard variable")
         for target in panel.get("targets", []):
-            problems += expression_problems(where, target.get("expr", ""), code)
+            if target.get("datasource", {}).get("type") == "tempo":
+                problems += traceql_problems(where, target.get("query", ""), code)
+            else:
+                problems += expression_problems(where, target.get("expr", ""), code)
+    return problems
+
+
+def traceql_problems(where: str, query: str, code: Code) -> list[str]:
+    """A TraceQL query that names only services shardrag's processes report as."""
+    if not query.strip():
+        return [f"{where}: an empty trace query"]
+    services = re.findall(r'resource\.service\.name\s*=\s*"([^"]+)"', query)
+    return [
+        f"{where}: no shardrag process reports as service {name!r}"
+        for name in services
+        if name not in code.service_names
+    ]
+
+
+def datasources_problems(provisioning: dict[str, Any], code: Code) -> list[str]:
+    """Grafana's datasources: Prometheus sends the exemplar label the api attaches to the
+    Tempo datasource, which exists."""
+    by_type = {d["type"]: d for d in provisioning.get("datasources", [])}
+    if {"prometheus", "tempo"} - set(by_type):
+        return ["datasources: a Prometheus and a Tempo datasource are both needed"]
+    destinations = by_type["prometheus"].get("jsonData", {}).get("exemplarTraceIdDestinations", [])
+    problems = []
+    if code.exemplar_label not in [d.get("name") for d in destinations]:
+        problems.append(f"datasources: no exemplar destination for {code.exemplar_label!r}")
+    if any(d.get("datasourceUid") != by_type["tempo"]["uid"] for d in destinations):
+        problems.append("datasources: an exemplar destination is not the Tempo datasource")
     return problems
 
 
@@ -1240,6 +1285,14 @@ def test_alert_rules_use_only_exported_metrics(code: Code) -> None:
 def test_dashboard_uses_only_exported_metrics(code: Code) -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "shardrag.json").read_text())
     assert dashboard_problems(dashboard, code) == []
+    # The latency panels link their points to traces.
+    latency = [p for p in dashboard["panels"] if "latency" in p["title"].lower()]
+    assert latency and all(t.get("exemplar") for p in latency for t in p["targets"])
+
+
+def test_grafana_datasources_link_exemplars_to_traces(code: Code) -> None:
+    provisioning = yaml.safe_load((DEPLOY / "grafana" / "datasources.yaml").read_text())
+    assert datasources_problems(provisioning, code) == []
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -1546,3 +1599,28 @@ def test_the_collector_runs_one_configuration_in_compose_and_kubernetes() -> Non
     assert compose["x-shardrag-env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     k8s_env = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())["data"]
     assert k8s_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+
+
+def test_trace_panels_and_exemplar_links_that_lead_nowhere_are_reported(code: Code) -> None:
+    tempo = {"type": "tempo", "uid": "tempo"}
+
+    def panel(query: str) -> dict[str, Any]:
+        target = {"refId": "A", "datasource": tempo, "query": query}
+        return {"id": 1, "title": "traces", "datasource": tempo, "targets": [target]}
+
+    good = '{ resource.service.name = "shardrag-api" && duration > 1s }'
+    assert dashboard_problems({"panels": [panel(good)]}, code) == []
+    wrong = '{ resource.service.name = "shardrag-gateway" }'
+    assert any(
+        "shardrag-gateway" in p for p in dashboard_problems({"panels": [panel(wrong)]}, code)
+    )
+    assert any("empty" in p for p in dashboard_problems({"panels": [panel(" ")]}, code))
+
+    provisioning = yaml.safe_load((DEPLOY / "grafana" / "datasources.yaml").read_text())
+    prometheus = next(d for d in provisioning["datasources"] if d["type"] == "prometheus")
+    prometheus["jsonData"]["exemplarTraceIdDestinations"][0]["name"] = "traceID"
+    assert any("trace_id" in p for p in datasources_problems(provisioning, code))
+    prometheus["jsonData"]["exemplarTraceIdDestinations"][0]["datasourceUid"] = "jaeger"
+    assert any("not the Tempo" in p for p in datasources_problems(provisioning, code))
+    provisioning["datasources"] = [prometheus]
+    assert datasources_problems(provisioning, code) != []

@@ -51,10 +51,13 @@ class AccessLog:
                 seen["out"] += len(message.get("body", b""))
             await send(message)
 
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        with tracing.span(
-            f"{scope['method']} {scope['path']}", "server", parent=headers
-        ) as current:
+        # The caller's trace context, read only when this process traces.
+        parent = (
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if tracing.enabled()
+            else None
+        )
+        with tracing.span(f"{scope['method']} {scope['path']}", "server", parent=parent) as current:
             try:
                 await self.app(scope, counted_receive, counted_send)
             finally:

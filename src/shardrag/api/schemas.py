@@ -174,6 +174,7 @@ class AnswerBody(_Request):
     k: int = Field(default=8, ge=1, le=100)
     max_context_tokens: int | None = Field(default=None, ge=1, le=100_000)
     filters: Filters | None = None
+    mode: SearchMode = Field(default=SearchMode.HYBRID, description="how the passages are searched")
     stream: bool = Field(
         default=False,
         description="answer as server-sent events: context, delta..., done (or error)",

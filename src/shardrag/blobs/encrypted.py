@@ -77,23 +77,33 @@ class Keyring:
         """The data key of tenant ``owner`` (None: the snapshots' key)."""
         if owner is None:
             return self._snapshot_key
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(owner)
-            if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
-                return cached[1]
+        key = self._cached(owner)
+        if key is not None:
+            return key
         wrapped = self._store.data_key(owner)
         if wrapped is None:
             wrapped = self._store.add_data_key(owner, self._wrap(owner, os.urandom(32)))
-        key = self._unwrap(owner, wrapped)
-        with self._lock:
-            self._cache[owner] = (now, key)
-        return key
+        return self._remember(owner, self._unwrap(owner, wrapped))
 
     def existing_key(self, owner: str) -> bytes | None:
         """The tenant's data key if it has one (never makes one)."""
+        key = self._cached(owner)
+        if key is not None:
+            return key
         wrapped = self._store.data_key(owner)
-        return None if wrapped is None else self._unwrap(owner, wrapped)
+        return None if wrapped is None else self._remember(owner, self._unwrap(owner, wrapped))
+
+    def _cached(self, owner: str) -> bytes | None:
+        with self._lock:
+            cached = self._cache.get(owner)
+        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1]
+        return None
+
+    def _remember(self, owner: str, key: bytes) -> bytes:
+        with self._lock:
+            self._cache[owner] = (time.monotonic(), key)
+        return key
 
     def forget(self, owner: str) -> None:
         """Drop the cached key of a tenant (it was dropped)."""

@@ -19,17 +19,18 @@ from shardrag.context.assembly import (
     Answer,
     Answerer,
     AnswerResult,
+    AnswerStream,
     Context,
     ContextAssembler,
     citations_in,
 )
 from shardrag.context.generation import OpenAIChatGenerator
 from shardrag.errors import InvalidParameter
-from shardrag.models import Hit, Metadata
+from shardrag.models import Hit, Metadata, SearchMode
 from shardrag.observability import tracing
 
-#: Searches a tenant: (tenant, question, k, filters, the caller's access groups) → hits.
-Search = Callable[[str, str, int, Metadata | None, Groups], list[Hit]]
+#: Searches a tenant: (tenant, question, k, mode, filters, the caller's access groups) → hits.
+Search = Callable[[str, str, int, SearchMode, Metadata | None, Groups], list[Hit]]
 
 
 class Answering:
@@ -59,14 +60,15 @@ class Answering:
         max_context_tokens: int | None,
         filters: Metadata | None,
         groups: Groups = None,
+        mode: SearchMode = SearchMode.HYBRID,
     ) -> AnswerResult:
-        """The answer with its citations and the hits searched."""
+        """The answer with its citations and the hits searched (searched in ``mode``)."""
         budget = self._budget(max_context_tokens)
-        key = self._key(tenant, question, k, budget, filters, groups)
+        key = self._key(tenant, question, k, budget, filters, groups, mode)
         cached = self.cache.get(key) if self.cache else None
         if isinstance(cached, AnswerResult):
             return cached
-        hits = self.search(tenant, question, k, filters, groups)
+        hits = self.search(tenant, question, k, mode, filters, groups)
         context = self.assembler.run(question, hits, budget)
         with tracing.span("generate", attributes={"shardrag.answerer": self.answerer.name}):
             result = AnswerResult(self.answerer.run(context), hits)
@@ -82,32 +84,52 @@ class Answering:
         max_context_tokens: int | None,
         filters: Metadata | None,
         groups: Groups = None,
-    ) -> tuple[list[Hit], Context, Iterator[str]]:
-        """(hits, context, text pieces as they are generated)."""
+        mode: SearchMode = SearchMode.HYBRID,
+    ) -> AnswerStream:
+        """The answer as it is written (see ``AnswerStream``)."""
         budget = self._budget(max_context_tokens)
-        key = self._key(tenant, question, k, budget, filters, groups)
+        key = self._key(tenant, question, k, budget, filters, groups, mode)
+        generated = isinstance(self.answerer, OpenAIChatGenerator)
         cached = self.cache.get(key) if self.cache else None
         if isinstance(cached, AnswerResult):
             context = self.assembler.run(question, cached.hits, budget)
-            return cached.hits, context, iter([cached.answer.text])
-        hits = self.search(tenant, question, k, filters, groups)
+            return AnswerStream(cached.hits, context, iter([cached.answer.text]), generated)
+        hits = self.search(tenant, question, k, mode, filters, groups)
         context = self.assembler.run(question, hits, budget)
         if isinstance(self.answerer, OpenAIChatGenerator):
+            # The generation outlives this call: its span ends with the last piece.
+            span = tracing.Pending("generate", {"shardrag.answerer": self.answerer.name})
             pieces = self.answerer.stream(context)
-            return hits, context, self._cached_at_end(key, hits, context, pieces)
-        result = AnswerResult(self.answerer.run(context), hits)
+            return AnswerStream(
+                hits, context, self._cached_at_end(key, hits, context, pieces, span), generated
+            )
+        with tracing.span("generate", attributes={"shardrag.answerer": self.answerer.name}):
+            result = AnswerResult(self.answerer.run(context), hits)
         if self.cache is not None:
             self.cache.put(key, result)
-        return hits, context, iter([result.answer.text])
+        return AnswerStream(hits, context, iter([result.answer.text]), generated)
 
     def _cached_at_end(
-        self, key: CacheKey, hits: list[Hit], context: Context, pieces: Iterator[str]
+        self,
+        key: CacheKey,
+        hits: list[Hit],
+        context: Context,
+        pieces: Iterator[str],
+        span: tracing.Pending,
     ) -> Iterator[str]:
         """``pieces``, and once they are all read, the answer they make in the cache."""
         text: list[str] = []
-        for piece in pieces:
-            text.append(piece)
-            yield piece
+        try:
+            for piece in pieces:
+                text.append(piece)
+                yield piece
+        except GeneratorExit:  # the reader stopped (a client went away): not a failure
+            span.end()
+            raise
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        span.end()
         if self.cache is not None:
             answer = "".join(text).strip()
             cited = citations_in(answer, context)
@@ -121,6 +143,7 @@ class Answering:
         budget: int,
         filters: Metadata | None,
         groups: Groups,
+        mode: SearchMode,
     ) -> CacheKey:
         return CacheKey.for_search(
             tenant,
@@ -133,6 +156,7 @@ class Answering:
                 "filters": filters or {},
                 "groups": None if groups is None else list(groups),
                 "answerer": self.answerer.name,
+                "mode": mode.value,
             },
         )
 

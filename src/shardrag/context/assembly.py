@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Any, Protocol
@@ -84,6 +85,21 @@ class AnswerResult:
             "citations": [asdict(c) for c in self.answer.citations],
             "hits": [h.to_dict() for h in self.hits],
         }
+
+
+@dataclass
+class AnswerStream:
+    """An answer as it is written: the hits searched and the context built from them at once,
+    the text in ``pieces`` as the answerer produces it.
+
+    ``generated``: a language model writes it (else it is extractive). The citations of the
+    joined text are ``citations_in(text, context)``.
+    """
+
+    hits: list[Hit]
+    context: Context
+    pieces: Iterator[str]
+    generated: bool
 
 
 class Answerer(Protocol):

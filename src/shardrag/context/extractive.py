@@ -6,7 +6,10 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from shardrag.context.assembly import NO_ANSWER, Answer, Citation, Context
+from shardrag.embed.base import Embedder
 from shardrag.errors import InvalidParameter
 from shardrag.ingest.sentences import split_sentences
 from shardrag.ingest.structure import collapse_whitespace
@@ -34,8 +37,27 @@ _SUFFIXES = (
 _MIN_STEM = 3
 _MIN_PREFIX = 4
 # A sentence scoring under this share of the best one matches a side topic of the question:
-# it would add words to the answer, not support.
-_SHARE_OF_BEST = 0.5
+# it would add words to the answer, not support. With the semantic view every sentence on
+# the passages' topic scores something, so the bar is closer to the best.
+_SHARE_OF_BEST = 0.75
+_SHARE_OF_BEST_LEXICAL = 0.5
+# Fewer words make a heading or a fragment ("Restore a snapshot."), not a statement.
+_MIN_WORDS = 4
+# The sentences weighed per answer, in passage order (the best passages come first).
+_MOST_SENTENCES = 96
+# The sentences the semantic view embeds: the best by the lexical view, ties in passage order
+# (so with no word in common it reads the best passages first). Bounds an answer's model work:
+# ~4 ms a sentence of ~30 words on two cores (onnx-int8), so ~65 ms an answer.
+_SEMANTIC_CANDIDATES = 16
+# A sentence that speaks of the text itself ("This page explains how ...") restates what the
+# text is about; it does not answer. Its support counts this much.
+_ABOUT_THE_TEXT_DISCOUNT = 0.5
+_ABOUT_THE_TEXT = re.compile(
+    r"^(?:in\s+)?(?:this|the\s+following|below,?\s+(?:this|the))\s+"
+    r"(?:page|document|doc|guide|section|article|chapter|post|tutorial|manual|handbook|"
+    r"runbook|note|readme|file)s?\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -43,62 +65,82 @@ class _Sentence:
     citation: Citation
     position: int  # within its passage
     text: str
-    covers: frozenset[str]  # the question's terms it contains
 
 
 class ExtractiveAnswerer:
-    """Answers with the passages' sentences that best cover the question's content words.
+    """Answers with the passages' sentences that best support the question.
 
-    A sentence's score is the share of the question's weight it covers, from 0 to 1. Each
-    content word of the question (stop words dropped, crudely stemmed, matching the words it
-    starts too) weighs its inverse frequency among the passages' sentences: a rare word counts
-    more than one every sentence has, and a word no passage has lowers every score.
+    A sentence's support, from 0 to 1, is the mean of two views of it:
 
-    The best ``max_sentences`` sentences scoring at least ``min_score`` and at least half the
-    best score are the answer, in source order, each followed by its citation marker; when
-    none does, the answer is ``NO_ANSWER``, citing nothing.
+    - **lexical**: the share of the question's weight it covers. Each content word of the
+      question (stop words dropped, crudely stemmed, matching the words it starts too) weighs
+      its inverse frequency among the passages' sentences: a rare word counts more than one
+      every sentence has, and a word no passage has lowers every score;
+    - **semantic** (with an ``embedder``): the cosine of the sentence and the question under
+      the embedding model, which sees a paraphrase the words miss and tells a sentence about
+      the question's topic from one that only shares a word with it. Computed for the
+      ``_SEMANTIC_CANDIDATES`` best sentences by the lexical view (ties in passage order),
+      which bounds the model's work per answer.
+
+    A sentence about the text itself ("This guide explains how ...") restates the topic and
+    answers nothing: its support is discounted. The answer is the best ``max_sentences``
+    sentences of at least ``_MIN_WORDS`` words (headings and fragments state nothing) whose
+    support is at least ``min_score`` and close to the best one's (``_SHARE_OF_BEST``), in
+    source order, each followed by its citation marker. When none qualifies, or (with an
+    embedder) no sentence is closer to the question than ``min_similarity`` (the passages are
+    about something else), the answer is ``NO_ANSWER``, citing nothing. Without an embedder
+    the support is the lexical view alone. Measured on a public QA set in
+    ``bench/answer_quality.py`` (docs/benchmarks.md, "Extractive answers").
     """
 
-    #: Names the answerer in cache keys: answers of one never stand in for another's.
-    name = "extractive"
-
-    def __init__(self, max_sentences: int = 3, min_score: float = 0.25) -> None:
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        max_sentences: int = 3,
+        min_score: float = 0.25,
+        min_similarity: float = 0.25,
+    ) -> None:
         if max_sentences < 1:
             raise InvalidParameter(
                 f"max_sentences must be at least 1, not {max_sentences}",
                 max_sentences=max_sentences,
             )
-        if not 0 < min_score <= 1:
-            raise InvalidParameter(
-                f"min_score must be above 0 and at most 1, not {min_score}", min_score=min_score
-            )
+        for label, value in (("min_score", min_score), ("min_similarity", min_similarity)):
+            if not 0 < value <= 1:
+                raise InvalidParameter(
+                    f"{label} must be above 0 and at most 1, not {value}", **{label: value}
+                )
+        self.embedder = embedder
+        #: Names the answerer in cache keys: answers of one never stand in for another's.
+        self.name = "extractive" if embedder is None else f"extractive+{embedder.model_id}"
         self.max_sentences = max_sentences
         self.min_score = min_score
+        self.min_similarity = min_similarity
 
     def run(self, context: Context) -> Answer:
         """The best-supported sentences of ``context.passages``, each with its citation."""
-        question = _terms(context.question)
-        sentences = [
-            _Sentence(passage, position, text, _covered(question, _terms(text)))
-            for passage in context.passages
-            for position, text in enumerate(
-                collapse_whitespace(sentence) for sentence, _ in split_sentences(passage.text)
-            )
-        ]
-        weights = {
-            term: math.log(1 + len(sentences) / (1 + sum(term in s.covers for s in sentences)))
-            for term in question
-        }
-        total = sum(weights.values())
-        if not total:  # no content words in the question, or no sentences to answer from
+        sentences = self._sentences(context)
+        if not sentences:
             return Answer(NO_ANSWER, citations=[], generated=False)
-        scored = sorted(
-            ((sum(weights[term] for term in s.covers) / total, s) for s in sentences),
+        support = self._lexical(context.question, sentences)
+        share = _SHARE_OF_BEST_LEXICAL
+        if self.embedder is not None:
+            similarity = self._semantic(context.question, sentences, support)
+            if max(similarity) < self.min_similarity:
+                return Answer(NO_ANSWER, citations=[], generated=False)
+            support = [(a + b) / 2 for a, b in zip(support, similarity, strict=True)]
+            share = _SHARE_OF_BEST
+        support = [
+            score * _ABOUT_THE_TEXT_DISCOUNT if _ABOUT_THE_TEXT.match(s.text) else score
+            for score, s in zip(support, sentences, strict=True)
+        ]
+        ranked = sorted(
+            zip(support, sentences, strict=True),
             key=lambda pair: (-pair[0], pair[1].citation.number, pair[1].position),
         )
-        floor = max(self.min_score, scored[0][0] * _SHARE_OF_BEST)
+        floor = max(self.min_score, ranked[0][0] * share)
         chosen: list[_Sentence] = []
-        for score, sentence in scored:
+        for score, sentence in ranked:
             if score < floor or len(chosen) == self.max_sentences:
                 break
             # Passages of two versions of a document can hold the same sentence: say it once.
@@ -113,6 +155,49 @@ class ExtractiveAnswerer:
             citations=[cited[number] for number in sorted(cited)],
             generated=False,
         )
+
+    def _sentences(self, context: Context) -> list[_Sentence]:
+        """The passages' sentences that could answer: long enough, at most ``_MOST_SENTENCES``."""
+        sentences = [
+            _Sentence(passage, position, text)
+            for passage in context.passages
+            for position, text in enumerate(
+                collapse_whitespace(sentence) for sentence, _ in split_sentences(passage.text)
+            )
+            if len(_WORD.findall(text)) >= _MIN_WORDS
+        ]
+        return sentences[:_MOST_SENTENCES]
+
+    def _lexical(self, question: str, sentences: list[_Sentence]) -> list[float]:
+        """Each sentence's share of the question's content-word weight."""
+        terms = _terms(question)
+        covers = [_covered(terms, _terms(s.text)) for s in sentences]
+        weights = {
+            term: math.log(1 + len(sentences) / (1 + sum(term in c for c in covers)))
+            for term in terms
+        }
+        total = sum(weights.values())
+        if not total:  # no content words in the question
+            return [0.0] * len(sentences)
+        return [sum(weights[term] for term in c) / total for c in covers]
+
+    def _semantic(
+        self, question: str, sentences: list[_Sentence], lexical: list[float]
+    ) -> list[float]:
+        """Each sentence's cosine with the question (the embedder's vectors are unit length);
+        0 for a sentence past the ``_SEMANTIC_CANDIDATES`` best by ``lexical``."""
+        assert self.embedder is not None
+        candidates = sorted(range(len(sentences)), key=lambda i: -lexical[i])
+        candidates = candidates[:_SEMANTIC_CANDIDATES]
+        query = np.asarray(self.embedder.embed_query(question), dtype=np.float32)
+        vectors = np.asarray(
+            self.embedder.embed_documents([sentences[i].text for i in candidates]),
+            dtype=np.float32,
+        )
+        similarity = [0.0] * len(sentences)
+        for i, cosine in zip(candidates, vectors @ query, strict=True):
+            similarity[i] = max(0.0, float(cosine))
+        return similarity
 
 
 def _covered(question: frozenset[str], terms: frozenset[str]) -> frozenset[str]:

@@ -12,15 +12,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardrag.cache import CacheStats
+from shardrag.observability.tracing import current_trace_id
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
+#: The exemplar label that carries a request's trace id on its latency (OpenMetrics).
+EXEMPLAR_TRACE_LABEL = "trace_id"
 # Seconds: from a cached answer (~0.1 ms) to a long ingest with ?wait=true.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -184,9 +186,11 @@ class Metrics:
         self.registry.register(_StateCollector(documents, pipeline, cache))
         self.registry.register(_ResilienceCollector(resilience))
 
-    def exposition(self) -> bytes:
-        """The text format for ``GET /metrics``."""
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """``GET /metrics``: (body, content type). OpenMetrics, which carries exemplars
+        (trace ids), when the scraper's ``accept`` header asks for it; else Prometheus text."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
 class MetricsMiddleware:
@@ -215,6 +219,10 @@ class MetricsMiddleware:
             route = scope.get("route")
             # Unmatched paths share one label: raw paths would be unbounded cardinality.
             template = getattr(route, "path", None) or "unmatched"
+            # With tracing on, the request's trace rides along as an exemplar: a dashboard's
+            # latency point links to the trace of a request that made it (OpenMetrics only).
+            trace_id = current_trace_id()
             self.metrics.request_seconds.labels(template, scope["method"], str(status)).observe(
-                time.perf_counter() - started
+                time.perf_counter() - started,
+                {EXEMPLAR_TRACE_LABEL: trace_id} if trace_id else None,
             )

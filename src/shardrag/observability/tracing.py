@@ -26,6 +26,15 @@ except ImportError:  # the otel extra is not installed
 
 _configured = False
 
+#: The service names shardrag's processes report as (``OTEL_SERVICE_NAME`` overrides).
+API_SERVICE = "shardrag-api"
+NODE_SERVICE = "shardrag-node"
+
+
+def worker_service(stage: str) -> str:
+    """The service name of a pipeline worker of ``stage``."""
+    return f"shardrag-worker-{stage}"
+
 
 def configure_tracing(service_name: str) -> bool:
     """Install the SDK and its OTLP/HTTP exporter if the environment asks for traces;
@@ -97,6 +106,42 @@ def span(
             current.record_exception(exc)
             current.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
             raise
+
+
+class Pending:
+    """A span opened under the current one and ended by ``end``, maybe in another thread:
+    for work that outlives the block that started it (a streamed answer's generation)."""
+
+    def __init__(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        self._span = None
+        if _configured and trace is not None:
+            values = {k: v for k, v in (attributes or {}).items() if v is not None}
+            self._span = trace.get_tracer("shardrag").start_span(name, attributes=values)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span (once), marked failed by ``error`` if given."""
+        span, self._span = self._span, None
+        if span is None or trace is None:
+            return
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+        span.end()
+
+
+def enabled() -> bool:
+    """Whether this process exports traces (``configure_tracing`` found them wanted)."""
+    return _configured
+
+
+def current_trace_id() -> str | None:
+    """The trace id (32 hex digits) of the current span if it is recorded; else None."""
+    if not _configured or trace is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return f"{context.trace_id:032x}"
 
 
 def annotate(attributes: Mapping[str, Any]) -> None:

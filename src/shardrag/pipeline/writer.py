@@ -24,6 +24,7 @@ from shardrag.errors import (
     DocumentTooLarge,
     EmptyDocument,
     InvalidInput,
+    error_class,
     error_from,
 )
 from shardrag.ingest import parser_for
@@ -115,7 +116,7 @@ class DocumentWriter:
             refused is not None
             and refused.state is VersionState.FAILED
             and refused.error_code is not None
-            and isinstance(error_from(refused.error_code, ""), InvalidInput)
+            and issubclass(error_class(refused.error_code), InvalidInput)
             and refused.content_hash == content_hash
             and refused.filename == upload.filename
             and _same_json(refused.metadata, upload.metadata)

@@ -202,7 +202,7 @@ def get_original(t: str, doc_id: str, who: Reader) -> Response:
     (404 when none is live or the caller's access groups may not read it)."""
     rag = who.service.rag
     info = rag.get_document(t, doc_id, who.groups)
-    data = rag.get_original(t, doc_id, who.groups)
+    data = rag.original_of(info)
     media = (info.live.content_type if info.live else None) or "application/octet-stream"
     # An attachment, never rendered here: an HTML original would otherwise run in the
     # console's origin.
@@ -229,11 +229,9 @@ def _may_write(who: Caller, tenant: str, doc_id: str, acl: tuple[str, ...] | Non
     read is not found, as for reads), and gives them only groups it has, at least one."""
     if who.groups is None:
         return
-    try:
-        who.service.rag.get_document(tenant, doc_id, who.groups)
-    except DocumentNotFound:
-        if who.service.rag.registry.document(tenant, doc_id) is not None:
-            raise
+    current = who.service.rag.registry.document(tenant, validation.doc_id(doc_id))
+    if current is not None and not access.may_read(who.groups, current.acl):
+        raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
     if acl is not None and (not acl or not set(acl) <= set(who.groups)):
         raise Forbidden(
             "a key with access groups writes documents of its own groups only: "

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from shardrag.api.deps import Service, service
 from shardrag.errors import Unavailable
-from shardrag.observability.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
 
@@ -31,6 +30,8 @@ def readyz(svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(svc: Annotated[Service, Depends(service)]) -> Response:
-    """Prometheus text format: latency per route, cache counters, documents by state."""
-    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE)
+def metrics(svc: Annotated[Service, Depends(service)], request: Request) -> Response:
+    """Prometheus text format: latency per route, cache counters, documents by state; the
+    OpenMetrics format, with trace ids as exemplars, when the scraper asks for it."""
+    body, content_type = svc.metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)

@@ -72,10 +72,17 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
     rag = who.service.rag
     if not body.stream:
         result = await run_in_threadpool(
-            rag.answer, t, body.question, body.k, body.max_context_tokens, body.filters, who.groups
+            rag.answer,
+            t,
+            body.question,
+            body.k,
+            body.max_context_tokens,
+            body.filters,
+            who.groups,
+            body.mode,
         )
         return result.to_dict()
-    hits, context, pieces = await run_in_threadpool(
+    stream = await run_in_threadpool(
         rag.answer_stream,
         t,
         body.question,
@@ -83,19 +90,22 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
         body.max_context_tokens,
         body.filters,
         who.groups,
+        body.mode,
     )
+    context = stream.context
 
     def events() -> Iterator[str]:
         yield _event(
             "context",
             {
-                "hits": [h.to_dict() for h in hits],
+                "hits": [h.to_dict() for h in stream.hits],
                 "passages": [asdict(p) for p in context.passages],
+                "generated": stream.generated,
             },
         )
         text = []
         try:
-            for piece in pieces:
+            for piece in stream.pieces:
                 text.append(piece)
                 yield _event("delta", {"text": piece})
         except ShardragError as exc:
@@ -108,9 +118,8 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
             return
         answer_text = "".join(text).strip()
         cited = citations_in(answer_text, context)
-        generated = bool(rag.settings.llm_url)
         done = {"answer": answer_text, "citations": [asdict(c) for c in cited]}
-        yield _event("done", {**done, "generated": generated})
+        yield _event("done", {**done, "generated": stream.generated})
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
