@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -65,6 +67,7 @@ def create_app(rag: Shardrag) -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        **_WITHOUT_NATIVE_TRACING,
     )
     app.state.service = Service(rag=rag, keys=keys, metrics=metrics)
     app.state.bootstrap_key = keys.bootstrap()
@@ -92,6 +95,17 @@ def create_app(rag: Shardrag) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(AccessLog)
     return app
+
+
+# FastAPI (0.16x) traces requests itself when OpenTelemetry is installed, continuing the
+# caller's traceparent beside the api's own request span (AccessLog) rather than under it: two
+# request spans of one request. The api's span carries the route, status and tenant and the
+# access log's timing, so FastAPI's is turned off where FastAPI has the setting.
+_WITHOUT_NATIVE_TRACING: dict[str, Any] = (
+    {"telemetry": {"tracing": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def _resilience(rag: Shardrag, admission: QueryAdmission) -> ResilienceStats:
