@@ -9,7 +9,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -141,10 +141,28 @@ def free_port() -> int:
         return port
 
 
+def wait_healthy(url: str, alive: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``url``'s ``/healthz`` answers 200; fail if ``alive()`` turns false (the
+    server died) or ``timeout`` passes first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not alive():
+            raise RuntimeError(f"the server at {url} stopped before it was healthy")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} was not healthy within {timeout:g} s")
+        time.sleep(0.05)
+
+
 @contextmanager
 def served(app: Any) -> Iterator[str]:
     """``app`` served by uvicorn on a free loopback port, in a thread; its base URL."""
-    import httpx
     import uvicorn
 
     port = free_port()
@@ -152,16 +170,7 @@ def served(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
+    wait_healthy(url, thread.is_alive)
     try:
         yield url
     finally:

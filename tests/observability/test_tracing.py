@@ -20,7 +20,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from tests.context.test_generation import ANSWER_PIECES, FakeChat
-from tests.support import free_port, http_server
+from tests.support import free_port, http_server, wait_healthy
 
 ROOT_KEY = "root-key-of-the-tracing-suite-0123456789"
 
@@ -143,15 +143,7 @@ def traced_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+        wait_healthy(url, lambda: process.poll() is None, timeout=60)
         yield url
     finally:
         process.terminate()

@@ -70,28 +70,11 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
     """Answer a question from the tenant's documents, with numbered citations."""
     shed_if_late(request)
     rag = who.service.rag
+    asked = (t, body.question, body.k, body.max_context_tokens, body.filters, who.groups, body.mode)
     if not body.stream:
-        result = await run_in_threadpool(
-            rag.answer,
-            t,
-            body.question,
-            body.k,
-            body.max_context_tokens,
-            body.filters,
-            who.groups,
-            body.mode,
-        )
+        result = await run_in_threadpool(rag.answer, *asked)
         return result.to_dict()
-    stream = await run_in_threadpool(
-        rag.answer_stream,
-        t,
-        body.question,
-        body.k,
-        body.max_context_tokens,
-        body.filters,
-        who.groups,
-        body.mode,
-    )
+    stream = await run_in_threadpool(rag.answer_stream, *asked)
     context = stream.context
 
     def events() -> Iterator[str]:
