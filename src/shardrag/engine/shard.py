@@ -629,7 +629,7 @@ class ShardEngine:
                     limit=depth, query=nearest, filter=live, params=effort, with_payload=_IDENTITY
                 )
             )
-            matching, scoring = self._signal(SearchMode.KEYWORD, query, live)
+            matching, scoring = self._signal(SearchMode.KEYWORD, query, live, sparse)
             keyword = self._shard.query(
                 qe.QueryRequest(
                     limit=depth,
@@ -718,10 +718,15 @@ class ShardEngine:
         )
 
     def _signal(
-        self, mode: SearchMode, query: ShardQuery, live: qe.Filter
+        self,
+        mode: SearchMode,
+        query: ShardQuery,
+        live: qe.Filter,
+        sparse: qe.SparseVector | None = None,
     ) -> tuple[qe.Query, qe.SearchParams | None]:
         """The scoring query of one signal (dense or keyword) and its search parameters
-        (caller holds the lock: the keyword weights read the term counts)."""
+        (caller holds the lock: the keyword weights read the term counts). ``sparse``: the
+        query's BM25 terms if the caller has them already."""
         if mode is SearchMode.DENSE:
             rescored = (
                 qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
@@ -731,7 +736,7 @@ class ShardEngine:
             effort = qe.SearchParams(hnsw_ef=self._effort(), quantization=rescored)
             return qe.Query.Nearest(query.dense or [], using=DENSE), effort
         # IDF over this tenant's live chunks only: another tenant's corpus never shapes scores.
-        sparse = self._bm25.embed_query(query.text)
+        sparse = sparse if sparse is not None else self._bm25.embed_query(query.text)
         terms = self._terms
         if terms is None or query.filters:
             # The engine counts them over the filter: the IDF of what the query can find.
