@@ -855,6 +855,7 @@ class ShardEngine:
                 )
             changed = bool(json.loads(out.strip().splitlines()[-1])["changed"])
             staged = ShardEngine._staged(target, self)
+            adopted = False  # once this engine serves the staged shard, it is not closed here
             try:
                 self._replay(staged)  # most of the journal, while writes go on
                 with self._swap_lock, self._lock.exclusive():
@@ -864,10 +865,10 @@ class ShardEngine:
                     staged._shard.flush()
                     build.switch_to(self.path, target)
                     old, self._shard, self._data = self._shard, staged._shard, target
-                    staged._closed = True
+                    adopted = True
                     old.close()
             finally:
-                if not staged._closed:
+                if not adopted:
                     staged._shard.close()
         finally:
             with self._journal_lock:
