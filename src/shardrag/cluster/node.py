@@ -40,6 +40,7 @@ from shardrag.cluster.follow import SourceFollower
 from shardrag.cluster.protocol import (
     SearchCall,
     SearchReply,
+    UnknownQueryFields,
     queue_group,
     search_subject,
 )
@@ -519,6 +520,9 @@ class IndexNode:
         ):
             try:
                 call = SearchCall.decode(data)
+            except UnknownQueryFields as exc:
+                # Another replica may be upgraded already: the router asks it instead.
+                return SearchReply(self.node_id, 0, None, "unsupported_query", str(exc)).encode()
             except (ValueError, KeyError, TypeError) as exc:
                 return SearchReply(self.node_id, 0, None, "invalid_request", str(exc)).encode()
             tracing.annotate(attributes={"shardrag.shard": call.shard_id})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,25 @@ def search_subject(prefix: str, shard_id: int, node_id: str | None = None) -> st
 def queue_group(shard_id: int) -> str:
     """The queue group of a shard's replicas: each request goes to one of them."""
     return f"search-{shard_id}"
+
+
+#: The query fields this version reads.
+_QUERY_FIELDS = frozenset(f.name for f in fields(ShardQuery))
+
+
+class UnknownQueryFields(ValueError):
+    """A search request holds query fields this version does not know (a newer api).
+
+    Never ignored: a field may restrict what the query may read (``groups`` did), and a
+    replica that skipped it would answer more than the caller may see.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(
+            f"this index node does not know the query field(s) {', '.join(names)}: upgrade "
+            'the index nodes before the api processes (docs/cluster.md, "Upgrades")'
+        )
+        self.names = names
 
 
 @dataclass(frozen=True)
@@ -64,9 +83,13 @@ class SearchCall:
 
     @classmethod
     def decode(cls, data: bytes) -> SearchCall:
-        """A request body read back (ValueError / KeyError / TypeError if malformed)."""
+        """A request body read back (ValueError / KeyError / TypeError if malformed;
+        ``UnknownQueryFields`` if it comes from a newer version)."""
         values: dict[str, Any] = json.loads(data)
         query: dict[str, Any] = dict(values["query"])
+        unknown = sorted(set(query) - _QUERY_FIELDS)
+        if unknown:
+            raise UnknownQueryFields(unknown)
         dense = query.get("dense")
         if dense is not None:
             query["dense"] = np.frombuffer(base64.b64decode(dense), dtype="<f4").tolist()

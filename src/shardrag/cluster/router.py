@@ -43,7 +43,14 @@ from shardrag.models import Hit
 
 logger = logging.getLogger(__name__)
 # Errors after which another replica is worth asking; any other error is the query's own.
-_TRY_ANOTHER = {"replica_behind", "shard_unavailable", "internal_error", "unavailable"}
+_TRY_ANOTHER = {
+    "replica_behind",
+    "shard_unavailable",
+    "internal_error",
+    "unavailable",
+    # A node older than this api (a rolling upgrade): another replica may be newer.
+    "unsupported_query",
+}
 # Errors that are the node's fault: they count against its breaker.
 _NODE_FAULTS = {"internal_error", "unavailable"}
 # How long the router trusts what it read of the map's replicas and live nodes.
