@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shardrag.cluster.protocol import SearchCall, SearchReply, UnknownQueryFields
 from shardrag.cluster.breaker import BreakerState
+from shardrag.cluster.protocol import SearchCall, SearchReply, UnknownQueryFields
 from shardrag.cluster.router import Router
 from shardrag.errors import ShardUnavailable
 from shardrag.models import Fusion, SearchMode, ShardQuery
