@@ -7,7 +7,7 @@ import pytest
 from shardrag.context import NO_ANSWER, Context, ContextAssembler, ExtractiveAnswerer
 from shardrag.embed.bundled import BundledEmbedder
 from shardrag.embed.tokenizer import bundled_tokenizer
-from shardrag.errors import InvalidParameter
+from shardrag.errors import EmbedderUnavailable, InvalidParameter
 from shardrag.models import Hit
 
 ASSEMBLER = ContextAssembler(bundled_tokenizer())
@@ -117,6 +117,26 @@ def test_headings_and_fragments_are_never_quoted(model: BundledEmbedder) -> None
         assert answerer.run(ctx).text == (
             "Snapshots are restored one shard at a time with kestrelctl. [1]"
         )
+
+
+class DownEmbedder:
+    """An embedding endpoint that is down."""
+
+    model_id = "remote-model"
+    dimension = 384
+
+    def embed_query(self, text: str) -> list[float]:
+        raise EmbedderUnavailable("the embedding endpoint refused the connection")
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        raise EmbedderUnavailable("the embedding endpoint refused the connection")
+
+
+def test_an_embedder_that_is_down_leaves_the_answer_to_the_words() -> None:
+    ctx = context("How many replicas does a shard have?", CAFETERIA, REPLICATION)
+    answer = ExtractiveAnswerer(DownEmbedder()).run(ctx)  # type: ignore[arg-type]
+    assert answer.text == ExtractiveAnswerer().run(ctx).text
+    assert answer.text == "Each shard has three replicas on different nodes. [2]"
 
 
 def test_the_semantic_answerer_is_cached_under_its_own_name(model: BundledEmbedder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -10,10 +11,11 @@ import numpy as np
 
 from shardrag.context.assembly import NO_ANSWER, Answer, Citation, Context
 from shardrag.embed.base import Embedder
-from shardrag.errors import InvalidParameter
+from shardrag.errors import InvalidParameter, Unavailable
 from shardrag.ingest.sentences import split_sentences
 from shardrag.ingest.structure import collapse_whitespace
 
+log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+")
 # Words that say how a question is asked, not what it is about.
 _STOP_WORDS = frozenset(
@@ -88,8 +90,8 @@ class ExtractiveAnswerer:
     support is at least ``min_score`` and close to the best one's (``_SHARE_OF_BEST``), in
     source order, each followed by its citation marker. When none qualifies, or (with an
     embedder) no sentence is closer to the question than ``min_similarity`` (the passages are
-    about something else), the answer is ``NO_ANSWER``, citing nothing. Without an embedder
-    the support is the lexical view alone. Measured on a public QA set in
+    about something else), the answer is ``NO_ANSWER``, citing nothing. Without an embedder,
+    or while it fails, the support is the lexical view alone. Measured on a public QA set in
     ``bench/answer_quality.py`` (docs/benchmarks.md, "Extractive answers").
     """
 
@@ -124,8 +126,8 @@ class ExtractiveAnswerer:
             return Answer(NO_ANSWER, citations=[], generated=False)
         support = self._lexical(context.question, sentences)
         share = _SHARE_OF_BEST_LEXICAL
-        if self.embedder is not None:
-            similarity = self._semantic(context.question, sentences, support)
+        similarity = self._semantic(context.question, sentences, support)
+        if similarity is not None:
             if max(similarity) < self.min_similarity:
                 return Answer(NO_ANSWER, citations=[], generated=False)
             support = [(a + b) / 2 for a, b in zip(support, similarity, strict=True)]
@@ -183,17 +185,24 @@ class ExtractiveAnswerer:
 
     def _semantic(
         self, question: str, sentences: list[_Sentence], lexical: list[float]
-    ) -> list[float]:
+    ) -> list[float] | None:
         """Each sentence's cosine with the question (the embedder's vectors are unit length);
-        0 for a sentence past the ``_SEMANTIC_CANDIDATES`` best by ``lexical``."""
-        assert self.embedder is not None
+        0 for a sentence past the ``_SEMANTIC_CANDIDATES`` best by ``lexical``. None without
+        an embedder, or when it fails (an embedding endpoint that is down): the answer is then
+        the lexical view's, not an error."""
+        if self.embedder is None:
+            return None
         candidates = sorted(range(len(sentences)), key=lambda i: -lexical[i])
         candidates = candidates[:_SEMANTIC_CANDIDATES]
-        query = np.asarray(self.embedder.embed_query(question), dtype=np.float32)
-        vectors = np.asarray(
-            self.embedder.embed_documents([sentences[i].text for i in candidates]),
-            dtype=np.float32,
-        )
+        try:
+            query = np.asarray(self.embedder.embed_query(question), dtype=np.float32)
+            vectors = np.asarray(
+                self.embedder.embed_documents([sentences[i].text for i in candidates]),
+                dtype=np.float32,
+            )
+        except Unavailable as exc:
+            log.warning("extractive answer without the semantic view: %s", exc)
+            return None
         similarity = [0.0] * len(sentences)
         for i, cosine in zip(candidates, vectors @ query, strict=True):
             similarity[i] = max(0.0, float(cosine))
