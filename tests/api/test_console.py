@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ try:
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     HAVE_SELENIUM = True
 except ImportError:  # pragma: no cover - reported by require() in the fixture
@@ -200,6 +201,30 @@ def test_console_uploads_searches_and_cites(
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.exists() and SCREENSHOT.stat().st_size > 0, SCREENSHOT
+
+    # The passages of an answer are searched in the mode chosen (the request says it; the api
+    # tests show the mode reaches the search): by keywords, a question sharing no word with
+    # any document finds none, and the answer says so.
+    browser.execute_script(
+        "window.sentBodies = []; const send = window.fetch;"
+        "window.fetch = (url, options) => {"
+        "  window.sentBodies.push(String(url) + ' ' + ((options && options.body) || ''));"
+        "  return send(url, options); };"
+    )
+    Select(browser.find_element(By.ID, "ask-mode")).select_by_value("keyword")
+    question = browser.find_element(By.ID, "ask-question")
+    question.clear()
+    question.send_keys("zxqv wumpus?")
+    browser.find_element(By.ID, "ask-button").click()
+    wait(browser).until(
+        lambda _: "do not contain an answer" in browser.find_element(By.ID, "answer-text").text
+    )
+    assert browser.find_element(By.ID, "sources-title").get_attribute("hidden") is not None
+    sent = browser.execute_script("return window.sentBodies")
+    asked = [json.loads(body.split(" ", 1)[1]) for body in sent if "/answer " in body]
+    assert [(a["question"], a["mode"], a["stream"]) for a in asked] == [
+        ("zxqv wumpus?", "keyword", True)
+    ]
 
     # Delete (two clicks: Delete, then Confirm delete); the row goes away.
     selector = f'#documents-body tr[data-doc-id="{DROPPED}"]'

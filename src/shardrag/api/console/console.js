@@ -478,7 +478,7 @@
       $('#answer').setAttribute('aria-busy', 'true');
       let text = '';
       try {
-        await answerEvents({ question, k: 8, stream: true }, (name, data) => {
+        await answerEvents({ question, k: 8, stream: true, mode: $('#ask-mode').value }, (name, data) => {
           if (name === 'delta') {
             text += data.text;
             $('#answer-text').textContent = text;
