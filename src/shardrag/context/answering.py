@@ -65,16 +65,11 @@ class Answering:
         """The answer with its citations and the hits searched (searched in ``mode``)."""
         budget = self._budget(max_context_tokens)
         key = self._key(tenant, question, k, budget, filters, groups, mode)
-        cached = self.cache.get(key) if self.cache else None
-        if isinstance(cached, AnswerResult):
+        cached = self._cached(key)
+        if cached is not None:
             return cached
         hits = self.search(tenant, question, k, mode, filters, groups)
-        context = self.assembler.run(question, hits, budget)
-        with tracing.span("generate", attributes={"shardrag.answerer": self.answerer.name}):
-            result = AnswerResult(self.answerer.run(context), hits)
-        if self.cache is not None:
-            self.cache.put(key, result)
-        return result
+        return self._answered(key, hits, self.assembler.run(question, hits, budget))
 
     def stream(
         self,
@@ -89,25 +84,33 @@ class Answering:
         """The answer as it is written (see ``AnswerStream``)."""
         budget = self._budget(max_context_tokens)
         key = self._key(tenant, question, k, budget, filters, groups, mode)
-        generated = isinstance(self.answerer, OpenAIChatGenerator)
-        cached = self.cache.get(key) if self.cache else None
-        if isinstance(cached, AnswerResult):
+        cached = self._cached(key)
+        if cached is not None:
             context = self.assembler.run(question, cached.hits, budget)
-            return AnswerStream(cached.hits, context, iter([cached.answer.text]), generated)
+            return AnswerStream(
+                cached.hits, context, iter([cached.answer.text]), cached.answer.generated
+            )
         hits = self.search(tenant, question, k, mode, filters, groups)
         context = self.assembler.run(question, hits, budget)
         if isinstance(self.answerer, OpenAIChatGenerator):
             # The generation outlives this call: its span ends with the last piece.
             span = tracing.Pending("generate", {"shardrag.answerer": self.answerer.name})
-            pieces = self.answerer.stream(context)
-            return AnswerStream(
-                hits, context, self._cached_at_end(key, hits, context, pieces, span), generated
-            )
+            pieces = self._cached_at_end(key, hits, context, self.answerer.stream(context), span)
+            return AnswerStream(hits, context, pieces, generated=True)
+        result = self._answered(key, hits, context)
+        return AnswerStream(hits, context, iter([result.answer.text]), generated=False)
+
+    def _cached(self, key: CacheKey) -> AnswerResult | None:
+        cached = self.cache.get(key) if self.cache else None
+        return cached if isinstance(cached, AnswerResult) else None
+
+    def _answered(self, key: CacheKey, hits: list[Hit], context: Context) -> AnswerResult:
+        """The answerer's answer to ``context``, cached under ``key``."""
         with tracing.span("generate", attributes={"shardrag.answerer": self.answerer.name}):
             result = AnswerResult(self.answerer.run(context), hits)
         if self.cache is not None:
             self.cache.put(key, result)
-        return AnswerStream(hits, context, iter([result.answer.text]), generated)
+        return result
 
     def _cached_at_end(
         self,
