@@ -74,6 +74,14 @@ def may_read(effective: Groups, acl: Iterable[str]) -> bool:
     return effective is None or not doc or bool(set(doc) & set(effective))
 
 
+def within(effective: Groups, groups: Groups) -> bool:
+    """Whether a caller of ``effective`` groups reads all that a holder of ``groups`` reads
+    (a key, or the actor of an audit event): what it may see or make of another key."""
+    if effective is None:
+        return True
+    return groups is not None and set(groups) <= set(effective)
+
+
 def with_acl(metadata: dict[str, Any], acl: Iterable[str] | None) -> dict[str, Any]:
     """The metadata a version is stored with: the user's plus its groups, if any."""
     names = tuple(acl or ())

@@ -200,9 +200,12 @@ class ShardragClient:
         with ThreadPoolExecutor(self.PARALLEL_UPLOADS) as pool:
             return list(pool.map(put, documents))
 
-    def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
-        """Delete a document."""
-        return WriteResult.from_dict(self._call("DELETE", self._documents(tenant, doc_id)))
+    def delete_document(
+        self, tenant: str, doc_id: str, groups: Iterable[str] | None = None
+    ) -> WriteResult:
+        """Delete a document (``groups`` narrows the key's: one outside them is not found)."""
+        raw = self._call("DELETE", self._documents(tenant, doc_id), headers=_narrowed(groups))
+        return WriteResult.from_dict(raw)
 
     def get_document(
         self, tenant: str, doc_id: str, groups: Iterable[str] | None = None

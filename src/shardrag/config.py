@@ -84,6 +84,13 @@ class Settings:
     #: Requests per second per API key, sustained and in a burst (0 turns the limit off).
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    #: Failed authentications per second per client address, sustained and in a burst;
+    #: beyond, 429 ``rate_limited`` before the key is even looked at (0 turns it off).
+    auth_failures_per_second: float = 1.0
+    auth_failures_burst: int = 20
+    #: Whether the unauthenticated ``/metrics`` names tenants (per-tenant refusal counts).
+    #: Off: those counts are one sum, so scraping reveals no tenant's name (docs/security.md).
+    metrics_tenant_names: bool = False
     #: How long a session or strong read may wait for its writes to be applied.
     read_concern_timeout_seconds: float = 30.0
     #: Level of the JSON log lines (debug, info, warning, error); ``access_log`` writes one
@@ -226,6 +233,8 @@ class Settings:
             "max_request_bytes": self.max_request_bytes >= 1024,
             "rate_limit_per_second": self.rate_limit_per_second >= 0,
             "rate_limit_burst": self.rate_limit_burst >= 1,
+            "auth_failures_per_second": self.auth_failures_per_second >= 0,
+            "auth_failures_burst": self.auth_failures_burst >= 1,
             "read_concern_timeout_seconds": self.read_concern_timeout_seconds > 0,
             "log_replicas": 1 <= self.log_replicas <= 5,
             "replicas": self.replicas >= 1,

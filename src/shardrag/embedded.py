@@ -152,7 +152,7 @@ class Shardrag:
             lambda tenant, question, k, mode, filters, groups: self.search(
                 tenant, question, k, mode=mode, filters=filters, groups=groups
             ),
-            lambda tenant: self.tenant(tenant).generation,
+            lambda tenant: _cache_epoch(self.tenant(tenant)),
             ContextAssembler(self.embedder.tokenizer),
             (
                 OpenAIChatGenerator(
@@ -242,7 +242,7 @@ class Shardrag:
             heads=lambda shard_id: self.log.last_sequence(shard_subject(shard_id), timeout=0.5),
             sources=placement.source,
         )
-        return Routed(search, record.generation, search.cacheable)
+        return Routed(search, record.generation, record.incarnation, search.cacheable)
 
     # -- documents ----------------------------------------------------------------------------
 
@@ -339,6 +339,7 @@ class Shardrag:
         (``acl.py``); checking it again changes nothing."""
         self._check_open()
         validation.doc_id(document.doc_id)
+        validation.filename(document.filename)
         metadata, stored = access.split(document.metadata)
         validation.metadata(metadata)
         names = access.groups(list(document.acl or stored), "acl")
@@ -396,9 +397,16 @@ class Shardrag:
         token = WriteToken(result.tenant, result.doc_id, result.version, shard_id, position)
         return dataclasses.replace(result, write_token=token.encode())
 
-    def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
-        """Remove every chunk of a document (its history stays in the registry)."""
+    def delete_document(
+        self, tenant: str, doc_id: str, groups: Iterable[str] | None = None
+    ) -> WriteResult:
+        """Remove every chunk of a document (its history stays in the registry).
+
+        ``groups``: the caller's access groups; a document outside them is not found.
+        """
         self._check_open()
+        if groups is not None:
+            self.get_document(tenant, doc_id, groups)
         self.tenant(tenant)
         outcome = self._finished(self.writer.delete(tenant, validation.doc_id(doc_id)))
         if isinstance(outcome, ShardragError):
@@ -600,18 +608,40 @@ class Shardrag:
             self.registry, self.log, self.layout.shards, [n.applied for n in nodes]
         )
 
-    def dead_letters(self, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:
-        """The tenant's events that a stage gave up on, oldest first."""
-        self.tenant(tenant)
-        return dead_letters_of(self.log, tenant, limit)
+    def dead_letters(
+        self, tenant: str, limit: int = 100, groups: Iterable[str] | None = None
+    ) -> list[DeadLetterInfo]:
+        """The tenant's events that a stage gave up on, oldest first (with ``groups``, those
+        of documents the caller may read)."""
+        record = self.tenant(tenant)
+        return dead_letters_of(
+            self.log, tenant, limit, record.incarnation, self._readable(tenant, groups)
+        )
 
-    def redrive(self, tenant: str, dead_letter_id: int) -> DeadLetterInfo:
+    def redrive(
+        self, tenant: str, dead_letter_id: int, groups: Iterable[str] | None = None
+    ) -> DeadLetterInfo:
         """Put a dead letter of the tenant back in its stream (after fixing its cause).
 
         Its version is pending again and flows on from the stage that gave up on it.
         """
-        self.tenant(tenant)
-        return redrive(self.log, self.registry, tenant, dead_letter_id)
+        record = self.tenant(tenant)
+        readable = self._readable(tenant, groups)
+        return redrive(
+            self.log, self.registry, tenant, dead_letter_id, record.incarnation, readable
+        )
+
+    def _readable(self, tenant: str, groups: Iterable[str] | None) -> Callable[[str], bool]:
+        """Whether a caller of ``groups`` may read a document of the tenant, by id."""
+        effective = _groups(groups)
+        if effective is None:
+            return lambda doc_id: True
+
+        def readable(doc_id: str) -> bool:
+            info = self.registry.document(tenant, doc_id)
+            return info is not None and access.may_read(effective, info.acl)
+
+        return readable
 
     def reconcile(self, dry_run: bool = False) -> ReconcileReport:
         """Compare the registry with the shards and repair what drifted (see pipeline/reconcile)."""
@@ -715,6 +745,11 @@ class Shardrag:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _cache_epoch(record: TenantRecord) -> tuple[str, int]:
+    """What a tenant's cached answers are keyed by: its incarnation and cache generation."""
+    return record.incarnation, record.generation
 
 
 def _groups(value: Iterable[str] | None) -> access.Groups:

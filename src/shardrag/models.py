@@ -419,15 +419,34 @@ class WriteToken:
         try:
             fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
             parsed = cls(
-                str(fields["t"]),
-                str(fields["d"]),
-                int(fields["v"]),
-                int(fields["s"]) if fields.get("s") is not None else None,
-                int(fields["p"]) if fields.get("p") is not None else None,
+                _token_text(fields["t"]),
+                _token_text(fields["d"]),
+                _token_int(fields["v"]),
+                _token_int(fields["s"]) if fields.get("s") is not None else None,
+                _token_int(fields["p"]) if fields.get("p") is not None else None,
             )
         except (binascii.Error, ValueError, KeyError, TypeError, AttributeError):
             raise InvalidParameter("write_token is not a shardrag write token") from None
         return parsed
+
+
+#: Numbers in a write token fit a signed 64-bit column (SQLite's INTEGER, PostgreSQL's
+#: BIGINT): a forged larger one must be refused here, not overflow in a database.
+_TOKEN_INT_MAX = 2**63 - 1
+
+
+def _token_int(value: Any) -> int:
+    """A whole number of a token, 0 to 2**63-1 (JSON's true/false/"5" are not numbers)."""
+    if type(value) is not int or not 0 <= value <= _TOKEN_INT_MAX:
+        raise ValueError("not a token number")
+    return value
+
+
+def _token_text(value: Any) -> str:
+    """A string of a token (a tenant or document id), as the token was made."""
+    if not isinstance(value, str):
+        raise ValueError("not a token string")
+    return value
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,11 @@ class RagService(Protocol):
         """Store many documents; one outcome per document, in order."""
         ...
 
-    def delete_document(self, tenant: str, doc_id: str) -> WriteResult:
-        """Delete a document (none of its chunks is searchable on return)."""
+    def delete_document(
+        self, tenant: str, doc_id: str, groups: Iterable[str] | None = None
+    ) -> WriteResult:
+        """Delete a document (none of its chunks is searchable on return); with ``groups``,
+        only one those groups read (else ``DocumentNotFound``)."""
         ...
 
     def get_document(

@@ -14,18 +14,19 @@ from shardrag.models import Fusion, ReadConcern, SearchMode
 
 _Choice = TypeVar("_Choice", bound=enum.StrEnum)
 
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_DOC_ID_LENGTH = 512
 MAX_QUERY_CHARS = 4096
 MAX_METADATA_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-_METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+MAX_FILENAME_LENGTH = 255
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def tenant_id(value: str) -> str:
     """A tenant id: 1-63 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
-    if not isinstance(value, str) or not _TENANT.match(value):
+    if not isinstance(value, str) or not _TENANT.fullmatch(value):
         raise InvalidTenantId(
             f"tenant id {value!r} must be 1-63 characters of a-z, 0-9, '_' or '-', "
             "starting with a letter or digit",
@@ -49,6 +50,18 @@ def doc_id(value: str) -> str:
             "trailing '/', or a backslash",
             doc_id=value[:100],
         )
+    return value
+
+
+def filename(value: str | None) -> str | None:
+    """A document's file name (or None): 1-255 characters, no control characters (a NUL
+    ends a name in C and is refused by PostgreSQL)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_FILENAME_LENGTH:
+        raise InvalidParameter(f"filename must be 1-{MAX_FILENAME_LENGTH} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise InvalidParameter("filename contains control characters", filename=value[:100])
     return value
 
 
@@ -113,7 +126,7 @@ def metadata(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
         raise InvalidParameter("metadata must be a JSON object with non-empty string keys")
-    bad = [k for k in value if not _METADATA_KEY.match(k)]
+    bad = [k for k in value if not _METADATA_KEY.fullmatch(k)]
     if bad:
         # Keys become paths of the engine's payload index (meta.<key>): '.' would split them.
         raise InvalidParameter(

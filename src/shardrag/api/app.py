@@ -55,7 +55,7 @@ def create_app(rag: Shardrag) -> FastAPI:
         documents=lambda: {s.value: n for s, n in rag.document_counts().items()},
         pipeline=rag.pipeline_stats,
         cache=lambda: rag.result_cache.stats() if rag.result_cache else None,
-        resilience=lambda: _resilience(rag, admission),
+        resilience=lambda: _resilience(rag, admission, settings.metrics_tenant_names),
         embedding={
             "model": rag.embedder.model_id,
             "runtime": getattr(rag.embedder, "runtime", "unknown"),
@@ -89,6 +89,7 @@ def create_app(rag: Shardrag) -> FastAPI:
         Guard,
         keys=keys,
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        auth_failures=RateLimiter(settings.auth_failures_per_second, settings.auth_failures_burst),
         max_body_bytes=settings.max_request_bytes,
         admission=admission,
     )
@@ -108,13 +109,20 @@ _WITHOUT_NATIVE_TRACING: dict[str, Any] = (
 )
 
 
-def _resilience(rag: Shardrag, admission: QueryAdmission) -> ResilienceStats:
+#: The tenant label of per-tenant counts when ``/metrics`` may not name tenants.
+ANY_TENANT = "*"
+
+
+def _resilience(rag: Shardrag, admission: QueryAdmission, tenant_names: bool) -> ResilienceStats:
     refused = admission.stats()
     router = rag.router
+    rejections = refused.tenant_rejections
+    if not tenant_names and rejections:
+        rejections = {ANY_TENANT: sum(rejections.values())}
     return ResilienceStats(
         breakers={n: int(s) for n, s in router.breaker_states().items()} if router else {},
         hedges=router.hedges if router else 0,
-        tenant_rejections=refused.tenant_rejections,
+        tenant_rejections=rejections,
         shed=refused.shed,
     )
 
@@ -122,6 +130,9 @@ def _resilience(rag: Shardrag, admission: QueryAdmission) -> ResilienceStats:
 def _mount_console(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def console() -> FileResponse:
-        return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html")
+        # The page's own policy sits in a <meta>, where frame-ancestors is ignored: no other
+        # site may frame the console (clickjacking an operator's key).
+        headers = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY"}
+        return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html", headers=headers)
 
     app.mount("/console", StaticFiles(directory=CONSOLE_DIR), name="console")

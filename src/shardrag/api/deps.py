@@ -13,9 +13,9 @@ from fastapi import Request
 from shardrag import acl as access
 from shardrag.api.auth import ApiKeys, Principal
 from shardrag.embedded import Shardrag
-from shardrag.errors import Forbidden, ShardragError
+from shardrag.errors import Forbidden, InvalidParameter, ShardragError
 from shardrag.observability import Metrics
-from shardrag.registry import AuditEvent, Role
+from shardrag.registry import AuditEvent, Role, TenantRecord
 
 #: A request narrows its key's access groups to these (comma-separated), never widens them.
 GROUPS_HEADER = "X-Shardrag-Groups"
@@ -50,8 +50,19 @@ class Caller:
         return f"key:{self.principal.key_id} ({self.principal.role.value})"
 
     def audit(self, action: str, target: str, outcome: str, **details: Any) -> None:
-        """Append an event to the audit log of the caller's tenant."""
-        self.service.rag.registry.append_audit(
+        """Append an event to the audit log of the caller's tenant.
+
+        The event records who may read it (``audit_visible``): the tenant's incarnation, and
+        the groups of what it touched (``acl``: a document's; ``groups``: a key's), else the
+        acting key's groups.
+        """
+        registry = self.service.rag.registry
+        record = registry.get_tenant(self.tenant) if self.tenant else None
+        if record is not None:
+            details[AUDIT_INCARNATION] = record.incarnation
+        if AUDIT_ACL not in details and AUDIT_GROUPS not in details:
+            details[AUDIT_GROUPS] = _listed(self.principal.groups)
+        registry.append_audit(
             AuditEvent(
                 tenant=self.tenant,
                 actor=self.actor,
@@ -81,6 +92,40 @@ class Caller:
         self.audit(action, target, "ok", **details)
 
 
+#: Keys of an audit event's details that say who may read it (``audit_visible``).
+AUDIT_INCARNATION = "incarnation"
+AUDIT_ACL = "acl"
+AUDIT_GROUPS = "groups"
+
+
+def _listed(groups: access.Groups) -> list[str] | None:
+    return None if groups is None else list(groups)
+
+
+def audit_visible(event: AuditEvent, who: Caller, record: TenantRecord) -> bool:
+    """Whether ``who`` may read an audit event of ``record``'s tenant id.
+
+    The root key reads every event, a dropped incarnation's too (compliance). A tenant key
+    reads only its incarnation's; a key with groups only events about documents of groups
+    it reads (``acl``) or about keys and actors whose groups are within its own.
+    """
+    if who.principal.role is Role.ROOT:
+        return True
+    details = event.details
+    incarnation = details.get(AUDIT_INCARNATION)
+    if incarnation is None:
+        if event.at < record.created_at:  # written before incarnations were recorded
+            return False
+    elif incarnation != record.incarnation:
+        return False
+    if who.groups is None:
+        return True
+    if AUDIT_ACL in details:
+        return access.may_read(who.groups, details[AUDIT_ACL] or ())
+    scope = details.get(AUDIT_GROUPS)
+    return access.within(who.groups, None if scope is None else tuple(scope))
+
+
 def service(request: Request) -> Service:
     """The app's shared service."""
     found: Service = request.app.state.service
@@ -89,7 +134,11 @@ def service(request: Request) -> Service:
 
 def _caller(request: Request, tenant: str | None) -> Caller:
     principal: Principal = request.state.principal
-    narrowed = request.headers.get(GROUPS_HEADER)
+    repeated = request.headers.getlist(GROUPS_HEADER)
+    if len(repeated) > 1:
+        # Proxies and frameworks differ on which copy counts: refuse, never guess.
+        raise InvalidParameter(f"send {GROUPS_HEADER} once (comma-separated groups)")
+    narrowed = repeated[0] if repeated else None
     return Caller(
         service=service(request),
         principal=principal,

@@ -44,10 +44,13 @@ class Guard:
         limiter: RateLimiter,
         max_body_bytes: int,
         admission: QueryAdmission | None = None,
+        auth_failures: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
+        #: Failed authentications per client address (guessing keys costs the guesser).
+        self.auth_failures = auth_failures or RateLimiter(0, 1)
         self.max_body_bytes = max_body_bytes
         self.admission = admission
 
@@ -90,13 +93,25 @@ class Guard:
 
     def _admit(self, scope: Scope) -> Principal:
         state = scope["state"]
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+        blocked = self.auth_failures.waiting(address)
+        if blocked > 0:
+            state["refusal"] = "auth_failures"
+            retry = self.auth_failures.retry_after_header(blocked)
+            raise RateLimited(
+                f"too many failed authentications from this address; retry in {retry} s",
+                retry_after=int(retry),
+            )
         try:
-            principal = self.keys.authenticate(_header(scope, b"authorization"))
+            principal = self.keys.authenticate(_single_header(scope, b"authorization"))
         except Unauthorized as refused:
             state["refusal"] = refused.code  # audited by the access log
+            self.auth_failures.admit(address)
             raise
         wait = self.limiter.admit(principal.key_id)
         if wait > 0:
+            state["refused_key_id"] = principal.key_id  # the access log names whose it was
             retry = self.limiter.retry_after_header(wait)
             raise RateLimited(
                 f"rate limit of this key exceeded; retry in {retry} s", retry_after=int(retry)
@@ -164,6 +179,14 @@ def _too_large(limit: int) -> RequestTooLarge:
         f"the request body is larger than {limit} bytes (setting max_request_bytes)",
         limit=limit,
     )
+
+
+def _single_header(scope: Scope, name: bytes) -> str | None:
+    """A header that must come once (a second copy could mean two things): its value."""
+    found = [v for k, v in scope.get("headers", []) if k == name]
+    if len(found) > 1:
+        raise Unauthorized(f"send the {name.decode()} header once")
+    return bytes(found[0]).decode("latin-1") if found else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -34,6 +34,18 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
 
+    def waiting(self, key: str) -> float:
+        """Like ``admit`` without taking a token: 0 if ``key`` has one left now."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            if key not in self._buckets:
+                return 0.0
+            tokens, updated = self._buckets[key]
+            tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     @staticmethod
     def retry_after_header(wait: float) -> str:
         """Retry-After in whole seconds, never 0 (HTTP allows only integers here)."""

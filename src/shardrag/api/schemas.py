@@ -1,6 +1,7 @@
 """Request and response bodies of the API, as pydantic models (they make the OpenAPI).
 
-Requests forbid unknown fields: a misspelt parameter is a 422, not silently ignored.
+Requests forbid unknown fields: a misspelt parameter is a 422, not silently ignored. Numbers
+and booleans are strict: ``"k": "5"`` or ``"k": true`` is a 422, not a 5 or a 1.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class SearchBody(_Request):
     """A search of the tenant's live documents."""
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int = Field(default=10, ge=1, le=1000)
+    k: int = Field(default=10, ge=1, le=1000, strict=True)
     mode: SearchMode = SearchMode.HYBRID
     filters: Filters | None = Field(
         default=None, description='metadata equality {"team": "ops"} or any-of {"team": [..]}'
@@ -171,12 +172,13 @@ class AnswerBody(_Request):
     """A question answered from the tenant's documents."""
 
     question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int = Field(default=8, ge=1, le=100)
-    max_context_tokens: int | None = Field(default=None, ge=1, le=100_000)
+    k: int = Field(default=8, ge=1, le=100, strict=True)
+    max_context_tokens: int | None = Field(default=None, ge=1, le=100_000, strict=True)
     filters: Filters | None = None
     mode: SearchMode = Field(default=SearchMode.HYBRID, description="how the passages are searched")
     stream: bool = Field(
         default=False,
+        strict=True,
         description="answer as server-sent events: context, delta..., done (or error)",
     )
 
@@ -355,7 +357,9 @@ class TenantPlacementOut(BaseModel):
 class PromoteIn(BaseModel):
     """A tenant promotion (or split): how many dedicated shards it gets."""
 
-    shards: int = Field(1, ge=1, le=64, description="Dedicated shards (>1: a split by doc id).")
+    shards: int = Field(
+        1, ge=1, le=64, strict=True, description="Dedicated shards (>1: a split by doc id)."
+    )
 
 
 class ReplicaMoveOut(BaseModel):

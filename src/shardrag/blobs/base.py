@@ -7,13 +7,13 @@ from typing import Protocol
 
 from shardrag.errors import InvalidParameter
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def check_digest(digest: str) -> None:
     """Refuse anything but a SHA-256 hex digest (64 lowercase hex characters)."""
     # A digest becomes a file name or an object key: anything else could escape the store.
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         raise InvalidParameter(f"not a SHA-256 hex digest: {digest!r:.100}")
 
 

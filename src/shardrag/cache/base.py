@@ -63,8 +63,11 @@ class CacheKey:
         return cls(tenant, generation, str(kind), _normalize_query(query), _canonical_json(params))
 
     @classmethod
-    def for_query_embedding(cls, tenant: str, model_id: str, query: str) -> CacheKey:
-        """The key of the embedding of ``query`` by ``model_id``, for ``tenant``.
+    def for_query_embedding(
+        cls, tenant: str, model_id: str, query: str, incarnation: str = ""
+    ) -> CacheKey:
+        """The key of the embedding of ``query`` by ``model_id``, for ``tenant`` (of
+        ``incarnation``: a tenant made again under a dropped one's id shares no entry).
 
         A query embedding does not depend on the tenant's documents, so it is stored at
         generation 0 and survives every change of the tenant.
@@ -73,7 +76,8 @@ class CacheKey:
         # shared entry would tell a tenant, by a fast answer, that another tenant asked the
         # same question. (One LRU for all still lets a tenant's traffic evict another's
         # entries; only a bound per tenant would stop that.)
-        return cls.for_search(tenant, 0, CacheKind.QUERY_EMBEDDING, query, {"model": model_id})
+        params = {"model": model_id, "incarnation": incarnation}
+        return cls.for_search(tenant, 0, CacheKind.QUERY_EMBEDDING, query, params)
 
 
 @dataclass(frozen=True)

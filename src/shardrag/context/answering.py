@@ -39,7 +39,7 @@ class Answering:
     def __init__(
         self,
         search: Search,
-        generation: Callable[[str], int],
+        generation: Callable[[str], tuple[str, int]],
         assembler: ContextAssembler,
         answerer: Answerer,
         cache: ResultCache | None,
@@ -148,9 +148,10 @@ class Answering:
         groups: Groups,
         mode: SearchMode,
     ) -> CacheKey:
+        incarnation, generation = self.generation(tenant)
         return CacheKey.for_search(
             tenant,
-            self.generation(tenant),
+            generation,
             CacheKind.ANSWER,
             validation.query_text(question),
             {
@@ -160,6 +161,7 @@ class Answering:
                 "groups": None if groups is None else list(groups),
                 "answerer": self.answerer.name,
                 "mode": mode.value,
+                "incarnation": incarnation,
             },
         )
 

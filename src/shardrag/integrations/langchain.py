@@ -131,10 +131,11 @@ class ShardragVectorStore(VectorStore):
         )
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete documents by id (ids that do not exist are ignored)."""
+        """Delete documents by id (ids that do not exist, or that the store's ``groups`` do not
+        read, are ignored)."""
         for doc_id in ids or []:
             try:
-                self.service.delete_document(self.tenant, doc_id)
+                self.service.delete_document(self.tenant, doc_id, self.groups)
             except DocumentNotFound:
                 continue
         return True

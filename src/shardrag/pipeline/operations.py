@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from shardrag.errors import DeadLetterNotFound
 from shardrag.log import Log
@@ -29,12 +29,24 @@ def pipeline_stats(
     )
 
 
-def dead_letters_of(log: Log, tenant: str, limit: int = 100) -> list[DeadLetterInfo]:
-    """The tenant's events that a stage gave up on, oldest first."""
+def dead_letters_of(
+    log: Log,
+    tenant: str,
+    limit: int = 100,
+    incarnation: str = "",
+    readable: Callable[[str], bool] = lambda doc_id: True,
+) -> list[DeadLetterInfo]:
+    """The tenant's events that a stage gave up on, oldest first: of its ``incarnation`` (when
+    given; a dropped tenant's are not its successor's) and of documents ``readable`` says the
+    caller may read."""
     found = []
     for dead in log.dead_letters(limit=100_000):
         ref = ref_of(dead.subject, dead.data)
         if ref is None or ref.tenant != tenant:
+            continue
+        if incarnation and ref.epoch and ref.epoch != incarnation:
+            continue
+        if not readable(ref.doc_id):
             continue
         found.append(
             DeadLetterInfo(
@@ -53,9 +65,16 @@ def dead_letters_of(log: Log, tenant: str, limit: int = 100) -> list[DeadLetterI
     return found
 
 
-def redrive(log: Log, registry: Registry, tenant: str, dead_letter_id: int) -> DeadLetterInfo:
+def redrive(
+    log: Log,
+    registry: Registry,
+    tenant: str,
+    dead_letter_id: int,
+    incarnation: str = "",
+    readable: Callable[[str], bool] = lambda doc_id: True,
+) -> DeadLetterInfo:
     """Put a dead letter of the tenant back in its stream; its version is pending again."""
-    for dead in dead_letters_of(log, tenant, limit=100_000):
+    for dead in dead_letters_of(log, tenant, 100_000, incarnation, readable):
         if dead.dead_letter_id == dead_letter_id:
             registry.reopen(tenant, dead.doc_id, dead.version)
             log.redrive(dead_letter_id)

@@ -223,7 +223,12 @@ class Reconciler:
                 report.add(repair)
                 if not report.dry_run:
                     ref = VersionRef(
-                        tenant.tenant, doc.doc_id, live.version, shard_id, f"repair-{uuid.uuid4()}"
+                        tenant.tenant,
+                        doc.doc_id,
+                        live.version,
+                        shard_id,
+                        f"repair-{uuid.uuid4()}",
+                        epoch=tenant.incarnation,
                     )
                     event = self.writer.event_of(ref)
                     if event is not None:

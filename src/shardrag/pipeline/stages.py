@@ -26,7 +26,7 @@ from shardrag.pipeline.events import (
     encode_chunks,
     upsert_ops,
 )
-from shardrag.pipeline.vectors import ChunkVectorizer, VectorJob
+from shardrag.pipeline.vectors import ChunkVectorizer, VectorJob, reuse_scope
 from shardrag.registry import ManifestEntry, Registry
 
 # Given a shard id, its engine, where this process hosts shards (for reusing the previous
@@ -124,7 +124,7 @@ class EmbedStage:
         chunks = event.chunks
         if event.chunks_blob is not None:
             chunks = decode_chunks(self.blobs.get(event.chunks_blob, owner=event.ref.tenant))
-        job = VectorJob(ref.tenant, chunks)
+        job = VectorJob(reuse_scope(ref.tenant, ref.epoch, event.metadata), chunks)
         current = self.registry.document(ref.tenant, ref.doc_id)
         live = current.live if current else None
         if live is not None and live.version < ref.version:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shardrag import acl as access
 from shardrag.embed import Embedder, EmbeddingCache
-from shardrag.models import Chunk, EmbeddedChunk
+from shardrag.models import Chunk, EmbeddedChunk, Metadata
 
 # Given chunk indexes of the previous version, its stored vectors by index.
 PreviousVectors = Callable[[list[int]], dict[int, list[float]]]
+
+
+def reuse_scope(tenant: str, incarnation: str, metadata: Metadata) -> str:
+    """The embedding cache's partition for a version: its tenant's incarnation and its access
+    groups.
+
+    A write's answer (``reused_vectors``) and its speed tell whether a chunk's text was
+    cached, so a writer may reuse only vectors of chunks it could read: those written to the
+    same incarnation of its tenant (a tenant made again under a dropped one's id shares
+    nothing) under exactly the same groups (a key writes only groups it reads, so it reads
+    every document of such a partition).
+    """
+    _, groups = access.split(metadata)
+    return json.dumps([tenant, incarnation, list(groups)], separators=(",", ":"))
 
 
 @dataclass
@@ -20,7 +36,8 @@ class VectorJob:
     version. ``run`` fills ``result`` and the reuse counters.
     """
 
-    tenant: str
+    #: Whose vectors it may reuse from the embedding cache (``reuse_scope``).
+    scope: str
     chunks: list[Chunk]
     previous_manifest: dict[str, int] = field(default_factory=dict)
     previous_vectors: PreviousVectors | None = None
@@ -33,8 +50,8 @@ class ChunkVectorizer:
     """Gives every chunk a vector, embedding only content never seen before.
 
     Sources in order: the previous live version (equal content hash, found through its
-    manifest), the tenant's embedding cache, then the model — called once for all jobs, so the
-    model sees full batches even when each document is small.
+    manifest), the embedding cache of the job's ``reuse_scope``, then the model — called once
+    for all jobs, so the model sees full batches even when each document is small.
     """
 
     def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
@@ -50,11 +67,11 @@ class ChunkVectorizer:
             vectors = self._from_previous(job)
             job.reused = len(vectors)
             missing = [c.content_hash for c in job.chunks if c.content_hash not in vectors]
-            cached = self.cache.get_many(job.tenant, model, missing) if missing else {}
+            cached = self.cache.get_many(job.scope, model, missing) if missing else {}
             job.reused += len(cached)
             vectors.update(cached)
             for chunk in job.chunks:
-                key = (job.tenant, chunk.content_hash)
+                key = (job.scope, chunk.content_hash)
                 if chunk.content_hash not in vectors and key not in pending:
                     # Counted for the first document that needs it: the model embeds it once.
                     pending[key] = chunk
@@ -69,15 +86,15 @@ class ChunkVectorizer:
                 strict=True,
             )
         )
-        by_tenant: dict[str, dict[str, list[float]]] = {}
-        for (tenant, digest), vector in fresh.items():
-            by_tenant.setdefault(tenant, {})[digest] = vector
-        for tenant, vectors in by_tenant.items():
-            self.cache.put_many(tenant, model, vectors)
+        by_scope: dict[str, dict[str, list[float]]] = {}
+        for (scope, digest), vector in fresh.items():
+            by_scope.setdefault(scope, {})[digest] = vector
+        for scope, vectors in by_scope.items():
+            self.cache.put_many(scope, model, vectors)
 
         for job, vectors in zip(jobs, known, strict=True):
             job.result = [
-                EmbeddedChunk(c, vectors.get(c.content_hash) or fresh[(job.tenant, c.content_hash)])
+                EmbeddedChunk(c, vectors.get(c.content_hash) or fresh[(job.scope, c.content_hash)])
                 for c in job.chunks
             ]
 

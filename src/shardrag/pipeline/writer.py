@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
+from shardrag import acl as access
 from shardrag.blobs import BlobStore
 from shardrag.errors import (
     DocumentNotFound,
@@ -180,7 +181,10 @@ class DocumentWriter:
         current = self.registry.document(tenant, doc_id)
         if current is None or current.state is VersionState.DELETED:
             raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
-        version = self.registry.begin_tombstone(tenant, doc_id)
+        # The marker keeps the deleted version's groups: a deletion must not reveal, to a
+        # caller outside them, that the document existed (docs/access.md).
+        marker = access.with_acl({}, current.acl)
+        version = self.registry.begin_tombstone(tenant, doc_id, marker)
         record = self.placer.ensure_tenant(tenant)
         shard_id = self._shard(record, doc_id)
         ref = VersionRef(tenant, doc_id, version, shard_id, epoch=epoch_of(record))
@@ -241,7 +245,7 @@ class DocumentWriter:
 
 def epoch_of(record: TenantRecord) -> str:
     """The tenant incarnation that a version's event ids carry (see ``VersionRef.epoch``)."""
-    return f"{record.created_at:.6f}"
+    return record.incarnation
 
 
 def _same_json(a: Metadata, b: Metadata) -> bool:

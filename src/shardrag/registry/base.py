@@ -25,6 +25,13 @@ class TenantRecord:
     created_at: float
     name: str = ""
 
+    @property
+    def incarnation(self) -> str:
+        """Which life of the tenant id this is: a tenant dropped and made again under the same
+        id is another incarnation, and shares nothing with the dropped one (docs/security.md).
+        """
+        return f"{self.created_at:.6f}"
+
 
 @dataclass(frozen=True)
 class ManifestEntry:
@@ -85,8 +92,12 @@ class Registry(Protocol):
         """Record version latest+1 of the document as ``pending`` and return its number."""
         ...
 
-    def begin_tombstone(self, tenant: str, doc_id: str) -> int:
-        """Record a pending delete of the document as a new version; return its number."""
+    def begin_tombstone(self, tenant: str, doc_id: str, metadata: Metadata | None = None) -> int:
+        """Record a pending delete of the document as a new version; return its number.
+
+        ``metadata``: what the deletion marker keeps of the deleted version (its access
+        groups, so the marker is hidden from whoever could not read the document).
+        """
         ...
 
     def record_manifest(

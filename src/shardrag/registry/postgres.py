@@ -26,7 +26,7 @@ from shardrag.errors import (
     TenantExists,
     Unavailable,
 )
-from shardrag.models import DocumentInfo, VersionInfo, VersionState
+from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
 from shardrag.registry.rows import (
@@ -294,11 +294,13 @@ class PostgresRegistry:
         """Record version latest+1 as pending and return its number."""
         return self._begin(tenant, doc_id, new)
 
-    def begin_tombstone(self, tenant: str, doc_id: str) -> int:
+    def begin_tombstone(self, tenant: str, doc_id: str, metadata: Metadata | None = None) -> int:
         """Record a pending delete as a new version of the document."""
-        return self._begin(tenant, doc_id, None)
+        return self._begin(tenant, doc_id, None, metadata or {})
 
-    def _begin(self, tenant: str, doc_id: str, new: NewVersion | None) -> int:
+    def _begin(
+        self, tenant: str, doc_id: str, new: NewVersion | None, tombstone: Metadata | None = None
+    ) -> int:
         # Incrementing in the statement that locks the document row hands concurrent writers
         # distinct, consecutive numbers.
         if new is None:
@@ -332,7 +334,7 @@ class PostgresRegistry:
                     new.content_hash if new else None,
                     new.filename if new else None,
                     new.size if new else 0,
-                    Jsonb(new.metadata if new else {}),
+                    Jsonb(new.metadata if new else tombstone or {}),
                     new.content_type if new else None,
                     new.title if new else None,
                     now,

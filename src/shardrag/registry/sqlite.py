@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shardrag.errors import DocumentNotFound, NotFound, TenantExists
-from shardrag.models import DocumentInfo, VersionInfo, VersionState
+from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
 from shardrag.registry.rows import (
@@ -188,11 +188,13 @@ class SqliteRegistry:
         """Record version latest+1 as pending and return its number."""
         return self._begin(tenant, doc_id, new)
 
-    def begin_tombstone(self, tenant: str, doc_id: str) -> int:
+    def begin_tombstone(self, tenant: str, doc_id: str, metadata: Metadata | None = None) -> int:
         """Record a pending delete as a new version of the document."""
-        return self._begin(tenant, doc_id, None)
+        return self._begin(tenant, doc_id, None, metadata or {})
 
-    def _begin(self, tenant: str, doc_id: str, new: NewVersion | None) -> int:
+    def _begin(
+        self, tenant: str, doc_id: str, new: NewVersion | None, tombstone: Metadata | None = None
+    ) -> int:
         now = time.time()
         with self._tx() as db:
             row = db.execute(
@@ -221,7 +223,7 @@ class SqliteRegistry:
                     new.content_hash if new else None,
                     new.filename if new else None,
                     new.size if new else 0,
-                    json.dumps(new.metadata if new else {}),
+                    json.dumps(new.metadata if new else tombstone or {}),
                     new.content_type if new else None,
                     new.title if new else None,
                     now,

@@ -67,6 +67,9 @@ class ReadPositions:
             token = WriteToken.decode(write_token)
             if token.tenant != tenant:
                 raise InvalidParameter("write_token belongs to another tenant")
+            # A token is not signed: its id is checked like any caller's before a database
+            # sees it (a NUL or an over-long id must be a 400, not a driver's error).
+            validation.doc_id(token.doc_id)
 
             def decided() -> bool:
                 info = self.registry.version(token.tenant, token.doc_id, token.version)

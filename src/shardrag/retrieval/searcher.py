@@ -32,6 +32,9 @@ class Routed:
 
     target: SearchTarget
     generation: int
+    #: The tenant's incarnation: a tenant made again under a dropped one's id starts at
+    #: generation 0 again, and must not find the dropped one's entries.
+    incarnation: str
     #: Asked after the search: may its result be cached under ``generation``? (A replica
     #: behind the commits that made the generation would otherwise cache stale hits.)
     cacheable: Callable[[], bool] = _always
@@ -77,7 +80,7 @@ class Searcher:
         routed = self.route(request.tenant, positions or {})
         engine = routed.target
         if self.cache is None:
-            return self._search(engine, request, request.query)
+            return self._search(engine, request, request.query, routed.incarnation)
         key = CacheKey.for_search(
             request.tenant,
             routed.generation,
@@ -89,6 +92,7 @@ class Searcher:
                 "fusion": request.fusion.value,
                 "filters": request.filters,
                 "groups": None if request.groups is None else list(request.groups),
+                "incarnation": routed.incarnation,
             },
         )
         cached = self.cache.get(key)
@@ -96,15 +100,19 @@ class Searcher:
         if cached is None:
             # Computed from the normalised text, so every spelling that shares the key
             # would have produced this value.
-            cached = tuple(self._search(engine, request, key.query))
+            cached = tuple(self._search(engine, request, key.query, routed.incarnation))
             if routed.cacheable():
                 self.cache.put(key, cached)
         # Callers may mutate what they get; the cached hits must stay as computed.
         return [dataclasses.replace(h, metadata=copy.deepcopy(h.metadata)) for h in cached]
 
-    def _search(self, engine: SearchTarget, request: SearchRequest, text: str) -> list[Hit]:
+    def _search(
+        self, engine: SearchTarget, request: SearchRequest, text: str, incarnation: str
+    ) -> list[Hit]:
         dense = (
-            None if request.mode is SearchMode.KEYWORD else self._query_vector(request.tenant, text)
+            None
+            if request.mode is SearchMode.KEYWORD
+            else self._query_vector(request.tenant, text, incarnation)
         )
         return engine.search(
             ShardQuery(
@@ -119,14 +127,14 @@ class Searcher:
             )
         )
 
-    def _query_vector(self, tenant: str, text: str) -> list[float]:
+    def _query_vector(self, tenant: str, text: str, incarnation: str) -> list[float]:
         with tracing.span("embed query"):
-            return self._embedded_query(tenant, text)
+            return self._embedded_query(tenant, text, incarnation)
 
-    def _embedded_query(self, tenant: str, text: str) -> list[float]:
+    def _embedded_query(self, tenant: str, text: str, incarnation: str) -> list[float]:
         if self.cache is None:
             return self.embedder.embed_query(text)
-        key = CacheKey.for_query_embedding(tenant, self.embedder.model_id, text)
+        key = CacheKey.for_query_embedding(tenant, self.embedder.model_id, text, incarnation)
         vector = self.cache.get(key)
         if vector is None:
             vector = self.embedder.embed_query(key.query)

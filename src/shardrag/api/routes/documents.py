@@ -12,10 +12,10 @@ from starlette.datastructures import UploadFile
 
 from shardrag import acl as access
 from shardrag import validation
-from shardrag.api.deps import ACL_HEADER, Caller, tenant_caller
+from shardrag.api.deps import ACL_HEADER, AUDIT_ACL, Caller, tenant_caller
 from shardrag.api.schemas import DocumentList, DocumentOut, ErrorOut, WriteOut
 from shardrag.errors import DocumentNotFound, Forbidden, InvalidParameter, InvalidRequest
-from shardrag.models import Metadata, VersionState, WriteResult
+from shardrag.models import DocumentInfo, Metadata, VersionState, WriteResult
 from shardrag.registry import Role
 
 router = APIRouter(prefix="/v1/tenants/{t}/documents", tags=["documents"])
@@ -140,6 +140,8 @@ async def put_document(
     every key. A key with groups writes only documents it reads, with groups of its own.
     """
     validation.doc_id(doc_id)
+    if len(request.headers.getlist(ACL_HEADER)) > 1:
+        raise InvalidParameter(f"send {ACL_HEADER} once (comma-separated groups)")
     upload = await _Upload.read(request)
     meta = _metadata(upload.metadata_field if upload.metadata_field is not None else metadata)
     name = filename or upload.filename or doc_id.rsplit("/", 1)[-1]
@@ -148,6 +150,7 @@ async def put_document(
     def write() -> WriteResult:
         with who.audited("document.put", doc_id) as details:
             _may_write(who, t, doc_id, acl)
+            details[AUDIT_ACL] = list(acl)
             result = who.service.rag.put_document(
                 t,
                 doc_id,
@@ -218,18 +221,23 @@ def get_original(t: str, doc_id: str, who: Reader) -> Response:
 def delete_document(t: str, doc_id: str, who: Writer) -> Any:
     """Delete a document (writer): none of its chunks are searchable once this answers."""
     with who.audited("document.delete", doc_id) as details:
-        _may_write(who, t, doc_id)
+        current = _may_write(who, t, doc_id)
+        if current is not None:
+            details[AUDIT_ACL] = list(current.acl)
         result = who.service.rag.delete_document(t, doc_id)
         details["version"] = result.version
     return result.to_dict()
 
 
-def _may_write(who: Caller, tenant: str, doc_id: str, acl: tuple[str, ...] | None = None) -> None:
-    """A caller restricted to access groups writes only documents it can read (one it cannot
-    read is not found, as for reads), and gives them only groups it has, at least one."""
-    if who.groups is None:
-        return
+def _may_write(
+    who: Caller, tenant: str, doc_id: str, acl: tuple[str, ...] | None = None
+) -> DocumentInfo | None:
+    """The document as it is, if the caller may write it: a caller restricted to access
+    groups writes only documents it can read (one it cannot read is not found, as for reads;
+    a deleted one keeps the groups it had), and gives them only groups it has, at least one."""
     current = who.service.rag.registry.document(tenant, validation.doc_id(doc_id))
+    if who.groups is None:
+        return current
     if current is not None and not access.may_read(who.groups, current.acl):
         raise DocumentNotFound(f"no document {doc_id!r} in tenant {tenant!r}", doc_id=doc_id)
     if acl is not None and (not acl or not set(acl) <= set(who.groups)):
@@ -238,3 +246,4 @@ def _may_write(who: Caller, tenant: str, doc_id: str, acl: tuple[str, ...] | Non
             f"give the document groups among {list(who.groups)}",
             groups=list(who.groups),
         )
+    return current

@@ -33,7 +33,7 @@ Root = Annotated[Caller, Depends(root_caller)]
 @router.get("/v1/tenants/{t}/dead-letters", response_model=DeadLetterList)
 def list_dead_letters(t: str, who: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
     """Events of the tenant's writes that a stage gave up on (tenant admin, or root)."""
-    found = who.service.rag.dead_letters(t, limit)
+    found = who.service.rag.dead_letters(t, limit, who.groups)
     return {"dead_letters": [d.to_dict() for d in found]}
 
 
@@ -48,7 +48,7 @@ def redrive_dead_letter(t: str, dead_letter_id: int, who: Redriver) -> Any:
     Its version is ``pending`` again and continues from the stage that gave up on it.
     """
     with who.audited("dead_letter.redrive", str(dead_letter_id)) as details:
-        dead = who.service.rag.redrive(t, dead_letter_id)
+        dead = who.service.rag.redrive(t, dead_letter_id, who.groups)
         details.update(doc_id=dead.doc_id, version=dead.version)
     return dead.to_dict()
 

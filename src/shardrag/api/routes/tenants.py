@@ -10,7 +10,14 @@ from fastapi import APIRouter, Depends, Query
 
 from shardrag import acl as access
 from shardrag import validation
-from shardrag.api.deps import Caller, caller, root_caller, tenant_caller
+from shardrag.api.deps import (
+    AUDIT_GROUPS,
+    Caller,
+    audit_visible,
+    caller,
+    root_caller,
+    tenant_caller,
+)
 from shardrag.api.schemas import (
     AuditList,
     KeyCreate,
@@ -22,8 +29,10 @@ from shardrag.api.schemas import (
     TenantOut,
     Whoami,
 )
-from shardrag.errors import InvalidParameter, InvalidTenantId, NotFound
-from shardrag.registry import Role, TenantRecord
+from shardrag.errors import Forbidden, InvalidParameter, InvalidTenantId, NotFound
+from shardrag.registry import AuditEvent, Role, TenantRecord
+
+_KEY_ID = re.compile(r"[0-9a-f]{1,64}")
 
 router = APIRouter(prefix="/v1", tags=["tenants and keys"])
 
@@ -88,6 +97,14 @@ def create_key(t: str, body: KeyCreate, who: AdminCaller) -> Any:
         raise InvalidParameter("a tenant key is admin, writer or reader")
     with who.audited("key.create", body.role.value) as details:
         groups = None if body.groups is None else access.groups(body.groups)
+        details[AUDIT_GROUPS] = None if groups is None else list(groups)
+        if not access.within(who.groups, groups):
+            # A key with groups would otherwise make one that reads more than it does.
+            raise Forbidden(
+                "a key with access groups makes keys of its own groups only: give the new "
+                f"key groups among {list(who.groups or ())}",
+                groups=list(who.groups or ()),
+            )
         record, secret = who.service.keys.issue(t, body.role, body.name, groups)
         details["key_id"] = record.key_id
     return {**record.to_dict(), "key": secret}
@@ -95,18 +112,22 @@ def create_key(t: str, body: KeyCreate, who: AdminCaller) -> Any:
 
 @router.get("/tenants/{t}/keys", response_model=KeyList)
 def list_keys(t: str, who: AdminCaller) -> Any:
-    """The tenant's keys, revoked ones included, without secrets."""
-    return {"keys": [k.to_dict() for k in who.service.rag.registry.keys(t)]}
+    """The tenant's keys, revoked ones included, without secrets (a key with groups sees the
+    keys whose groups are within its own)."""
+    keys = who.service.rag.registry.keys(t)
+    return {"keys": [k.to_dict() for k in keys if access.within(who.groups, k.groups)]}
 
 
 @router.delete("/tenants/{t}/keys/{key_id}", response_model=KeyOut)
 def revoke_key(t: str, key_id: str, who: AdminCaller) -> Any:
     """Revoke a key of the tenant; it stops working at once."""
     registry = who.service.rag.registry
-    with who.audited("key.revoke", key_id):
-        record = registry.key(key_id)
-        if record is None or record.tenant != t:
+    with who.audited("key.revoke", key_id) as details:
+        # Key ids are hex (auth.py): anything else names no key, and never reaches a database.
+        record = registry.key(key_id) if _KEY_ID.fullmatch(key_id) else None
+        if record is None or record.tenant != t or not access.within(who.groups, record.groups):
             raise NotFound(f"no key {key_id!r} in tenant {t!r}", key_id=key_id[:100])
+        details[AUDIT_GROUPS] = None if record.groups is None else list(record.groups)
         revoked = registry.revoke_key(key_id)
     return revoked.to_dict()
 
@@ -118,7 +139,28 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,  # SQLite INTEGER
 ) -> Any:
-    """The tenant's audit log, newest first (root or tenant admin)."""
-    events = who.service.rag.registry.audit(t, limit, before)
-    next_before = events[-1].event_id if len(events) == limit else None
-    return {"events": [e.to_dict() for e in events], "next_before": next_before}
+    """The tenant's audit log, newest first (root or tenant admin).
+
+    A tenant key reads the events of its tenant's incarnation (not those of a dropped tenant
+    of the same id, which only the root key reads); a key with groups, the events about what
+    its groups read (docs/access.md).
+    """
+    registry = who.service.rag.registry
+    record = who.service.rag.tenant(t)
+    found: list[AuditEvent] = []
+    next_before: int | None = None
+    # Pages of the log until ``limit`` visible ones (or its end) are found.
+    while len(found) < limit:
+        page = registry.audit(t, limit, before)
+        for event in page:
+            if audit_visible(event, who, record):
+                found.append(event)
+                if len(found) == limit:
+                    next_before = event.event_id
+                    break
+        if len(page) < limit:
+            break
+        before = page[-1].event_id
+    if next_before is None and len(found) == limit:
+        next_before = found[-1].event_id
+    return {"events": [e.to_dict() for e in found], "next_before": next_before}
