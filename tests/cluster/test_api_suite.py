@@ -1,5 +1,5 @@
-"""The whole API test suite (tests/api) and the attacks on it (tests/security) against a cluster: 2 api processes, 3 index nodes,
-2 shards x 2 replicas, NATS, PostgreSQL and Redis.
+"""The whole API test suite (tests/api) and the attacks on it (tests/security) against a
+cluster: 2 api processes, 3 index nodes, 2 shards x 2 replicas, NATS, PostgreSQL and Redis.
 
 ``SHARDRAG_TEST_CLUSTER`` points tests/api/conftest.py's ``api`` and ``live_server`` fixtures
 at the cluster (tests marked ``in_process`` are skipped there). The suite runs in a pytest of
