@@ -128,6 +128,8 @@ class Server:
                 "SHARDRAG_ADMIN_KEY": ROOT_KEY,
                 "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
                 "SHARDRAG_RECONCILE_INTERVAL_SECONDS": "0",
+                # The refusals are read per tenant from /metrics (off by default: names).
+                "SHARDRAG_METRICS_TENANT_NAMES": "true",
                 "HF_HUB_OFFLINE": "1",
                 **env,
             },

@@ -179,6 +179,9 @@ class Settings:
     #: Searches and answers one tenant may have in flight per api process (429
     #: tenant_overloaded beyond; 0 turns the limit off).
     tenant_max_concurrent_queries: int = 8
+    #: Tokens of model work (embeddings, answers' context) one tenant may have in flight per
+    #: api process; more waits behind that tenant's own calls (0 turns the budget off).
+    tenant_max_model_tokens: int = 16384
     #: An index node obeys fault-injection requests (test and chaos suites only).
     fault_injection: bool = False
 
@@ -249,6 +252,7 @@ class Settings:
             "breaker_cooldown_seconds": self.breaker_cooldown_seconds > 0,
             "hedge_floor_seconds": self.hedge_floor_seconds >= 0,
             "tenant_max_concurrent_queries": self.tenant_max_concurrent_queries >= 0,
+            "tenant_max_model_tokens": self.tenant_max_model_tokens >= 0,
             "log_level": self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "tls_key": (self.tls_cert is None) == (self.tls_key is None),
             "tls_client_ca": self.tls_client_ca is None or self.tls_cert is not None,

@@ -5,15 +5,20 @@ These run on an app of their own in this process."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from shardrag import Shardrag
+from shardrag.api import create_app
 from shardrag.errors import TenantOverloaded
 from shardrag.integrations.langchain import ShardragVectorStore
 from shardrag.registry import Role
 from tests.api.conftest import ROOT_KEY, ApiUnderTest, bearer, open_api
+from tests.support import served, wait_until
 
 pytestmark = pytest.mark.in_process(reason="sets the served app's own limits")
 
@@ -96,3 +101,56 @@ def test_a_langchain_store_with_groups_deletes_only_what_they_read(
     assert rag.get_document("lc", "legal/a.txt").state.value == "live"
     ShardragVectorStore(rag, "lc", groups=["legal"], acl=["legal"]).delete(["legal/a.txt"])
     assert rag.get_document("lc", "legal/a.txt").state.value == "deleted"
+
+
+def test_large_embeddings_take_no_query_slot_and_queue_behind_their_own_tenant(
+    tmp_path: Path,
+) -> None:
+    """A tenant's /embeddings calls of 128 texts of 4,000 characters hold its model budget,
+    not query slots: its own searches and another tenant's answer 200 while they run (counted
+    as queries, they took the tenant's slots and their seconds made every search look late,
+    503), and its further calls wait behind them or hear 429."""
+    rag = Shardrag.open(
+        tmp_path / "data",
+        shards=1,
+        admin_key=ROOT_KEY,
+        rate_limit_per_second=0,
+        tenant_max_concurrent_queries=1,
+        tenant_max_model_tokens=40_000,
+    )
+    try:
+        app = create_app(rag)
+        keys = app.state.service.keys
+        rag.put_document("heavy", "shards.txt", b"Every shard is replicated to two nodes.")
+        rag.put_document("light", "shards.txt", b"Every shard is replicated to two nodes.")
+        heavy = bearer(keys.issue("heavy", Role.READER)[1])
+        light = bearer(keys.issue("light", Role.READER)[1])
+        texts = [f"{i} " + "long passage words " * 210 for i in range(128)]
+        heavy_statuses: list[int] = []
+        searched: list[int] = []
+        with served(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+
+            def embed() -> None:
+                sent = client.post(
+                    "/v1/tenants/heavy/embeddings", json={"texts": texts}, headers=heavy
+                )
+                heavy_statuses.append(sent.status_code)
+
+            callers = [threading.Thread(target=embed) for _ in range(3)]
+            for thread in callers:
+                thread.start()
+            budget = app.state.model_budget
+            assert wait_until(lambda: budget.in_flight("heavy") > 0, 30)
+            for i, (tenant, key) in enumerate([("heavy", heavy), ("light", light)] * 3):
+                found = client.post(
+                    f"/v1/tenants/{tenant}/search",
+                    json={"query": f"how are shards replicated {i}"},
+                    headers=key,
+                )
+                searched.append(found.status_code)
+            for thread in callers:
+                thread.join()
+        assert set(searched) == {200}, searched
+        assert set(heavy_statuses) <= {200, 429} and 200 in heavy_statuses, heavy_statuses
+    finally:
+        rag.close()

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from shardrag.api.accesslog import AccessLog
 from shardrag.api.auth import ApiKeys
+from shardrag.api.costs import ModelBudget
 from shardrag.api.deps import Service
 from shardrag.api.docs import ERROR_RESPONSES, install_docs
 from shardrag.api.errors import install_error_handlers
@@ -72,6 +73,9 @@ def create_app(rag: Shardrag) -> FastAPI:
     app.state.service = Service(rag=rag, keys=keys, metrics=metrics)
     app.state.bootstrap_key = keys.bootstrap()
     app.state.query_admission = admission
+    app.state.model_budget = ModelBudget(
+        settings.tenant_max_model_tokens, settings.search_timeout_seconds
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     for router in (

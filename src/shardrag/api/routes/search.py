@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from shardrag.api.costs import ModelBudget, embedding_cost
 from shardrag.api.deps import Caller, tenant_caller
 from shardrag.api.limits import shed_if_late
 from shardrag.api.schemas import (
@@ -71,10 +72,16 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
     shed_if_late(request)
     rag = who.service.rag
     asked = (t, body.question, body.k, body.max_context_tokens, body.filters, who.groups, body.mode)
-    if not body.stream:
-        result = await run_in_threadpool(rag.answer, *asked)
-        return result.to_dict()
-    stream = await run_in_threadpool(rag.answer_stream, *asked)
+    # Its context is what the model reads: the tokens it holds of the tenant's budget (a
+    # stream holds them while its passages are found and assembled).
+    cost = (body.max_context_tokens or rag.settings.answer_context_tokens) + embedding_cost(
+        [body.question]
+    )
+    async with _budget(request).hold(t, cost):
+        if not body.stream:
+            result = await run_in_threadpool(rag.answer, *asked)
+            return result.to_dict()
+        stream = await run_in_threadpool(rag.answer_stream, *asked)
     context = stream.context
 
     def events() -> Iterator[str]:
@@ -110,13 +117,23 @@ async def answer(t: str, body: AnswerBody, who: Reader, request: Request) -> Any
 
 
 @router.post("/embeddings", response_model=EmbedOut)
-def embed(t: str, body: EmbedBody, who: Reader, request: Request) -> Any:
+async def embed(t: str, body: EmbedBody, who: Reader, request: Request) -> Any:
     """Vectors of texts by the service's own embedding model (what its search uses): for
-    clients that need the same vector space, such as LangChain's ``Embeddings``."""
-    shed_if_late(request)
+    clients that need the same vector space, such as LangChain's ``Embeddings``.
+
+    Admitted by cost: the call holds its texts' tokens of the tenant's model budget while it
+    runs, and waits behind the tenant's own earlier calls (429 ``tenant_overloaded`` when it
+    cannot get them in time).
+    """
     rag = who.service.rag
-    vectors = rag.embed(t, body.texts, query=body.kind == "query")
+    async with _budget(request).hold(t, embedding_cost(body.texts)):
+        vectors = await run_in_threadpool(rag.embed, t, body.texts, body.kind == "query")
     return {"model": rag.embedder.model_id, "dimension": len(vectors[0]), "vectors": vectors}
+
+
+def _budget(request: Request) -> ModelBudget:
+    budget: ModelBudget = request.app.state.model_budget
+    return budget
 
 
 def _event(name: str, data: dict[str, Any]) -> str:
