@@ -48,6 +48,9 @@ class Fuzzed:
     writer: dict[str, str]
     admin: dict[str, str]
     spare_key_id: str
+    #: Keys limited to the access group ``eng``: the narrower paths through every route.
+    grouped_reader: dict[str, str]
+    grouped_admin: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,25 @@ def fuzzed(api: ApiUnderTest) -> Fuzzed:
         )
         assert put.status_code == 200, put.text
     spare = api.client.post(
-        f"/v1/tenants/{TENANT}/keys", json={"role": "reader", "name": "spare"}, headers=api.root
+        f"/v1/tenants/{TENANT}/keys",
+        json={"role": "reader", "name": "spare", "groups": ["eng"]},
+        headers=api.root,
     )
     assert spare.status_code == 201, spare.text
-    return Fuzzed(writer=keys["writer"], admin=keys["admin"], spare_key_id=spare.json()["id"])
+    grouped = {}
+    for role in ("reader", "admin"):
+        made = api.client.post(
+            f"/v1/tenants/{TENANT}/keys", json={"role": role, "groups": ["eng"]}, headers=api.root
+        )
+        assert made.status_code == 201, made.text
+        grouped[role] = {"Authorization": f"Bearer {made.json()['key']}"}
+    return Fuzzed(
+        writer=keys["writer"],
+        admin=keys["admin"],
+        spare_key_id=spare.json()["id"],
+        grouped_reader=grouped["reader"],
+        grouped_admin=grouped["admin"],
+    )
 
 
 def _pinning(fuzz: Fuzzed, as_root: bool) -> Callable[[HookContext, dict[str, Any]], Any]:
@@ -201,6 +219,24 @@ def _assert_the_fuzz_went_deep(outcomes: dict[str, Outcome]) -> None:
                 f"{label}: t was the real tenant {outcome.pinned}/{sent}"
             )
         assert set(outcome.statuses) - {401, 404}, f"{label}: {outcome.statuses}"
+
+
+# The keys limited to a group go first: the writer's fuzzing deletes the documents.
+def test_no_request_of_a_reader_limited_to_a_group_makes_the_server_fail(
+    api: ApiUnderTest, fuzzed: Fuzzed, subtests: pytest.Subtests
+) -> None:
+    """Documents, search and answers with a reader key of the group ``eng`` (403 on writes,
+    404 for documents outside the group)."""
+    outcomes = _fuzz(_schema(api, fuzzed), fuzzed.grouped_reader, subtests, _is_tenant_data_route)
+    _assert_the_fuzz_went_deep(outcomes)
+
+
+def test_no_request_of_an_admin_limited_to_a_group_makes_the_server_fail(
+    api: ApiUnderTest, fuzzed: Fuzzed, subtests: pytest.Subtests
+) -> None:
+    """Keys and the audit log with an admin key of the group ``eng``."""
+    outcomes = _fuzz(_schema(api, fuzzed), fuzzed.grouped_admin, subtests, _is_tenant_admin_route)
+    _assert_the_fuzz_went_deep(outcomes)
 
 
 def test_no_request_of_a_tenant_writer_makes_the_server_fail(

@@ -102,6 +102,10 @@ class Walls(RuleBasedStateMachine):
                     assert hits, f"{groups} of {tenant} did not find its own {word!r}"
 
 
+#: It drives an embedded service of its own: against a cluster it would only run again.
+pytestmark = pytest.mark.in_process(reason="drives an embedded service of its own")
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Shardrag]:
     rag = Shardrag.open(tmp_path / "data", shards=2, result_cache_entries=1000)
