@@ -78,7 +78,11 @@ class Backends:
             )
             master_key = master_key_from(settings.master_key, settings.master_key_file)
             if master_key is not None:
-                blobs = EncryptedBlobStore(blobs, Keyring(master_key, registry))  # type: ignore[arg-type]
+                previous = master_key_from(
+                    settings.previous_master_key, settings.previous_master_key_file
+                )
+                keyring = Keyring(master_key, registry, [previous] if previous else [])
+                blobs = EncryptedBlobStore(blobs, keyring)  # type: ignore[arg-type]
             log = open_log(
                 settings.data_dir,
                 settings.nats_url,

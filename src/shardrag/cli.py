@@ -46,6 +46,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cluster_app)
+security_app = typer.Typer(
+    name="security", help="Keys of encryption at rest.", no_args_is_help=True
+)
+app.add_typer(security_app)
 
 
 def _print_version(value: bool) -> None:
@@ -699,6 +703,27 @@ def reconcile(
                 r["action"],
             )
         console.print(table)
+
+
+@security_app.command("rotate-master-key")
+def rotate_master_key(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-wrap every data key under SHARDRAG_MASTER_KEY (the old key given as
+    SHARDRAG_PREVIOUS_MASTER_KEY). With --url, the server does it (the root key).
+
+    Rotate while serving: give every process the new key and the previous one, run this once,
+    then drop the previous key. No document is encrypted again.
+    """
+    with errors_reported(as_json), _backend(data_dir, url, api_key) as rag:
+        count = rag.rotate_master_key()
+    if as_json:
+        print_json({"rewrapped": count})
+        return
+    console.print(f"re-wrapped {count} data keys under the master key")
 
 
 def _until_stopped(service: str) -> threading.Event:

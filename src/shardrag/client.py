@@ -385,6 +385,11 @@ class ShardragClient:
         report = self._call("POST", "/v1/admin/reconcile", params={"dry_run": str(dry_run).lower()})
         return ReconcileReport.from_dict(report)
 
+    def rotate_master_key(self) -> int:
+        """Re-wrap every data key under the server's master key (the root key); how many."""
+        body = self._call("POST", "/v1/admin/security/rotate-master-key")
+        return int(body["rewrapped"])
+
     def cluster_status(self) -> ClusterStatus:
         """The server's cluster status (the root key): layout, shards, live nodes and lag."""
         return ClusterStatus.from_dict(self._call("GET", "/v1/admin/cluster"))

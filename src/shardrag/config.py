@@ -112,6 +112,10 @@ class Settings:
     #: or a file holding it. Unset: stored as given (docs/security.md).
     master_key: str | None = None
     master_key_file: str | None = None
+    #: The master key before a rotation (same forms): data keys still wrapped under it are
+    #: read, none is wrapped with it; ``shardrag security rotate-master-key`` re-wraps them.
+    previous_master_key: str | None = None
+    previous_master_key_file: str | None = None
     #: The durable log between the services: NATS JetStream at this URL, else (unset) SQLite
     #: in the data dir. ``log_prefix`` names its streams (and subjects).
     nats_url: str | None = None
@@ -258,10 +262,13 @@ class Settings:
             "tls_client_ca": self.tls_client_ca is None or self.tls_cert is not None,
             "nats_tls_key": (self.nats_tls_cert is None) == (self.nats_tls_key is None),
             "master_key": self.master_key is None or self.master_key_file is None,
+            "previous_master_key": (
+                self.previous_master_key is None or self.previous_master_key_file is None
+            ),
         }
         for name, ok in checks.items():
             if not ok:
-                hidden = name in ("admin_key", "master_key")
+                hidden = name in ("admin_key", "master_key", "previous_master_key")
                 shown = "<hidden>" if hidden else repr(getattr(self, name))
                 raise InvalidParameter(f"setting {name}={shown} is out of range")
         if self.cluster and not self.nats_url:

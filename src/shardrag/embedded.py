@@ -41,6 +41,7 @@ from shardrag.embed import EmbeddingCache, open_embedder
 from shardrag.errors import (
     ClusterOnly,
     DocumentNotFound,
+    EncryptionOff,
     InvalidParameter,
     ShardragError,
     TenantNotFound,
@@ -652,6 +653,15 @@ class Shardrag:
                 "distributed mode it does not run yet (docs/cluster.md)"
             )
         return self.reconciler.run(dry_run)
+
+    def rotate_master_key(self) -> int:
+        """Re-wrap every data key under the master key (unwrapping with it or the previous
+        one); how many were re-wrapped. ``EncryptionOff`` without a master key."""
+        self._check_open()
+        blobs = self.backends.blobs
+        if not isinstance(blobs, EncryptedBlobStore):
+            raise EncryptionOff("no master key is set (SHARDRAG_MASTER_KEY): nothing to rotate")
+        return blobs.keyring.rotate()
 
     def document_counts(self) -> dict[VersionState, int]:
         """Documents of every tenant by state (for metrics)."""

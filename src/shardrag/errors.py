@@ -29,7 +29,8 @@ and an HTTP-style ``status`` used by the API layer (the only place that maps err
     │   ├── DataDirLocked              data_dir_locked    409
     │   ├── TenantExists               tenant_exists      409
     │   ├── IdempotencyConflict        idempotency_conflict 409
-    │   └── ShardMapConflict           shard_map_conflict 409
+    │   ├── ShardMapConflict           shard_map_conflict 409
+    │   └── EncryptionOff              encryption_off     409
     ├── RateLimited                    rate_limited       429
     │   └── TenantOverloaded           tenant_overloaded  429
     ├── Unavailable                    unavailable        503
@@ -207,6 +208,12 @@ class ClusterOnly(Conflict):
     """The operation needs the distributed mode (tenant promotion, rebalancing)."""
 
     code = "cluster_only"
+
+
+class EncryptionOff(Conflict):
+    """A key operation (a master-key rotation) asked of a deployment without a master key."""
+
+    code = "encryption_off"
 
 
 class DataDirLocked(Conflict):

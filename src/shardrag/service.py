@@ -141,6 +141,10 @@ class RagService(Protocol):
         """Compare the registry with the shards and repair drift."""
         ...
 
+    def rotate_master_key(self) -> int:
+        """Re-wrap every data key under the current master key; how many."""
+        ...
+
     def cluster_status(self) -> ClusterStatus:
         """The layout, replicas, log heads and live nodes."""
         ...

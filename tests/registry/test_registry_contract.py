@@ -620,3 +620,20 @@ def test_a_tenants_data_key_is_kept_once_and_dropped_with_it(registry: Registry)
     assert registry.data_key("acme") == b"first"
     registry.delete_tenant("acme")
     assert registry.data_key("acme") is None
+
+
+def test_wrapped_keys_are_kept_once_listed_and_rewrapped_only_from_what_they_were(
+    registry: Registry,
+) -> None:
+    registry.ensure_tenant("acme", 0)
+    assert registry.add_data_key("acme", b"first") == b"first"
+    assert registry.add_data_key("acme", b"second") == b"first"  # kept once
+    assert registry.add_data_key("@snapshots", b"deployment") == b"deployment"
+    assert registry.data_key("@snapshots") == b"deployment"
+    assert registry.wrapped_keys() == {"acme": b"first", "@snapshots": b"deployment"}
+    assert not registry.rewrap_key("acme", b"stale", b"new")
+    assert registry.rewrap_key("acme", b"first", b"new")
+    assert registry.rewrap_key("@snapshots", b"deployment", b"new deployment")
+    assert registry.wrapped_keys() == {"acme": b"new", "@snapshots": b"new deployment"}
+    registry.delete_tenant("acme")
+    assert registry.wrapped_keys() == {"@snapshots": b"new deployment"}

@@ -392,3 +392,9 @@ class ClusterStatusOut(BaseModel):
         "process's router has asked; each api process has its own (see api_pid).",
     )
     api_pid: int | None = Field(None, description="The api process that answered.")
+
+
+class RotateOut(BaseModel):
+    """A master-key rotation: how many data keys were wrapped again under the new key."""
+
+    rewrapped: int

@@ -4,7 +4,10 @@ A tenant's data key (AES-256) is made on its first write, wrapped by the master 
 (``SHARDRAG_MASTER_KEY`` / ``master_key_file``) with AES-GCM and kept in the registry beside
 the tenant; dropping the tenant deletes the wrapped key with it, so every copy of its blobs,
 wherever it survives (a backup, a bucket's old versions), is unreadable: crypto-shredding.
-Shard snapshots, which hold several tenants, are under a key derived from the master key.
+Shard snapshots, which hold several tenants, are under the deployment's snapshot key, kept
+wrapped the same way (owner ``@snapshots``). A new master key re-wraps every data key
+(``Keyring.rotate``) while the processes still know the previous one
+(``previous_master_key``): no data is re-encrypted.
 
 A blob is stored as nonce (12 bytes) + AES-GCM(data), the plaintext's SHA-256 as associated
 data, under the name HMAC(data key, plaintext SHA-256): the same document of two tenants is
@@ -19,6 +22,7 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -34,15 +38,27 @@ _NONCE = 12
 KEY_CACHE_SECONDS = 60.0
 
 
+#: The owner of the snapshots' key (no tenant id holds an ``@``).
+SNAPSHOTS = "@snapshots"
+
+
 class DataKeys(Protocol):
     """Where wrapped data keys are kept (the registry)."""
 
-    def data_key(self, tenant: str) -> bytes | None:
-        """The tenant's wrapped data key, or None."""
+    def data_key(self, owner: str) -> bytes | None:
+        """The owner's wrapped data key, or None."""
         ...
 
-    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
-        """Keep ``wrapped`` unless the tenant has one already; the one kept."""
+    def add_data_key(self, owner: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` unless the owner has one already; the one kept."""
+        ...
+
+    def wrapped_keys(self) -> dict[str, bytes]:
+        """Every wrapped data key by owner."""
+        ...
+
+    def rewrap_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Replace the owner's wrapped key ``old`` by ``new``; False if it is not ``old``."""
         ...
 
 
@@ -64,26 +80,45 @@ def master_key_from(value: str | None, path: str | None) -> bytes | None:
 
 
 class Keyring:
-    """Unwraps (and on first use makes) tenants' data keys under the master key."""
+    """Unwraps (and on first use makes) data keys under the master key.
 
-    def __init__(self, master_key: bytes, store: DataKeys) -> None:
+    ``previous``: master keys that wrapped keys may still be under (during a rotation);
+    nothing new is wrapped with them.
+    """
+
+    def __init__(self, master_key: bytes, store: DataKeys, previous: Sequence[bytes] = ()) -> None:
         self._master = AESGCM(master_key)
-        self._snapshot_key = hmac.digest(master_key, b"shardrag snapshots", "sha256")
+        self._masters = [self._master, *(AESGCM(k) for k in previous)]
+        # Snapshots taken before their key was stored were under this one: the first stored
+        # snapshot key is it, so they stay readable (under the master key of that time).
+        self._legacy_snapshot_key = hmac.digest(master_key, b"shardrag snapshots", "sha256")
         self._store = store
         self._cache: dict[str, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
 
     def key(self, owner: str | None) -> bytes:
         """The data key of tenant ``owner`` (None: the snapshots' key)."""
-        if owner is None:
-            return self._snapshot_key
+        owner = SNAPSHOTS if owner is None else owner
         key = self._cached(owner)
         if key is not None:
             return key
         wrapped = self._store.data_key(owner)
         if wrapped is None:
-            wrapped = self._store.add_data_key(owner, self._wrap(owner, os.urandom(32)))
+            fresh = self._legacy_snapshot_key if owner == SNAPSHOTS else os.urandom(32)
+            wrapped = self._store.add_data_key(owner, self._wrap(owner, fresh))
         return self._remember(owner, self._unwrap(owner, wrapped))
+
+    def rotate(self) -> int:
+        """Wrap every stored data key under the master key (unwrapping it with the master or
+        a previous one); how many were re-wrapped. Safe while serving and to repeat."""
+        count = 0
+        for owner, wrapped in self._store.wrapped_keys().items():
+            key = self._unwrap(owner, wrapped)
+            if self._unwraps_with(self._master, owner, wrapped):
+                continue  # already under this master key
+            if self._store.rewrap_key(owner, wrapped, self._wrap(owner, key)):
+                count += 1
+        return count
 
     def existing_key(self, owner: str) -> bytes | None:
         """The tenant's data key if it has one (never makes one)."""
@@ -115,12 +150,22 @@ class Keyring:
         return nonce + self._master.encrypt(nonce, key, owner.encode())
 
     def _unwrap(self, owner: str, wrapped: bytes) -> bytes:
+        for master in self._masters:
+            try:
+                return master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], owner.encode())
+            except InvalidTag:
+                continue
+        raise InternalError(
+            f"the data key of {owner!r} opens with neither the master key nor a previous one"
+        )
+
+    @staticmethod
+    def _unwraps_with(master: AESGCM, owner: str, wrapped: bytes) -> bool:
         try:
-            return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], owner.encode())
+            master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], owner.encode())
         except InvalidTag:
-            raise InternalError(
-                f"the data key of tenant {owner!r} does not open with this master key"
-            ) from None
+            return False
+        return True
 
 
 class EncryptedBlobStore:

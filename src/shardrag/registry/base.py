@@ -15,6 +15,12 @@ from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
 
 
+def key_table(owner: str) -> tuple[str, str]:
+    """The table, and its name column, of an owner's wrapped data key: the deployment's own
+    keys are named ``@...``, every other owner is a tenant."""
+    return ("deployment_keys", "name") if owner.startswith("@") else ("data_keys", "tenant")
+
+
 @dataclass(frozen=True)
 class TenantRecord:
     """A tenant, the shard that holds its documents, and its cache generation."""
@@ -208,12 +214,21 @@ class Registry(Protocol):
 
     # -- encryption at rest (blobs/encrypted.py) ------------------------------------------------
 
-    def data_key(self, tenant: str) -> bytes | None:
-        """The tenant's wrapped data key, or None (dropped with the tenant)."""
+    def data_key(self, owner: str) -> bytes | None:
+        """The wrapped data key of ``owner``, or None: a tenant's (dropped with the tenant),
+        or the deployment's own keys, named ``@...`` (no tenant id holds an ``@``)."""
         ...
 
-    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
-        """Keep ``wrapped`` as the tenant's data key unless it has one; the one kept."""
+    def add_data_key(self, owner: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` as ``owner``'s data key unless it has one; the one kept."""
+        ...
+
+    def wrapped_keys(self) -> dict[str, bytes]:
+        """Every wrapped data key by owner (for a re-wrap under a new master key)."""
+        ...
+
+    def rewrap_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Replace ``owner``'s wrapped key ``old`` by ``new``; False if it is not ``old``."""
         ...
 
     def close(self) -> None:

@@ -28,7 +28,13 @@ from shardrag.errors import (
 )
 from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
-from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
+from shardrag.registry.base import (
+    ManifestEntry,
+    NewVersion,
+    PendingVersion,
+    TenantRecord,
+    key_table,
+)
 from shardrag.registry.rows import (
     DOCUMENT_STATE,
     key_of,
@@ -132,6 +138,14 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys ADD COLUMN groups jsonb;
     CREATE TABLE data_keys (
         tenant   text COLLATE "C" PRIMARY KEY REFERENCES tenants ON DELETE CASCADE,
+        wrapped  bytea NOT NULL
+    );
+    """,
+    # 4: the deployment's own wrapped keys (the snapshots' key), re-wrapped with the tenants'
+    # when the master key changes (docs/security.md).
+    """
+    CREATE TABLE deployment_keys (
+        name     text COLLATE "C" PRIMARY KEY,
         wrapped  bytea NOT NULL
     );
     """,
@@ -600,20 +614,41 @@ class PostgresRegistry:
             raise NotFound(f"no key {key_id!r}", key_id=key_id)
         return key_of(rows[0])
 
-    def data_key(self, tenant: str) -> bytes | None:
-        """The tenant's wrapped data key, or None."""
-        rows = self._query("SELECT wrapped FROM data_keys WHERE tenant = %s", tenant)
+    def data_key(self, owner: str) -> bytes | None:
+        """The wrapped data key of ``owner`` (a tenant, or ``@name``), or None."""
+        table, column = key_table(owner)
+        rows = self._query(f"SELECT wrapped FROM {table} WHERE {column} = %s", owner)
         return bytes(rows[0]["wrapped"]) if rows else None
 
-    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
-        """Keep ``wrapped`` unless the tenant has a data key; the one kept."""
+    def add_data_key(self, owner: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` unless ``owner`` has a data key; the one kept."""
+        table, column = key_table(owner)
         self._execute(
-            "INSERT INTO data_keys(tenant, wrapped) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            tenant,
+            f"INSERT INTO {table}({column}, wrapped) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            owner,
             wrapped,
         )
-        rows = self._query("SELECT wrapped FROM data_keys WHERE tenant = %s", tenant)
+        rows = self._query(f"SELECT wrapped FROM {table} WHERE {column} = %s", owner)
         return bytes(rows[0]["wrapped"])
+
+    def wrapped_keys(self) -> dict[str, bytes]:
+        """Every wrapped data key by owner."""
+        rows = self._query(
+            "SELECT tenant AS owner, wrapped FROM data_keys "
+            "UNION ALL SELECT name, wrapped FROM deployment_keys"
+        )
+        return {r["owner"]: bytes(r["wrapped"]) for r in rows}
+
+    def rewrap_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Replace ``owner``'s wrapped key ``old`` by ``new``; False if it is not ``old``."""
+        table, column = key_table(owner)
+        changed = self._execute(
+            f"UPDATE {table} SET wrapped = %s WHERE {column} = %s AND wrapped = %s",
+            new,
+            owner,
+            old,
+        )
+        return changed == 1
 
     def append_audit(self, event: AuditEvent) -> None:
         """Append one event to the audit log.

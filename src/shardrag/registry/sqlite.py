@@ -14,7 +14,13 @@ from typing import Any
 from shardrag.errors import DocumentNotFound, NotFound, TenantExists
 from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
-from shardrag.registry.base import ManifestEntry, NewVersion, PendingVersion, TenantRecord
+from shardrag.registry.base import (
+    ManifestEntry,
+    NewVersion,
+    PendingVersion,
+    TenantRecord,
+    key_table,
+)
 from shardrag.registry.rows import (
     DOCUMENT_STATE,
     key_of,
@@ -93,6 +99,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     tenant   TEXT PRIMARY KEY REFERENCES tenants(tenant) ON DELETE CASCADE,
     wrapped  BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deployment_keys (
+    name     TEXT PRIMARY KEY,
+    wrapped  BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant           TEXT NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
     idempotency_key  TEXT NOT NULL,
@@ -127,7 +137,7 @@ class SqliteRegistry:
         self.path = path
         self._lock = threading.Lock()
         with self._lock:
-            self._db = open_durable(path, _SCHEMA)
+            self._db = open_durable(path, _SCHEMA, secure_delete=True)
             for (table, column), statement in _MIGRATIONS.items():
                 columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
@@ -178,9 +188,15 @@ class SqliteRegistry:
         return [tenant_of(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
 
     def delete_tenant(self, tenant: str) -> None:
-        """Forget the tenant and all its documents."""
+        """Forget the tenant and all its documents.
+
+        Its rows are zeroed in the file (``secure_delete``), and the write-ahead log that
+        held them is emptied: its wrapped data key is then in no page of either.
+        """
         with self._tx() as db:
             db.execute("DELETE FROM tenants WHERE tenant = ?", (tenant,))
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- versions -----------------------------------------------------------------------------
 
@@ -504,20 +520,40 @@ class SqliteRegistry:
             raise NotFound(f"no key {key_id!r}", key_id=key_id)
         return key_of(row)
 
-    def data_key(self, tenant: str) -> bytes | None:
-        """The tenant's wrapped data key, or None."""
-        rows = self._query("SELECT wrapped FROM data_keys WHERE tenant = ?", tenant)
+    def data_key(self, owner: str) -> bytes | None:
+        """The wrapped data key of ``owner`` (a tenant, or ``@name``), or None."""
+        table, column = key_table(owner)
+        rows = self._query(f"SELECT wrapped FROM {table} WHERE {column} = ?", owner)
         return bytes(rows[0]["wrapped"]) if rows else None
 
-    def add_data_key(self, tenant: str, wrapped: bytes) -> bytes:
-        """Keep ``wrapped`` unless the tenant has a data key; the one kept."""
+    def add_data_key(self, owner: str, wrapped: bytes) -> bytes:
+        """Keep ``wrapped`` unless ``owner`` has a data key; the one kept."""
+        table, column = key_table(owner)
         with self._tx() as db:
             db.execute(
-                "INSERT INTO data_keys(tenant, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (tenant, wrapped),
+                f"INSERT INTO {table}({column}, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (owner, wrapped),
             )
-            row = db.execute("SELECT wrapped FROM data_keys WHERE tenant = ?", (tenant,)).fetchone()
+            row = db.execute(f"SELECT wrapped FROM {table} WHERE {column} = ?", (owner,)).fetchone()
         return bytes(row["wrapped"])
+
+    def wrapped_keys(self) -> dict[str, bytes]:
+        """Every wrapped data key by owner."""
+        rows = self._query(
+            "SELECT tenant AS owner, wrapped FROM data_keys "
+            "UNION ALL SELECT name, wrapped FROM deployment_keys"
+        )
+        return {r["owner"]: bytes(r["wrapped"]) for r in rows}
+
+    def rewrap_key(self, owner: str, old: bytes, new: bytes) -> bool:
+        """Replace ``owner``'s wrapped key ``old`` by ``new``; False if it is not ``old``."""
+        table, column = key_table(owner)
+        with self._tx() as db:
+            done = db.execute(
+                f"UPDATE {table} SET wrapped = ? WHERE {column} = ? AND wrapped = ?",
+                (new, owner, old),
+            )
+        return done.rowcount == 1
 
     def append_audit(self, event: AuditEvent) -> None:
         """Append one event to the audit log."""

@@ -17,6 +17,7 @@ from shardrag.api.schemas import (
     PromoteIn,
     RebalanceOut,
     ReconcileOut,
+    RotateOut,
     TenantPlacementOut,
 )
 from shardrag.registry import Role
@@ -60,6 +61,20 @@ async def reconcile(
     """Compare the registry with the shards and repair drift (root key only)."""
     report = await run_in_threadpool(who.service.rag.reconcile, dry_run)
     return report.to_dict()
+
+
+@router.post("/v1/admin/security/rotate-master-key", response_model=RotateOut, tags=["operations"])
+async def rotate_master_key(who: Root) -> Any:
+    """Re-wrap every data key under the master key this server runs with (root key).
+
+    Run it once every process runs with the new key as ``SHARDRAG_MASTER_KEY`` and the old
+    one as ``SHARDRAG_PREVIOUS_MASTER_KEY``; then the old key can go (docs/security.md).
+    409 ``encryption_off`` without a master key.
+    """
+    with who.audited("security.rotate_master_key", "master key") as details:
+        count = await run_in_threadpool(who.service.rag.rotate_master_key)
+        details["rewrapped"] = count
+    return {"rewrapped": count}
 
 
 @router.get("/v1/admin/cluster", response_model=ClusterStatusOut, tags=["operations"])
