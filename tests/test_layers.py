@@ -25,6 +25,7 @@ LAYERS = {
             "clikit",
             "acl",
             "tls",
+            "sealing",
         ],
         0,
     ),

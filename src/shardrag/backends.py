@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shardrag.blobs import BlobStore, open_blob_store
@@ -34,7 +34,9 @@ from shardrag.cache import ResultCache, open_result_cache
 from shardrag.cluster import ShardMap, open_shard_map
 from shardrag.config import Settings
 from shardrag.log import Log, open_log
+from shardrag.log.sealed import SealedLog
 from shardrag.registry import Registry, open_registry
+from shardrag.sealing import KeySealer, Plain, Sealer
 from shardrag.tls import nats_tls
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ class Backends:
     result_cache: ResultCache | None
     #: The process's one NATS connection (None without NATS).
     nats: NatsConnection | None
+    #: Seals tenants' text wherever it is kept (``sealing.py``): with a master key only.
+    sealer: Sealer = field(default_factory=Plain)
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "shardrag") -> Backends:
@@ -76,6 +80,7 @@ class Backends:
             blobs = open_blob_store(
                 settings.data_dir, settings.blob_url, settings.s3_endpoint_url, settings.s3_region
             )
+            sealer: Sealer = Plain()
             master_key = master_key_from(settings.master_key, settings.master_key_file)
             if master_key is not None:
                 previous = master_key_from(
@@ -83,6 +88,8 @@ class Backends:
                 )
                 keyring = Keyring(master_key, registry, [previous] if previous else [])
                 blobs = EncryptedBlobStore(blobs, keyring)  # type: ignore[arg-type]
+                sealer = KeySealer(keyring)
+                registry.sealer = sealer
             log = open_log(
                 settings.data_dir,
                 settings.nats_url,
@@ -91,18 +98,21 @@ class Backends:
                 conn=nats,
             )
             opened.callback(log.close)
+            if sealer.active:
+                log = SealedLog(log, sealer)
             result_cache = (
                 open_result_cache(
                     settings.result_cache_entries,
                     settings.result_cache_ttl_seconds,
                     settings.redis_url,
                     settings.cache_prefix,
+                    sealer,
                 )
                 if settings.result_cache_entries > 0
                 else None
             )
             opened.pop_all()
-        return cls(settings, log, registry, blobs, shard_map, result_cache, nats)
+        return cls(settings, log, registry, blobs, shard_map, result_cache, nats, sealer)
 
     def close(self) -> None:
         """Close every part (each once; a failure is logged and the rest still close)."""

@@ -92,6 +92,7 @@ def embedded_mode(
         EngineSettings(dimension=layout.dimension, quantization=settings.quantization),
         settings.optimize_threshold,
         settings.search_ef,
+        sealer=backends.sealer,
     )
     try:
         pipeline = _pipeline(settings, backends, embedder, vectorizer, shards, None)

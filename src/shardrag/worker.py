@@ -60,6 +60,7 @@ def run_worker(settings: Settings, stage: str, stopped: threading.Event) -> None
             ),
             settings.optimize_threshold,
             settings.search_ef,
+            sealer=backends.sealer,
         )
         opened.callback(shards.close)
         pipeline = Pipeline(

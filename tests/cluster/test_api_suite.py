@@ -82,7 +82,12 @@ def test_the_api_suite_passes_against_a_cluster(tmp_path: Path) -> None:
         # What tests/api/conftest.py's open_api sets for an embedded app: no rate limit (the
         # suite sends hundreds of requests per second with one key). The shard count is the
         # spec's; the root key is the cluster's own (the fixtures use it).
-        extra_env={"SHARDRAG_RATE_LIMIT_PER_SECOND": "0"},
+        # And a master key: the whole suite runs with every store sealed (docs/security.md),
+        # and tests/security/test_at_rest.py searches the cluster's stores for plaintext.
+        extra_env={
+            "SHARDRAG_RATE_LIMIT_PER_SECOND": "0",
+            "SHARDRAG_MASTER_KEY": secrets.token_hex(32),
+        },
     )
     shutil.rmtree(LOGS, ignore_errors=True)  # a failed run's copy
     started = time.monotonic()

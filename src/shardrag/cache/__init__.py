@@ -23,6 +23,7 @@ from shardrag.cache.base import CacheCounts, CacheKey, CacheKind, CacheStats, Re
 from shardrag.cache.memory import MemoryResultCache
 from shardrag.errors import InvalidParameter
 from shardrag.extras import require_extra
+from shardrag.sealing import Sealer
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -32,11 +33,13 @@ def open_result_cache(
     ttl_seconds: float | None = 300.0,
     url: str | None = None,
     prefix: str = "shardrag",
+    sealer: Sealer | None = None,
 ) -> ResultCache:
     """The result cache: in this process, or in Redis at ``url`` under ``prefix``.
 
     Entries live ``ttl_seconds``. ``max_entries`` bounds the in-process cache; Redis bounds
-    its memory itself (``maxmemory``), so the shared cache ignores it.
+    its memory itself (``maxmemory``), so the shared cache ignores it. ``sealer``: Redis's
+    entries are sealed with it (the in-process cache is in memory only).
     """
     if url is None:
         return MemoryResultCache(max_entries, ttl_seconds)
@@ -49,7 +52,7 @@ def open_result_cache(
     require_extra("redis", "cluster", "the Redis cache")
     from shardrag.cache.redis import RedisResultCache  # redis-py loads only when it is used
 
-    return RedisResultCache(url, prefix, ttl_seconds)
+    return RedisResultCache(url, prefix, ttl_seconds, sealer)
 
 
 __all__ = [

@@ -32,17 +32,20 @@ from redis.retry import Retry
 from shardrag.cache.base import CacheCounts, CacheKey, CacheStats, check_entry, check_ttl
 from shardrag.cache.codec import decode_value, encode_value
 from shardrag.errors import InvalidParameter
+from shardrag.sealing import Plain, Sealer
 
 logger = logging.getLogger(__name__)
 
 # Without ':' or glob characters, "{prefix}:c:*" matches this prefix's entries and no other's.
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # A cache that waits long for Redis slows every search it was meant to speed up.
 _TIMEOUT_SECONDS = 0.5
 # After a failure, Redis is left alone this long: a search does not wait on it again and again.
 _RETRY_AFTER_SECONDS = 1.0
 _WARNING_INTERVAL_SECONDS = 60.0
 _SCAN_BATCH = 1000
+
+_PURPOSE = "result cache"
 
 
 class _ThrottledWarning:
@@ -116,14 +119,21 @@ class RedisResultCache:
     """
 
     def __init__(
-        self, url: str, prefix: str = "shardrag", ttl_seconds: float | None = 300.0
+        self,
+        url: str,
+        prefix: str = "shardrag",
+        ttl_seconds: float | None = 300.0,
+        sealer: Sealer | None = None,
     ) -> None:
-        if not _PREFIX.match(prefix):
+        if not _PREFIX.fullmatch(prefix):
             raise InvalidParameter(
                 f"a cache prefix is 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-', "
                 f"not {prefix!r:.80}"
             )
         check_ttl(ttl_seconds)
+        #: With a master key, entries (questions, passages) are sealed under their tenant's
+        #: key and named by a keyed hash: Redis's files hold no text (``sealing.py``).
+        self.sealer = sealer or Plain()
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self._stats_key = f"{prefix}:stats"
@@ -148,7 +158,11 @@ class RedisResultCache:
             self._outage.failed(exc)
 
     def _name(self, key: CacheKey) -> str:
-        digest = hashlib.sha256(json.dumps([key.query, key.params]).encode()).hexdigest()
+        named = json.dumps([key.query, key.params])
+        if self.sealer.active:
+            digest = self.sealer.tag(key.tenant, named)
+        else:
+            digest = hashlib.sha256(named.encode()).hexdigest()
         return f"{self.prefix}:c:{key.tenant}:{key.generation}:{key.kind}:{digest}"
 
     def get(self, key: CacheKey) -> Any | None:
@@ -170,6 +184,11 @@ class RedisResultCache:
         return value
 
     def _value_in(self, name: str, key: CacheKey, stored: bytes) -> Any | None:
+        if self.sealer.active:
+            opened = self.sealer.unseal(key.tenant, stored, _PURPOSE)
+            if opened is None:
+                return None  # its tenant is gone
+            stored = opened
         try:
             entry = json.loads(stored)
             if entry["query"] != key.query or entry["params"] != key.params:
@@ -187,6 +206,8 @@ class RedisResultCache:
         check_entry(value, ttl_seconds)
         entry = {"query": key.query, "params": key.params, "value": encode_value(value)}
         payload = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode()
+        if self.sealer.active:
+            payload = self.sealer.seal(key.tenant, payload, _PURPOSE)
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         # Rounded up: an entry never lives shorter than asked.
         milliseconds = None if ttl is None or math.isinf(ttl) else math.ceil(ttl * 1000)

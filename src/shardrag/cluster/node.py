@@ -138,6 +138,7 @@ class IndexNode:
                     ),
                     settings.optimize_threshold,
                     settings.search_ef,
+                    sealer=self.backends.sealer,
                 )
             )
         except BaseException:

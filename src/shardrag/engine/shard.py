@@ -27,6 +27,7 @@ each one leaves the shard as one call would.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import enum
 import json
@@ -34,7 +35,7 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ from shardrag.models import (
     SearchMode,
     ShardQuery,
 )
+from shardrag.sealing import Plain, Sealer
 
 DENSE = "dense"
 BM25 = "bm25"
@@ -69,6 +71,8 @@ _LIVE = "live"
 _TOMBSTONE = "tombstone"
 # The chunk index of a tombstone's marker point.
 _MARKER = -1
+#: What a sealed payload is (its associated data, beside the tenant).
+_SEALED_PURPOSE = "shard payload"
 #: The payload fields that name a chunk (candidates carry nothing else).
 _IDENTITY = ["doc_id", "version", "chunk_index"]
 _SETTINGS_FILE = "shardrag-engine.json"
@@ -171,16 +175,24 @@ class ShardEngine:
         optimize_threshold: int = 20_000,
         search_ef: int = 0,
         count_terms: bool = True,
+        sealer: Sealer | None = None,
     ):
-        self._setup(path, settings, optimize_threshold, search_ef)
+        self._setup(path, settings, optimize_threshold, search_ef, sealer or Plain())
         self._shard = self._open(path, settings)
         if count_terms:
             self._start_counting()
 
     def _setup(
-        self, path: Path, settings: EngineSettings, optimize_threshold: int, search_ef: int
+        self,
+        path: Path,
+        settings: EngineSettings,
+        optimize_threshold: int,
+        search_ef: int,
+        sealer: Sealer,
     ) -> None:
         self.path = path
+        #: Seals each chunk's text, name and metadata under its tenant's key (``sealing.py``).
+        self.sealer = sealer
         self.settings = settings
         self.optimize_threshold = optimize_threshold
         #: The HNSW search effort of dense queries (candidates kept while walking the graph,
@@ -219,7 +231,7 @@ class ShardEngine:
     def _staged(cls, data: Path, like: ShardEngine) -> ShardEngine:
         """An engine over a build's copy in ``data``, to replay ``like``'s journal onto."""
         staged = cls.__new__(cls)
-        staged._setup(data, like.settings, 2**62, like.search_ef)
+        staged._setup(data, like.settings, 2**62, like.search_ef, like.sealer)
         staged._shard = qe.EdgeShard.load(str(data))
         return staged
 
@@ -309,14 +321,9 @@ class ShardEngine:
                     "version": version,
                     "chunk_index": ec.chunk.index,
                     "state": _PENDING,
-                    "text": ec.chunk.text,
-                    "context": ec.chunk.context,
                     "page": ec.chunk.page,
-                    "content_hash": ec.chunk.content_hash,
-                    "filename": filename,
-                    "meta": meta,
-                    "meta_bool": _bool_shadow(meta),
                     "acl": list(acl) or [access.PUBLIC],
+                    **self._content(tenant, ec, meta, filename),
                 },
             )
             for ec in chunks
@@ -329,6 +336,61 @@ class ShardEngine:
         with self._pending_lock:
             self._unoptimized += len(points)
         return True
+
+    def _live_filter(self, query: ShardQuery) -> qe.Filter:
+        """The tenant's live chunks that match the query's metadata filters and that its
+        caller's access groups may read."""
+        if self.sealer.active and query.filters:
+            _metadata_conditions(query.filters)  # an inexpressible filter is refused alike
+            tagged = [
+                qe.FieldCondition(f"meta.{key}", match=_match_tags(self.sealer, query.tenant, v))
+                for key, v in query.filters.items()
+            ]
+        else:
+            tagged = _metadata_conditions(query.filters)
+        return qe.Filter(
+            must=[
+                _eq("tenant", query.tenant),
+                _eq("state", _LIVE),
+                *tagged,
+                *_access_conditions(query.groups),
+            ]
+        )
+
+    def _content(
+        self, tenant: str, ec: EmbeddedChunk, meta: Metadata, filename: str | None
+    ) -> dict[str, Any]:
+        """The payload fields a chunk's reader gets: as they are, or sealed (with its metadata
+        values tagged, so that filters still match them)."""
+        content = {
+            "text": ec.chunk.text,
+            "context": ec.chunk.context,
+            "content_hash": ec.chunk.content_hash,
+            "filename": filename,
+            "meta": meta,
+        }
+        if not self.sealer.active:
+            return {**content, "meta_bool": _bool_shadow(meta)}
+        sealed = self.sealer.seal(tenant, json.dumps(content).encode(), _SEALED_PURPOSE)
+        return {
+            "sealed": base64.b64encode(sealed).decode(),
+            "meta": {key: _tagged(self.sealer, tenant, value) for key, value in meta.items()},
+        }
+
+    def _hits(self, points: Iterable[Any], tenant: str) -> list[Hit]:
+        """The hits of points of ``tenant`` (those whose tenant's key is gone are left out)."""
+        found = []
+        for point in points:
+            payload = point.payload or {}
+            if "sealed" in payload:
+                opened = self.sealer.unseal(
+                    tenant, base64.b64decode(payload["sealed"]), _SEALED_PURPOSE
+                )
+                if opened is None:
+                    continue
+                point = _Scoreless(point.id, {**payload, **json.loads(opened)}, point.score)
+            found.append(_hit(point))
+        return found
 
     def commit(
         self, tenant: str, doc_id: str, version: int, expected: int | None = None
@@ -607,10 +669,10 @@ class ShardEngine:
         a query naming ``chunks`` gets those of them still live instead."""
         if query.chunks:
             return self.fetch(query.tenant, query.chunks, query.groups)
-        live = _live_filter(query)
+        live = self._live_filter(query)
         with self._lock.shared():
             points = self._shard.query(self._request(query, live))
-        return _one_version_per_document([_hit(p) for p in points])[: query.k]
+        return _one_version_per_document(self._hits(points, query.tenant))[: query.k]
 
     def candidates(self, query: ShardQuery) -> Candidates:
         """The dense and the keyword candidates of a hybrid query, unfused, best first:
@@ -618,7 +680,7 @@ class ShardEngine:
         the keyword ones with their BM25 weight of each query term, and the shard's
         ``KeywordStats`` (the router fuses several shards' candidates: ``engine/fusion.py``).
         """
-        live = _live_filter(query)
+        live = self._live_filter(query)
         depth = prefetch_depth(query.k)
         sparse = self._bm25.embed_query(query.text)
         terms = [int(t) for t in sparse.indices]
@@ -690,8 +752,8 @@ class ShardEngine:
                 and payload.get("state") == _LIVE
                 and _readable(payload, groups)
             ):
-                hit = _hit(_Scoreless(record.id, payload))
-                found[hit.key] = hit
+                for hit in self._hits([_Scoreless(record.id, payload)], tenant):
+                    found[hit.key] = hit
         return [found[chunk] for chunk in chunks if chunk in found]
 
     def _request(self, query: ShardQuery, live: qe.Filter) -> qe.QueryRequest:
@@ -1034,17 +1096,19 @@ def search_effort_for(points: int) -> int:
     return SEARCH_EFFORT_BEYOND
 
 
-def _live_filter(query: ShardQuery) -> qe.Filter:
-    """The tenant's live chunks that match the query's metadata filters and that its
-    caller's access groups may read."""
-    return qe.Filter(
-        must=[
-            _eq("tenant", query.tenant),
-            _eq("state", _LIVE),
-            *_metadata_conditions(query.filters),
-            *_access_conditions(query.groups),
-        ]
-    )
+def _tagged(sealer: Sealer, tenant: str, value: Any) -> Any:
+    """A metadata value as a sealed shard holds it: each value (each element of a list)
+    tagged, so an equal filter value, tagged alike, matches it."""
+    if isinstance(value, list):
+        return [sealer.tag(tenant, json.dumps(v)) for v in value]
+    return sealer.tag(tenant, json.dumps(value))
+
+
+def _match_tags(sealer: Sealer, tenant: str, value: Any) -> Any:
+    """The match of a filter value (or any of a list of values) against tagged metadata."""
+    if isinstance(value, list):
+        return qe.MatchAny([sealer.tag(tenant, json.dumps(v)) for v in value])
+    return qe.MatchValue(sealer.tag(tenant, json.dumps(value)))
 
 
 def _access_conditions(groups: access.Groups) -> list[Any]:

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from shardrag.engine.shard import EngineSettings, ShardEngine
+from shardrag.sealing import Sealer
 
 
 class ShardSet:
@@ -17,8 +18,10 @@ class ShardSet:
         settings: EngineSettings,
         optimize_threshold: int = 20_000,
         search_ef: int = 0,
+        sealer: Sealer | None = None,
     ):
         self.root = root
+        self.sealer = sealer
         self.settings = settings
         self.optimize_threshold = optimize_threshold
         self.search_ef = search_ef
@@ -35,6 +38,7 @@ class ShardSet:
                     self.settings,
                     self.optimize_threshold,
                     self.search_ef,
+                    sealer=self.sealer,
                 )
                 self._engines[shard_id] = engine
             return engine

@@ -125,6 +125,9 @@ class EmbedStage:
         if event.chunks_blob is not None:
             chunks = decode_chunks(self.blobs.get(event.chunks_blob, owner=event.ref.tenant))
         job = VectorJob(reuse_scope(ref.tenant, ref.epoch, event.metadata), chunks)
+        sealer = self.registry.sealer
+        if sealer.active:
+            job.cache_key = lambda digest: sealer.tag(ref.tenant, digest)
         current = self.registry.document(ref.tenant, ref.doc_id)
         live = current.live if current else None
         if live is not None and live.version < ref.version:

@@ -41,6 +41,9 @@ class VectorJob:
     chunks: list[Chunk]
     previous_manifest: dict[str, int] = field(default_factory=dict)
     previous_vectors: PreviousVectors | None = None
+    #: A chunk's name in the embedding cache, by its content hash: the hash itself, or with
+    #: a master key a keyed hash under the tenant's key (a guessed text cannot be confirmed).
+    cache_key: Callable[[str], str] = str
     result: list[EmbeddedChunk] = field(default_factory=list)
     reused: int = 0
     embedded: int = 0
@@ -66,8 +69,13 @@ class ChunkVectorizer:
         for job in jobs:
             vectors = self._from_previous(job)
             job.reused = len(vectors)
-            missing = [c.content_hash for c in job.chunks if c.content_hash not in vectors]
-            cached = self.cache.get_many(job.scope, model, missing) if missing else {}
+            missing = {
+                job.cache_key(c.content_hash): c.content_hash
+                for c in job.chunks
+                if c.content_hash not in vectors
+            }
+            found = self.cache.get_many(job.scope, model, list(missing)) if missing else {}
+            cached = {missing[key]: vector for key, vector in found.items()}
             job.reused += len(cached)
             vectors.update(cached)
             for chunk in job.chunks:
@@ -86,9 +94,10 @@ class ChunkVectorizer:
                 strict=True,
             )
         )
+        cache_key = {job.scope: job.cache_key for job in jobs}
         by_scope: dict[str, dict[str, list[float]]] = {}
         for (scope, digest), vector in fresh.items():
-            by_scope.setdefault(scope, {})[digest] = vector
+            by_scope.setdefault(scope, {})[cache_key[scope](digest)] = vector
         for scope, vectors in by_scope.items():
             self.cache.put_many(scope, model, vectors)
 

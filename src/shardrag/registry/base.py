@@ -13,6 +13,7 @@ from typing import Protocol
 
 from shardrag.models import DocumentInfo, Metadata, VersionInfo, VersionState
 from shardrag.registry.access import AuditEvent, KeyRecord, StoredResponse
+from shardrag.sealing import Sealer
 
 
 def key_table(owner: str) -> tuple[str, str]:
@@ -73,6 +74,10 @@ class PendingVersion:
 
 class Registry(Protocol):
     """Durable records of tenants, documents and versions. Every method is atomic."""
+
+    #: Seals what a version's row says of its document (file name, title, metadata) under
+    #: its tenant's key; ``Plain`` until the process has a master key (``backends.py``).
+    sealer: Sealer
 
     def ensure_tenant(self, tenant: str, shard_id: int, name: str | None = None) -> TenantRecord:
         """The tenant's record, creating it on ``shard_id`` if it does not exist."""

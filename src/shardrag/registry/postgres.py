@@ -37,12 +37,14 @@ from shardrag.registry.base import (
 )
 from shardrag.registry.rows import (
     DOCUMENT_STATE,
+    StoredVersion,
     key_of,
     pending_of,
     state_counts,
     tenant_of,
     version_of,
 )
+from shardrag.sealing import Plain, Sealer
 
 # The schema, one step per release that changed it; step n is schema version n. Never edit a
 # released step: append a new one. Ids are COLLATE "C" so listings sort byte-wise, as SQLite does.
@@ -203,6 +205,7 @@ class PostgresRegistry:
         A call waits up to ``timeout`` seconds for a connection, then raises ``Unavailable``.
         """
         conninfo = _with_connect_timeout(url)
+        self.sealer: Sealer = Plain()
         self._where = _describe(conninfo)
         with self._reachable(), psycopg.connect(conninfo) as conn:
             _migrate(conn)
@@ -315,6 +318,7 @@ class PostgresRegistry:
     def _begin(
         self, tenant: str, doc_id: str, new: NewVersion | None, tombstone: Metadata | None = None
     ) -> int:
+        stored = StoredVersion.of(self.sealer, tenant, new, tombstone)
         # Incrementing in the statement that locks the document row hands concurrent writers
         # distinct, consecutive numbers.
         if new is None:
@@ -346,11 +350,11 @@ class PostgresRegistry:
                     doc_id,
                     version,
                     new.content_hash if new else None,
-                    new.filename if new else None,
+                    stored.filename,
                     new.size if new else 0,
-                    Jsonb(new.metadata if new else tombstone or {}),
+                    Jsonb(stored.metadata),
                     new.content_type if new else None,
-                    new.title if new else None,
+                    stored.title,
                     now,
                     now,
                 ),
@@ -395,7 +399,7 @@ class PostgresRegistry:
             doc_id,
             version,
         )
-        return version_of(rows[0]) if rows else None
+        return version_of(rows[0], sealer=self.sealer) if rows else None
 
     def mark_superseded(self, tenant: str, doc_id: str, version: int) -> None:
         """A pending (or failed) version overtaken by a newer committed one."""
@@ -516,7 +520,7 @@ class PostgresRegistry:
     def document(self, tenant: str, doc_id: str) -> DocumentInfo | None:
         """The document's live and latest versions, or None."""
         rows = self._query(_DOCUMENT_ROWS + "WHERE d.tenant = %s AND d.doc_id = %s", tenant, doc_id)
-        return _document(tenant, rows[0]) if rows else None
+        return _document(tenant, rows[0], self.sealer) if rows else None
 
     def documents(
         self,
@@ -539,7 +543,7 @@ class PostgresRegistry:
             args.append(state.value)
         sql += "ORDER BY d.doc_id LIMIT %s"
         args.append(limit)
-        return [_document(tenant, r) for r in self._query(sql, *args)]
+        return [_document(tenant, r, self.sealer) for r in self._query(sql, *args)]
 
     def pending_versions(self, tenant: str | None = None) -> list[PendingVersion]:
         """Every version still pending (of one tenant, or all), oldest first."""
@@ -767,11 +771,11 @@ def _describe(conninfo: str) -> str:
     return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
 
 
-def _document(tenant: str, row: DictRow) -> DocumentInfo:
+def _document(tenant: str, row: DictRow, sealer: Sealer) -> DocumentInfo:
     """A row of ``_DOCUMENT_ROWS`` as the document's state."""
     return DocumentInfo(
         tenant=tenant,
         doc_id=row["doc_id"],
-        live=version_of(row, "live_") if row["live_version"] is not None else None,
-        latest=version_of(row, "latest_"),
+        live=version_of(row, "live_", sealer) if row["live_version"] is not None else None,
+        latest=version_of(row, "latest_", sealer),
     )

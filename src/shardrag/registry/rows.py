@@ -5,11 +5,51 @@ row types differ (both are read by column name)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shardrag.models import VersionInfo, VersionState
+from shardrag.models import Metadata, VersionInfo, VersionState
 from shardrag.registry.access import KeyRecord, Role
-from shardrag.registry.base import PendingVersion, TenantRecord
+from shardrag.registry.base import NewVersion, PendingVersion, TenantRecord
+from shardrag.sealing import Plain, Sealer, seal_text, unseal_text
+
+#: Where sealed metadata sits in the ``metadata`` column (a JSON object, as unsealed).
+SEALED_METADATA = "@sealed"
+_PURPOSE = "registry version"
+_PLAIN = Plain()
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """What a version's row holds of what a document says: its file name, title and
+    metadata, sealed under its tenant's key when the registry seals (``sealing.py``)."""
+
+    filename: str | None
+    title: str | None
+    metadata: Metadata
+
+    @classmethod
+    def of(
+        cls, sealer: Sealer, tenant: str, new: NewVersion | None, tombstone: Metadata | None
+    ) -> StoredVersion:
+        """The stored form of a new version (or of a tombstone keeping ``tombstone``)."""
+        metadata = new.metadata if new else tombstone or {}
+        if not sealer.active:
+            return cls(new.filename if new else None, new.title if new else None, metadata)
+        return cls(
+            seal_text(sealer, tenant, new.filename if new else None, _PURPOSE),
+            seal_text(sealer, tenant, new.title if new else None, _PURPOSE),
+            {SEALED_METADATA: seal_text(sealer, tenant, json.dumps(metadata), _PURPOSE)},
+        )
+
+
+def _unsealed_metadata(sealer: Sealer, metadata: Metadata) -> Metadata:
+    if SEALED_METADATA not in metadata:
+        return metadata
+    opened = unseal_text(sealer, metadata[SEALED_METADATA], _PURPOSE)
+    value: Metadata = json.loads(opened) if opened is not None else {}
+    return value
+
 
 # The state a document shows in listings: live while a version is, else its latest version's.
 DOCUMENT_STATE = """
@@ -58,26 +98,28 @@ def _groups(value: Any) -> tuple[str, ...] | None:
     return tuple(str(n) for n in names)
 
 
-def version_of(row: Row, prefix: str = "") -> VersionInfo:
+def version_of(row: Row, prefix: str = "", sealer: Sealer = _PLAIN) -> VersionInfo:
     """The version whose ``versions`` columns are named ``prefix`` + column in ``row``.
 
-    Metadata arrives as JSON text (SQLite) or already decoded (PostgreSQL's jsonb).
+    Metadata arrives as JSON text (SQLite) or already decoded (PostgreSQL's jsonb); sealed
+    columns are opened with ``sealer``.
     """
     metadata = row[prefix + "metadata"]
+    metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
     return VersionInfo(
         version=int(row[prefix + "version"]),
         state=VersionState(row[prefix + "state"]),
         content_hash=row[prefix + "content_hash"],
-        filename=row[prefix + "filename"],
+        filename=unseal_text(sealer, row[prefix + "filename"], _PURPOSE),
         size=int(row[prefix + "size"]),
         chunk_count=int(row[prefix + "chunk_count"]),
-        metadata=json.loads(metadata) if isinstance(metadata, str) else metadata,
+        metadata=_unsealed_metadata(sealer, metadata),
         error_code=row[prefix + "error_code"],
         error=row[prefix + "error"],
         created_at=row[prefix + "created_at"],
         updated_at=row[prefix + "updated_at"],
         content_type=row[prefix + "content_type"],
-        title=row[prefix + "title"],
+        title=unseal_text(sealer, row[prefix + "title"], _PURPOSE),
         commit_position=row[prefix + "commit_position"],
         reused_vectors=int(row[prefix + "reused_vectors"]),
         embedded_chunks=int(row[prefix + "embedded_chunks"]),

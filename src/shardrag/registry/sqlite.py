@@ -23,12 +23,14 @@ from shardrag.registry.base import (
 )
 from shardrag.registry.rows import (
     DOCUMENT_STATE,
+    StoredVersion,
     key_of,
     pending_of,
     state_counts,
     tenant_of,
     version_of,
 )
+from shardrag.sealing import Plain, Sealer
 from shardrag.sqlitedb import immediate, open_durable
 
 _SCHEMA = """
@@ -135,6 +137,7 @@ class SqliteRegistry:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.sealer: Sealer = Plain()
         self._lock = threading.Lock()
         with self._lock:
             self._db = open_durable(path, _SCHEMA, secure_delete=True)
@@ -211,6 +214,7 @@ class SqliteRegistry:
     def _begin(
         self, tenant: str, doc_id: str, new: NewVersion | None, tombstone: Metadata | None = None
     ) -> int:
+        stored = StoredVersion.of(self.sealer, tenant, new, tombstone)
         now = time.time()
         with self._tx() as db:
             row = db.execute(
@@ -237,11 +241,11 @@ class SqliteRegistry:
                     doc_id,
                     version,
                     new.content_hash if new else None,
-                    new.filename if new else None,
+                    stored.filename,
                     new.size if new else 0,
-                    json.dumps(new.metadata if new else tombstone or {}),
+                    json.dumps(stored.metadata),
                     new.content_type if new else None,
-                    new.title if new else None,
+                    stored.title,
                     now,
                     now,
                 ),
@@ -289,7 +293,7 @@ class SqliteRegistry:
             doc_id,
             version,
         )
-        return version_of(rows[0]) if rows else None
+        return version_of(rows[0], sealer=self.sealer) if rows else None
 
     def mark_superseded(self, tenant: str, doc_id: str, version: int) -> None:
         """A pending (or failed) version overtaken by a newer committed one."""
@@ -408,7 +412,7 @@ class SqliteRegistry:
             doc_id,
             *wanted,
         )
-        versions = {int(r["version"]): version_of(r) for r in rows}
+        versions = {int(r["version"]): version_of(r, sealer=self.sealer) for r in rows}
         return DocumentInfo(
             tenant=tenant,
             doc_id=doc_id,
