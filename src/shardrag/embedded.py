@@ -74,6 +74,7 @@ from shardrag.pipeline import (
 from shardrag.pipeline.events import VersionRef, shard_subject
 from shardrag.pipeline.idempotency import IdempotentWrites
 from shardrag.pipeline.operations import dead_letters_of, pipeline_stats, redrive
+from shardrag.pipeline.vectors import tenant_scopes
 from shardrag.registry import TenantRecord
 from shardrag.retrieval import Routed, Searcher
 from shardrag.retrieval.consistency import ReadPositions
@@ -216,6 +217,9 @@ class Shardrag:
         if isinstance(self.backends.blobs, EncryptedBlobStore):
             # Its data key went with its registry rows: this process must not keep a copy.
             self.backends.blobs.keyring.forget(tenant)
+        # Its vectors say something of its text: none is kept (a recreated tenant could not
+        # reach them anyway, ``reuse_scope``).
+        self.embedding_cache.forget(tenant_scopes(tenant))
         for shard_id in (*placement.target, *(placement.shards if placement.source else ())):
             self.shard_map.clear_move(shard_id)  # a move under way fills nothing any more
         self.shard_map.forget_tenant(tenant)

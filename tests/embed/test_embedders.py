@@ -132,3 +132,20 @@ def test_shardrag_over_an_http_embedder(tmp_path: Path, endpoint: str) -> None:
     # A data dir keeps the model it was built with.
     with pytest.raises(Exception, match="holds vectors of"):
         Shardrag.open(tmp_path / "d")
+
+
+def test_a_dropped_tenants_vectors_leave_the_embedding_cache(tmp_path: Path) -> None:
+    from shardrag.pipeline.vectors import reuse_scope, tenant_scopes
+
+    cache = EmbeddingCache(tmp_path / "cache.sqlite3", max_entries=100)
+    try:
+        gone = reuse_scope("acme", "1.0", {"@acl": ["hr"]})
+        kept = reuse_scope("acme-2", "1.0", {})
+        cache.put_many(gone, "m", {"h": [1.0]})
+        cache.put_many(reuse_scope("acme", "2.0", {}), "m", {"h": [2.0]})
+        cache.put_many(kept, "m", {"h": [3.0]})
+        assert cache.forget(tenant_scopes("acme")) == 2
+        assert cache.get_many(gone, "m", ["h"]) == {}
+        assert cache.get_many(kept, "m", ["h"]) == {"h": [3.0]}
+    finally:
+        cache.close()

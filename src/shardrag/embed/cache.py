@@ -85,6 +85,16 @@ class EmbeddingCache:
                     (self.max_entries,),
                 )
 
+    def forget(self, scope_prefix: str) -> int:
+        """Delete every vector of the scopes that start with ``scope_prefix`` (a dropped
+        tenant's: ``pipeline.vectors.reuse_scope``); how many."""
+        with self._lock:
+            done = self._db.execute(
+                "DELETE FROM vectors WHERE substr(tenant, 1, ?) = ?",
+                (len(scope_prefix), scope_prefix),
+            )
+        return int(done.rowcount)
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM vectors").fetchone()[0])

@@ -28,6 +28,11 @@ def reuse_scope(tenant: str, incarnation: str, metadata: Metadata) -> str:
     return json.dumps([tenant, incarnation, list(groups)], separators=(",", ":"))
 
 
+def tenant_scopes(tenant: str) -> str:
+    """What every ``reuse_scope`` of ``tenant`` starts with."""
+    return json.dumps([tenant], separators=(",", ":"))[:-1] + ","
+
+
 @dataclass
 class VectorJob:
     """The chunks of one document version and what its previous version offers for reuse.
