@@ -128,7 +128,7 @@ def main() -> None:
     for key in medians["plain"]:
         plain, sealed = medians["plain"][key], medians["sealed"][key]
         ratio = sealed / plain if plain else float("nan")
-        print(f"{key:<26}{plain:>12}{sealed:>12}{ratio:>14.2f}")
+        print(f"{key:<26}{plain:>12.3f}{sealed:>12.3f}{ratio:>14.2f}")
     report = {
         "medians": medians,
         "runs": runs,

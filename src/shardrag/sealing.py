@@ -8,6 +8,11 @@ its owner as associated data: a value moved to another owner or another place do
 Values the engine or a database must compare (metadata filter values, cache keys) are *tagged*
 instead: an HMAC under the owner's key, equal for equal values, meaningless without the key.
 
+Writes seal under the owner's key as the registry holds it now (a process may cache the key
+of a tenant that another process dropped and made again); a sealed value starts with its
+key's id, so a reader holding a stale key reads the current one and a value of a dropped
+incarnation is recognised as unreadable.
+
 Without a master key the ``Plain`` sealer changes nothing, at no cost.
 """
 
@@ -29,15 +34,30 @@ _NONCE = 12
 SEALED_PREFIX = "sealed1."
 
 
+_KEY_ID = 8
+
+
 class OwnerKeys(Protocol):
     """Data keys by owner (``blobs.encrypted.Keyring``)."""
 
-    def key(self, owner: str | None) -> bytes:
-        """The owner's data key, made on first use."""
+    def key(self, owner: str | None, fresh: bool = False) -> bytes:
+        """The owner's data key, made on first use (``fresh``: not from a cache)."""
         ...
 
-    def existing_key(self, owner: str) -> bytes | None:
+    def existing_key(self, owner: str, fresh: bool = False) -> bytes | None:
         """The owner's data key, or None once it is gone (the tenant was dropped)."""
+        ...
+
+
+class Bound(Protocol):
+    """Sealing for one owner with one key: a batch of writes (``Sealer.bound``)."""
+
+    def seal(self, data: bytes, purpose: str) -> bytes:
+        """``data`` encrypted."""
+        ...
+
+    def tag(self, value: str) -> str:
+        """``value``'s tag."""
         ...
 
 
@@ -58,8 +78,21 @@ class Sealer(Protocol):
         ...
 
     def tag(self, owner: str, value: str) -> str:
-        """A stand-in for ``value`` that compares equal where ``value`` does."""
+        """A stand-in for ``value`` that compares equal where ``value`` does (as a filter
+        looks it up: under the key as cached)."""
         ...
+
+    def bound(self, owner: str) -> Bound:
+        """Seal and tag a batch of ``owner``'s values with its current key."""
+        ...
+
+
+class _PlainBound:
+    def seal(self, data: bytes, purpose: str) -> bytes:
+        return data
+
+    def tag(self, value: str) -> str:
+        return value
 
 
 class Plain:
@@ -76,6 +109,23 @@ class Plain:
     def tag(self, owner: str, value: str) -> str:
         return value
 
+    def bound(self, owner: str) -> Bound:
+        return _PlainBound()
+
+
+class _KeyBound:
+    def __init__(self, owner: str, key: bytes) -> None:
+        self.owner = owner
+        self.key = key
+
+    def seal(self, data: bytes, purpose: str) -> bytes:
+        nonce = os.urandom(_NONCE)
+        sealed = AESGCM(self.key).encrypt(nonce, data, _aad(self.owner, purpose))
+        return _key_id(self.key) + nonce + sealed
+
+    def tag(self, value: str) -> str:
+        return _tag(self.key, value)
+
 
 class KeySealer:
     """Seals under each owner's data key (see the module)."""
@@ -85,22 +135,36 @@ class KeySealer:
     def __init__(self, keys: OwnerKeys) -> None:
         self.keys = keys
 
+    def bound(self, owner: str) -> Bound:
+        return _KeyBound(owner, self.keys.key(owner, fresh=True))
+
     def seal(self, owner: str, data: bytes, purpose: str) -> bytes:
-        nonce = os.urandom(_NONCE)
-        return nonce + AESGCM(self.keys.key(owner)).encrypt(nonce, data, _aad(owner, purpose))
+        return self.bound(owner).seal(data, purpose)
 
     def unseal(self, owner: str, sealed: bytes, purpose: str) -> bytes | None:
+        wanted = sealed[:_KEY_ID]
         key = self.keys.existing_key(owner)
-        if key is None:
-            return None
+        if key is not None and _key_id(key) != wanted:
+            key = self.keys.existing_key(owner, fresh=True)  # cached before a re-creation
+        if key is None or _key_id(key) != wanted:
+            return None  # sealed for an incarnation whose key is gone
+        body = sealed[_KEY_ID:]
         try:
-            return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(owner, purpose))
+            return AESGCM(key).decrypt(body[:_NONCE], body[_NONCE:], _aad(owner, purpose))
         except InvalidTag:
             raise InternalError(f"a sealed {purpose} of {owner!r} does not open") from None
 
     def tag(self, owner: str, value: str) -> str:
-        key = hmac.digest(self.keys.key(owner), b"shardrag tags", "sha256")
-        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:40]
+        return _tag(self.keys.key(owner), value)
+
+
+def _key_id(key: bytes) -> bytes:
+    return hmac.digest(key, b"shardrag key id", "sha256")[:_KEY_ID]
+
+
+def _tag(key: bytes, value: str) -> str:
+    tags = hmac.digest(key, b"shardrag tags", "sha256")
+    return hmac.new(tags, value.encode(), hashlib.sha256).hexdigest()[:40]
 
 
 def _aad(owner: str, purpose: str) -> bytes:

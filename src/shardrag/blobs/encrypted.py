@@ -93,20 +93,26 @@ class Keyring:
         # snapshot key is it, so they stay readable (under the master key of that time).
         self._legacy_snapshot_key = hmac.digest(master_key, b"shardrag snapshots", "sha256")
         self._store = store
-        self._cache: dict[str, tuple[float, bytes]] = {}
+        #: owner -> (when read, the wrapped key read, the key).
+        self._cache: dict[str, tuple[float, bytes, bytes]] = {}
         self._lock = threading.Lock()
 
-    def key(self, owner: str | None) -> bytes:
-        """The data key of tenant ``owner`` (None: the snapshots' key)."""
+    def key(self, owner: str | None, fresh: bool = False) -> bytes:
+        """The data key of tenant ``owner`` (None: the snapshots' key), made on first use.
+
+        ``fresh``: as the registry holds it now, not as cached — what a write must use: a
+        tenant dropped and made again through another process has another key, and a value
+        written under the dropped one would never open again.
+        """
         owner = SNAPSHOTS if owner is None else owner
-        key = self._cached(owner)
+        key = None if fresh else self._cached(owner)
         if key is not None:
             return key
         wrapped = self._store.data_key(owner)
         if wrapped is None:
-            fresh = self._legacy_snapshot_key if owner == SNAPSHOTS else os.urandom(32)
-            wrapped = self._store.add_data_key(owner, self._wrap(owner, fresh))
-        return self._remember(owner, self._unwrap(owner, wrapped))
+            new = self._legacy_snapshot_key if owner == SNAPSHOTS else os.urandom(32)
+            wrapped = self._store.add_data_key(owner, self._wrap(owner, new))
+        return self._remember(owner, wrapped)
 
     def rotate(self) -> int:
         """Wrap every stored data key under the master key (unwrapping it with the master or
@@ -120,24 +126,33 @@ class Keyring:
                 count += 1
         return count
 
-    def existing_key(self, owner: str) -> bytes | None:
-        """The tenant's data key if it has one (never makes one)."""
-        key = self._cached(owner)
+    def existing_key(self, owner: str, fresh: bool = False) -> bytes | None:
+        """The tenant's data key if it has one (never makes one); ``fresh`` as for ``key``."""
+        key = None if fresh else self._cached(owner)
         if key is not None:
             return key
         wrapped = self._store.data_key(owner)
-        return None if wrapped is None else self._remember(owner, self._unwrap(owner, wrapped))
+        if wrapped is None:
+            self.forget(owner)
+            return None
+        return self._remember(owner, wrapped)
 
     def _cached(self, owner: str) -> bytes | None:
         with self._lock:
             cached = self._cache.get(owner)
         if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
-            return cached[1]
+            return cached[2]
         return None
 
-    def _remember(self, owner: str, key: bytes) -> bytes:
+    def _remember(self, owner: str, wrapped: bytes) -> bytes:
+        """The key of ``wrapped``, kept (unwrapped again only when it changed)."""
         with self._lock:
-            self._cache[owner] = (time.monotonic(), key)
+            cached = self._cache.get(owner)
+        key = cached[2] if cached is not None and cached[1] == wrapped else None
+        if key is None:
+            key = self._unwrap(owner, wrapped)
+        with self._lock:
+            self._cache[owner] = (time.monotonic(), wrapped, key)
         return key
 
     def forget(self, owner: str) -> None:
@@ -182,7 +197,7 @@ class EncryptedBlobStore:
     def put(self, data: bytes, owner: str | None = None) -> str:
         """Store ``data`` encrypted for ``owner``; its plaintext SHA-256."""
         digest = hashlib.sha256(data).hexdigest()
-        key = self.keyring.key(owner)
+        key = self.keyring.key(owner, fresh=True)
         name = self._name(key, digest)
         if not self.inner.exists(name):
             nonce = os.urandom(_NONCE)
@@ -192,7 +207,15 @@ class EncryptedBlobStore:
     def get(self, digest: str, owner: str | None = None) -> bytes:
         """The plaintext of ``digest`` of ``owner``; NotFound once its key is gone."""
         check_digest(digest)
-        key = self.keyring.key(owner) if owner is None else self.keyring.existing_key(owner)
+        try:
+            return self._get(digest, owner, fresh=False)
+        except NotFound:
+            # A key cached before its tenant was dropped and made again names other blobs.
+            return self._get(digest, owner, fresh=True)
+
+    def _get(self, digest: str, owner: str | None, fresh: bool) -> bytes:
+        keys = self.keyring
+        key = keys.key(owner, fresh) if owner is None else keys.existing_key(owner, fresh)
         if key is None:
             raise NotFound(f"no blob {digest} (its tenant's data key is gone)", digest=digest)
         stored = self.inner.get_named(self._name(key, digest))

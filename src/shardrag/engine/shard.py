@@ -62,7 +62,7 @@ from shardrag.models import (
     SearchMode,
     ShardQuery,
 )
-from shardrag.sealing import Plain, Sealer
+from shardrag.sealing import Bound, Plain, Sealer
 
 DENSE = "dense"
 BM25 = "bm25"
@@ -308,6 +308,7 @@ class ShardEngine:
         if not chunks:
             return True
         meta, acl = access.split(metadata)
+        sealing = self.sealer.bound(tenant) if self.sealer.active else None
         points = [
             qe.Point(
                 point_id(tenant, doc_id, version, ec.chunk.index),
@@ -323,7 +324,7 @@ class ShardEngine:
                     "state": _PENDING,
                     "page": ec.chunk.page,
                     "acl": list(acl) or [access.PUBLIC],
-                    **self._content(tenant, ec, meta, filename),
+                    **_content(sealing, ec, meta, filename),
                 },
             )
             for ec in chunks
@@ -356,26 +357,6 @@ class ShardEngine:
                 *_access_conditions(query.groups),
             ]
         )
-
-    def _content(
-        self, tenant: str, ec: EmbeddedChunk, meta: Metadata, filename: str | None
-    ) -> dict[str, Any]:
-        """The payload fields a chunk's reader gets: as they are, or sealed (with its metadata
-        values tagged, so that filters still match them)."""
-        content = {
-            "text": ec.chunk.text,
-            "context": ec.chunk.context,
-            "content_hash": ec.chunk.content_hash,
-            "filename": filename,
-            "meta": meta,
-        }
-        if not self.sealer.active:
-            return {**content, "meta_bool": _bool_shadow(meta)}
-        sealed = self.sealer.seal(tenant, json.dumps(content).encode(), _SEALED_PURPOSE)
-        return {
-            "sealed": base64.b64encode(sealed).decode(),
-            "meta": {key: _tagged(self.sealer, tenant, value) for key, value in meta.items()},
-        }
 
     def _hits(self, points: Iterable[Any], tenant: str) -> list[Hit]:
         """The hits of points of ``tenant`` (those whose tenant's key is gone are left out)."""
@@ -1096,12 +1077,33 @@ def search_effort_for(points: int) -> int:
     return SEARCH_EFFORT_BEYOND
 
 
-def _tagged(sealer: Sealer, tenant: str, value: Any) -> Any:
+def _content(
+    sealing: Bound | None, ec: EmbeddedChunk, meta: Metadata, filename: str | None
+) -> dict[str, Any]:
+    """The payload fields a chunk's reader gets: as they are, or sealed (its metadata values
+    tagged, so that filters still match them)."""
+    content = {
+        "text": ec.chunk.text,
+        "context": ec.chunk.context,
+        "content_hash": ec.chunk.content_hash,
+        "filename": filename,
+        "meta": meta,
+    }
+    if sealing is None:
+        return {**content, "meta_bool": _bool_shadow(meta)}
+    sealed = sealing.seal(json.dumps(content).encode(), _SEALED_PURPOSE)
+    return {
+        "sealed": base64.b64encode(sealed).decode(),
+        "meta": {key: _tagged(sealing, value) for key, value in meta.items()},
+    }
+
+
+def _tagged(sealing: Bound, value: Any) -> Any:
     """A metadata value as a sealed shard holds it: each value (each element of a list)
     tagged, so an equal filter value, tagged alike, matches it."""
     if isinstance(value, list):
-        return [sealer.tag(tenant, json.dumps(v)) for v in value]
-    return sealer.tag(tenant, json.dumps(value))
+        return [sealing.tag(json.dumps(v)) for v in value]
+    return sealing.tag(json.dumps(value))
 
 
 def _match_tags(sealer: Sealer, tenant: str, value: Any) -> Any:
