@@ -106,7 +106,7 @@ from bench.query import (  # noqa: E402
 )
 from shardrag.config import Settings  # noqa: E402
 from shardrag.embed.bundled import BundledEmbedder  # noqa: E402
-from shardrag.engine import EngineSettings, ShardEngine  # noqa: E402
+from shardrag.engine import EngineSettings, ShardEngine, build  # noqa: E402
 from shardrag.engine.shard import BM25, DENSE  # noqa: E402
 from shardrag.ingest import Chunker  # noqa: E402
 from shardrag.models import Chunk, EmbeddedChunk, Fusion, Hit, SearchMode, ShardQuery  # noqa: E402
@@ -440,6 +440,12 @@ def p95(latency: Latency) -> float:
     return float(np.percentile(latency.samples_ms, 95))
 
 
+def segment_count(path: Path) -> int:
+    """The segments of the shard at ``path``, in the generation it serves now (a build in a
+    child process moves its files to ``gen-N``, engine/build.py)."""
+    return sum(1 for p in (build.data_dir(path) / "segments").iterdir() if p.is_dir())
+
+
 def disk_by_component(path: Path) -> dict[str, float]:
     """MiB on disk under ``path`` (allocated blocks), by what the files hold."""
     components = {
@@ -663,7 +669,7 @@ def run_scenario(
         rss_optimized = memory_mib()["rss"]
         engine.flush()
         disk = disk_by_component(path)
-        segments = sum(1 for p in (path / "segments").iterdir() if p.is_dir())
+        segments = segment_count(path)
         console.print("  searching ...")
         machine = OtherProcessesCpu()
         fusion = Settings().fusion

@@ -276,3 +276,28 @@ def test_disk_components_add_up(tmp_path: Path) -> None:
     assert sizes["dense_vectors"] > sizes["hnsw_links"] > 0
     assert sizes["bm25"] > 0 and sizes["payload"] > 0 and sizes["wal"] > 0
     assert sizes["other"] > 0 and sizes["payload_indexes"] == 0
+
+
+def test_segments_are_counted_where_a_built_shard_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``BUILD_IN_PROCESS_UP_TO`` a build moves the shard's files to ``gen-N``: the
+    bench counted ``segments`` under the shard's own directory and crashed after the build."""
+    from shardrag.engine import EngineSettings, ShardEngine
+    from shardrag.engine import shard as engine_shard
+    from shardrag.models import Chunk, EmbeddedChunk
+
+    monkeypatch.setattr(engine_shard, "BUILD_IN_PROCESS_UP_TO", 0)
+    engine = ShardEngine(tmp_path / "shard", EngineSettings(dimension=4))
+    try:
+        points = [
+            EmbeddedChunk(Chunk(i, f"text {i}", "", f"{i:064x}", 2), [1.0, float(i), 0.5, 0.0])
+            for i in range(8)
+        ]
+        engine.upsert("t", "doc", 1, points, {}, "doc.txt")
+        engine.commit("t", "doc", 1)
+        engine.optimize()
+        assert (tmp_path / "shard" / "CURRENT").exists()  # built apart: a generation
+        assert bench.segment_count(tmp_path / "shard") >= 1
+    finally:
+        engine.close()
