@@ -62,7 +62,8 @@ class ModeParts:
     placer: SizePlacer | None = None
 
     def close(self) -> None:
-        """Stop the router's transport, then close the hosted shards."""
+        """Stop the router and its transport, then close the hosted shards."""
+        self.router.close()
         self.transport.close()
         if self.shards is not None:
             self.shards.close()

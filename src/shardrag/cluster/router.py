@@ -139,8 +139,10 @@ class Router:
         # on their callers' threads: counted under a lock).
         self._outstanding: dict[str, int] = {}
         self._counting = threading.Lock()
-        # Shards whose replicas are being read again in the background.
+        # Shards whose replicas are being read again in the background, and those reads.
         self._refreshing: set[int] = set()
+        self._refreshes: set[threading.Thread] = set()
+        self._closed = False
         # Requests whose query no longer waits for them (hedge losers): kept until they end.
         self._background: set[asyncio.Task[_Outcome]] = set()
         self._random = random.Random()
@@ -377,10 +379,6 @@ class Router:
 
     def _refresh_soon(self, shard_id: int) -> None:
         """Read the shard's live replicas again on a thread of its own (once at a time)."""
-        with self._counting:
-            if shard_id in self._refreshing:
-                return
-            self._refreshing.add(shard_id)
 
         def refresh() -> None:
             try:
@@ -388,8 +386,24 @@ class Router:
             finally:
                 with self._counting:
                     self._refreshing.discard(shard_id)
+                    self._refreshes.discard(thread)
 
-        threading.Thread(target=refresh, name=f"replicas-{shard_id}", daemon=True).start()
+        thread = threading.Thread(target=refresh, name=f"replicas-{shard_id}", daemon=True)
+        with self._counting:
+            if shard_id in self._refreshing or self._closed:
+                return
+            self._refreshing.add(shard_id)
+            self._refreshes.add(thread)
+        thread.start()
+
+    def close(self) -> None:
+        """Start no more background reads of the shard map, and wait for those running: the
+        map they read closes after the router."""
+        with self._counting:
+            self._closed = True
+            running = list(self._refreshes)
+        for thread in running:
+            thread.join(timeout=10)
 
     def _live_replicas(self, shard_id: int) -> list[str]:
         fresh = self._fresh_replicas(shard_id)
