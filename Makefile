@@ -67,7 +67,7 @@ typecheck: install-dev
 # timing (hedging, marked serial) runs afterwards, alone.
 TEST_WORKERS ?= 2
 unit: install-dev system-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" --durations=25
 	$(BIN)/python -m pytest -m serial
 
 bench-ingest: install-dev

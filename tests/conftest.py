@@ -44,6 +44,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if TESTS in path.parents and path.relative_to(TESTS).as_posix() in CLUSTER_MODULES:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.xdist_group("cluster"))
+    # The cluster lane is the longest: handed out first, the other workers take everything
+    # else beside it instead of waiting for it at the end.
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
