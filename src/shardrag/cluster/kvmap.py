@@ -130,15 +130,19 @@ class NatsShardMap(KeyValueShardMap):
         create a JetStream consumer per call (a replicated one, on a cluster) and load the
         servers' API. The watch is one subscription pushed every heartbeat; until it has
         delivered what was stored when it began, or if it has heard nothing for a TTL (no node
-        beats, or it broke), the bucket is read directly.
+        beats, or it broke), the bucket is read directly. "No node" is the answer that stops
+        every search, and nats-py can give it wrongly under load: a new watch (``keys()`` is
+        one) may mark itself caught up before it has handed over what was already delivered.
+        So an empty watch is not trusted, and an empty direct read is made once more.
         """
         if self._watch is None:
             self._conn.run(self._start_watch())
         since = time.time() - self.ttl_seconds
-        if self._synced and time.monotonic() - self._heard_at < self.ttl_seconds:
+        heard = time.monotonic() - self._heard_at < self.ttl_seconds
+        if self._synced and heard and self._live:
             found = list(self._live.values())
         else:
-            found = self._conn.run(self._scan())
+            found = self._conn.run(self._scan()) or self._conn.run(self._scan())
             if time.monotonic() - self._watch_started > 2 * self.ttl_seconds:
                 # Silent for long while nodes may be beating: the watch may have broken (its
                 # server died); start a new one beside the direct read.
