@@ -71,43 +71,43 @@ unit: install-dev system-deps
 	$(BIN)/python -m pytest -m serial
 
 bench-ingest: install-dev
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python -m bench.ingest
 
 bench-embed: install-dev
-	$(BIN)/python bench/embed.py
+	$(BIN)/python -m bench.embed
 
 bench-query: install-dev
-	$(BIN)/python bench/query.py
+	$(BIN)/python -m bench.query
 
 bench-cache: install-dev
-	$(BIN)/python bench/cache.py
+	$(BIN)/python -m bench.cache
 
 bench-http: install-dev system-deps
-	$(BIN)/python bench/http_search.py
+	$(BIN)/python -m bench.http_search
 
 bench-pipeline: install-dev
-	$(BIN)/python bench/pipeline.py
+	$(BIN)/python -m bench.pipeline
 
 bench-cluster: install-dev
-	$(BIN)/python bench/cluster.py
+	$(BIN)/python -m bench.cluster
 
 bench-shard-scale: install-dev
-	$(BIN)/python bench/shard_scale.py
+	$(BIN)/python -m bench.shard_scale
 
 bench-split-quality: install-dev
-	$(BIN)/python bench/split_quality.py
+	$(BIN)/python -m bench.split_quality
 
 bench-tenant-flood: install-dev
-	$(BIN)/python bench/tenant_flood.py
+	$(BIN)/python -m bench.tenant_flood
 
 bench-build-serving: install-dev
-	$(BIN)/python bench/build_serving.py
+	$(BIN)/python -m bench.build_serving
 
 bench-access-groups: install-dev
-	$(BIN)/python bench/access_groups.py
+	$(BIN)/python -m bench.access_groups
 
 bench-answers: install-dev
-	$(BIN)/python bench/answer_quality.py
+	$(BIN)/python -m bench.answer_quality
 
 bench-encryption: install-dev
 	$(BIN)/python -m bench.encryption
@@ -117,10 +117,10 @@ chaos: install-dev
 	$(BIN)/python -m pytest -m chaos tests/chaos
 
 bench-chaos: install-dev
-	$(BIN)/python bench/chaos.py
+	$(BIN)/python -m bench.chaos
 
 eval-cisi: install-dev
-	$(BIN)/python bench/cisi_to_beir.py bench/data/cisi
+	$(BIN)/python -m bench.cisi_to_beir bench/data/cisi
 	$(BIN)/shardrag eval bench/data/cisi
 
 clean:

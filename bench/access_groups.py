@@ -1,6 +1,6 @@
 """What access groups cost a search: one tenant's shard, searched with and without groups.
 
-    python bench/access_groups.py [--points 100000] [--groups 10] [--queries 300]
+    python -m bench.access_groups [--points 100000] [--groups 10] [--queries 300]
                                   [--out bench/results/access_groups.json]
 
 The corpus is bench/shard_scale.py's (CISI-shaped synthetic vectors, texts from the CISI
@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402

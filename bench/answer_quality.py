@@ -1,6 +1,6 @@
 """How good extractive answers are: a public QA set with gold answers, answerers side by side.
 
-    python bench/answer_quality.py [--k 8] [--questions 0] [--out bench/results/answer_quality.json]
+    python -m bench.answer_quality [--k 8] [--questions 0] [--out bench/results/answer_quality.json]
 
 The collection is the first five articles of the SQuAD 2.0 development set
 (bench/datasets/, 173 paragraphs, 705 answerable and 702 unanswerable questions; see its
@@ -33,7 +33,6 @@ import json
 import re
 import statistics
 import string
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -43,8 +42,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402

@@ -1,6 +1,6 @@
 """Searches during an index build: in-process (the baseline) vs in a child process (the engine).
 
-    python bench/build_serving.py [--points 300000] [--extra 0.1] [--idle-seconds 10]
+    python -m bench.build_serving [--points 300000] [--extra 0.1] [--idle-seconds 10]
                                   [--out bench/results/build_serving.json]
 
 qdrant-edge's ``optimize()`` holds the GIL for its whole run, so a process that builds a

@@ -1,6 +1,6 @@
 """Hot-tier benchmark: a repeated query served from the result cache vs. computed.
 
-    python bench/cache.py [--docs 300] [--queries 50] [--rounds 5]
+    python -m bench.cache [--docs 300] [--queries 50] [--rounds 5]
 
 Both sides run in the same process on the same data: the baseline is a Shardrag with the cache
 turned off (every search embeds the query and asks the shard), the measured side is one with
@@ -13,14 +13,12 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 from rich.table import Table

@@ -1,6 +1,6 @@
 """Chaos benchmark: availability and latency of searches during each fault, beside no fault.
 
-    python bench/chaos.py [--scenarios node_kill node_pause ...] [--baseline-seconds 15]
+    python -m bench.chaos [--scenarios node_kill node_pause ...] [--baseline-seconds 15]
                           [--fault-seconds 10] [--recovery-seconds 10] [--searchers 3]
                           [--logs-dir DIR] [--json] [--out bench/results/chaos.json]
 
@@ -44,9 +44,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.* needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402

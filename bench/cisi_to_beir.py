@@ -1,6 +1,6 @@
 """Convert the CISI test collection to the BEIR layout read by the quality benchmarks.
 
-    python bench/cisi_to_beir.py [SOURCE] TARGET
+    python -m bench.cisi_to_beir [SOURCE] TARGET
 
 SOURCE holds ``CISI.ALL`` (documents), ``CISI.QRY`` (queries) and ``CISI.REL`` (judgements);
 it defaults to the shared copy next to the repository. Records start with ``.I <id>``, followed

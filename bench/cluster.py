@@ -1,6 +1,6 @@
 """Cluster benchmark: search through the router over NATS, and replication lag, vs. in-process.
 
-    python bench/cluster.py [--docs 300] [--seconds 20] [--clients 4] [--warmup 3]
+    python -m bench.cluster [--docs 300] [--seconds 20] [--clients 4] [--warmup 3]
                             [--ingest-rate 5] [--ingest-seconds 30] [--sample-interval 0.5]
                             [--session-every 1] [--no-serve] [--logs-dir DIR] [--json]
                             [--postgres-url URL] [--redis-url URL]
@@ -95,9 +95,6 @@ from typing import Any, Protocol
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.* needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,6 +1,6 @@
 """Embedding benchmark: the bundled model's runtimes against bare PyTorch fp32, same run.
 
-    python bench/embed.py [--docs 300] [--queries 60] [--out bench/results/embed.json]
+    python -m bench.embed [--docs 300] [--queries 60] [--out bench/results/embed.json]
 
 Each candidate runs in a process of its own, one after another (ONNX Runtime and PyTorch each
 keep thread pools; two in one process would steal cores from each other):
@@ -29,7 +29,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 from rich.table import Table
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in args.candidates.split(","):
             console.print(f"measuring {name} ...")
             done = subprocess.run(
-                [sys.executable, __file__, "--candidate", name, "--workload", str(path)],
+                [sys.executable, "-m", "bench.embed", "--candidate", name, "--workload", str(path)],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "BENCH_PRODUCT_RUNTIME": default_runtime},

@@ -1,6 +1,6 @@
 """HTTP search benchmark: ``POST /v1/tenants/{t}/search`` under wrk vs. ``Shardrag.search``.
 
-    python bench/http_search.py [--docs 500] [--queries 50] [--duration 10]
+    python -m bench.http_search [--docs 500] [--queries 50] [--duration 10]
                                 [--connections 1 8 32] [--out bench/results/http_search.json]
 
 One run, one data dir: the first ``--docs`` CISI documents are ingested in-process into tenant
@@ -51,9 +51,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.* needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -1,6 +1,6 @@
 """Ingest benchmark: chunks/s through the whole pipeline vs. bare SentenceTransformer.encode.
 
-    python bench/ingest.py [--docs 1460] [--out bench/results/ingest.json]
+    python -m bench.ingest [--docs 1460] [--out bench/results/ingest.json]
 
 It also measures what ingestion does to searches served by the same process: hybrid search
 p50/p99 while another thread ingests the corpus, beside the same searches on an idle process.
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -28,7 +27,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 from rich.table import Table

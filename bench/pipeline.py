@@ -1,6 +1,6 @@
 """Write-pipeline benchmark: what the durable log costs in throughput and put→searchable latency.
 
-    python bench/pipeline.py [--docs 1460] [--latency-docs 100] [--preload-docs 200]
+    python -m bench.pipeline [--docs 1460] [--latency-docs 100] [--preload-docs 200]
                              [--open-loop-interval-ms 100] [--nats-url nats://127.0.0.1:4222]
                              [--quick] [--out bench/results/pipeline.json]
 
@@ -50,7 +50,6 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -64,9 +63,6 @@ from urllib.parse import urlparse
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.* needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402

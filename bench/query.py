@@ -1,6 +1,6 @@
 """Query benchmark: ``Shardrag.search`` latency vs. the bare engine query on the same shard.
 
-    python bench/query.py [--chunks 100000] [--synthetic-points 1000000] [--queries 300]
+    python -m bench.query [--chunks 100000] [--synthetic-points 1000000] [--queries 300]
                           [--out bench/results/query.json]
 
 Part A (real text): one tenant of ``--chunks`` chunks built from CISI abstracts, chunked by
@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,9 +53,6 @@ from typing import Any, TypeVar
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.cisi_to_beir needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 import qdrant_edge as qe  # noqa: E402

@@ -1,6 +1,6 @@
 """Shard scale benchmark: one shard engine at growing sizes, beside exact search of the same data.
 
-    python bench/shard_scale.py [--sizes 100000 300000 1000000] [--tenants 10]
+    python -m bench.shard_scale [--sizes 100000 300000 1000000] [--tenants 10]
                                 [--queries 1000] [--warmup 20] [--centres 3000]
                                 [--fanout 1 2 4 8] [--nats-url nats://127.0.0.1:4222]
                                 [--out bench/results/shard_scale.json]
@@ -83,9 +83,6 @@ from typing import Any, TypeVar  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.query needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402

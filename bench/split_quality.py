@@ -1,6 +1,6 @@
 """Split-tenant quality: one tenant whole on one shard vs split over several, same run.
 
-    python bench/split_quality.py [--splits 2 4] [--k 40] [--json]
+    python -m bench.split_quality [--splits 2 4] [--k 40] [--json]
                                   [--out bench/results/split_quality.json]
 
 CISI (1,460 real abstracts, 76 judged questions) is chunked by shardrag's chunker, embedded
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -41,9 +40,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # Run as a script, only bench/ is on sys.path; bench.cisi_to_beir needs the repository root.
-    sys.path.insert(0, str(REPO_ROOT))
 
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402

@@ -1,6 +1,6 @@
 """Per-tenant fairness under a flood: one tenant's search latency while another floods.
 
-    python bench/tenant_flood.py [--rounds 10] [--searches 100] [--clients 16] [--json]
+    python -m bench.tenant_flood [--rounds 10] [--searches 100] [--clients 16] [--json]
                                  [--out bench/results/tenant_flood.json]
 
 ``shardrag serve`` runs as a subprocess with a per-tenant limit of ``LIMIT`` queries in flight

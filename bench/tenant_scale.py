@@ -1,6 +1,6 @@
 """One large tenant split over several shards, searched through the router, beside exact search.
 
-    python bench/tenant_scale.py [--points 2000000] [--shards 4] [--queries 300]
+    python -m bench.tenant_scale [--points 2000000] [--shards 4] [--queries 300]
                                  [--quantization int8] [--out bench/results/tenant_scale.json]
 
 The largest tenant this machine holds, measured the way the product serves it: ``--points``
@@ -33,7 +33,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -45,8 +44,6 @@ import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from bench.cisi_to_beir import DEFAULT_SOURCE  # noqa: E402
 from bench.query import memory_mib  # noqa: E402

@@ -1,7 +1,7 @@
 """What TLS costs a search: ``shardrag serve`` plain, then with HTTPS and mutual TLS; and
 optionally a whole cluster, plain, then ``up --tls``.
 
-    python bench/tls_cost.py [--docs 300] [--queries 300] [--cluster]
+    python -m bench.tls_cost [--docs 300] [--queries 300] [--cluster]
                              [--out bench/results/tls_cost.json]
 
 One data dir (the first ``--docs`` CISI documents, ingested in-process), served twice, one
@@ -31,15 +31,12 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -1,7 +1,7 @@
 """What tracing costs a search: ``shardrag serve`` without traces, then exporting every span
 over OTLP/HTTP (``OTEL_EXPORTER_OTLP_ENDPOINT``) to a receiver in this process.
 
-    python bench/tracing_cost.py [--docs 150] [--queries 300]
+    python -m bench.tracing_cost [--docs 150] [--queries 300]
                                  [--out bench/results/tracing_cost.json]
 
 One data dir, served twice one after the other, the baseline (no ``OTEL_*`` variable: tracing
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -48,7 +48,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]
     out = tmp_path_factory.mktemp("cluster-bench") / "results" / "cluster.json"
     command = [
         sys.executable,
-        str(REPO_ROOT / "bench" / "cluster.py"),
+        "-m",
+        "bench.cluster",
         f"--docs={DOCS}",
         "--seconds=2",
         f"--clients={CLIENTS}",
