@@ -637,3 +637,35 @@ def test_wrapped_keys_are_kept_once_listed_and_rewrapped_only_from_what_they_wer
     assert registry.wrapped_keys() == {"acme": b"new", "@snapshots": b"new deployment"}
     registry.delete_tenant("acme")
     assert registry.wrapped_keys() == {"@snapshots": b"new deployment"}
+
+
+def test_no_page_of_the_keys_table_keeps_a_dropped_tenants_wrapped_key(
+    postgres_url: str,
+) -> None:
+    """A deleted row stays in its page until the page is written again: a copy of the
+    database's files would give back the dropped tenant's wrapped key. The drop rewrites the
+    table (SQLite: tests/blobs/test_encryption.py)."""
+    import psycopg
+
+    registry = PostgresRegistry(postgres_url)
+    try:
+        registry.ensure_tenant("acme", 0)
+        registry.ensure_tenant("globex", 0)
+        wrapped = b"wrapped-key-of-acme-" + bytes(range(32))
+        registry.add_data_key("acme", wrapped)
+        registry.add_data_key("globex", b"wrapped-key-of-globex")
+
+        def table_file() -> bytes:
+            with psycopg.connect(postgres_url) as conn:
+                conn.execute("CHECKPOINT")  # the pages on disk, not only in shared buffers
+                data_dir = conn.execute("SHOW data_directory").fetchone()
+                relation = conn.execute("SELECT pg_relation_filepath('data_keys')").fetchone()
+            assert data_dir is not None and relation is not None
+            return (Path(data_dir[0]) / relation[0]).read_bytes()
+
+        assert wrapped in table_file()
+        registry.delete_tenant("acme")
+        assert wrapped not in table_file()
+        assert registry.data_key("globex") == b"wrapped-key-of-globex"
+    finally:
+        registry.close()

@@ -8,6 +8,7 @@ in place, so concurrent callers in many processes get the same guarantees.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from shardrag.errors import (
     DocumentNotFound,
     InvalidParameter,
     NotFound,
+    ShardragError,
     TenantExists,
     Unavailable,
 )
@@ -45,6 +47,8 @@ from shardrag.registry.rows import (
     version_of,
 )
 from shardrag.sealing import Plain, Sealer
+
+logger = logging.getLogger(__name__)
 
 # The schema, one step per release that changed it; step n is schema version n. Never edit a
 # released step: append a new one. Ids are COLLATE "C" so listings sort byte-wise, as SQLite does.
@@ -302,8 +306,23 @@ class PostgresRegistry:
         return [tenant_of(r) for r in self._query("SELECT * FROM tenants ORDER BY tenant")]
 
     def delete_tenant(self, tenant: str) -> None:
-        """Forget the tenant and all its documents."""
+        """Forget the tenant and all its documents.
+
+        Its wrapped data key would stay in a dead row of ``data_keys`` until the page is
+        written again: the table (a row per tenant) is rewritten at once, so no page of it
+        holds the key (docs/security.md says what PostgreSQL's WAL may still hold).
+        """
         self._execute("DELETE FROM tenants WHERE tenant = %s", tenant)
+        try:
+            with self._reachable(), self._pool.connection() as conn:
+                conn.autocommit = True  # VACUUM runs outside a transaction
+                try:
+                    conn.execute("VACUUM FULL data_keys")
+                finally:
+                    conn.autocommit = False
+        except (psycopg.Error, ShardragError):
+            # The tenant is gone either way; the row's bytes go with the next rewrite.
+            logger.warning("could not rewrite data_keys after dropping %s", tenant, exc_info=True)
 
     # -- versions -----------------------------------------------------------------------------
 
