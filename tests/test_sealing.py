@@ -33,7 +33,7 @@ def test_a_sealed_value_opens_for_its_owner_and_place_only(registry: SqliteRegis
         sealer.unseal("acme", sealed, "shard payload")  # moved to another place
     assert sealer.unseal("globex", sealed, "log event") is None  # not under globex's key
     assert sealer.tag("acme", "x") == sealer.tag("acme", "x") != sealer.tag("globex", "x")
-    text = seal_text(sealer, "acme", "quarterly.txt", "registry version")
+    text = seal_text(sealer.bound("acme"), "quarterly.txt", "registry version")
     assert text is not None and "quarterly" not in text
     assert unseal_text(sealer, text, "registry version") == "quarterly.txt"
 
@@ -41,7 +41,7 @@ def test_a_sealed_value_opens_for_its_owner_and_place_only(registry: SqliteRegis
 def test_without_a_master_key_nothing_changes() -> None:
     plain = Plain()
     assert plain.seal("acme", b"x", "p") == b"x" and plain.tag("acme", "v") == "v"
-    assert seal_text(plain, "acme", "name", "p") == "name"
+    assert seal_text(plain.bound("acme"), "name", "p") == "name"
 
 
 def test_a_process_holding_a_dropped_incarnations_key_writes_and_reads_the_new_ones(

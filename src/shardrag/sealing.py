@@ -52,6 +52,9 @@ class OwnerKeys(Protocol):
 class Bound(Protocol):
     """Sealing for one owner with one key: a batch of writes (``Sealer.bound``)."""
 
+    owner: str
+    active: bool
+
     def seal(self, data: bytes, purpose: str) -> bytes:
         """``data`` encrypted."""
         ...
@@ -82,12 +85,19 @@ class Sealer(Protocol):
         looks it up: under the key as cached)."""
         ...
 
-    def bound(self, owner: str) -> Bound:
-        """Seal and tag a batch of ``owner``'s values with its current key."""
+    def bound(self, owner: str, fresh: bool = True) -> Bound:
+        """Seal and tag a batch of ``owner``'s values with one key: as the registry holds it
+        now (``fresh``, what a durable write needs), or as cached (enough for a cache entry,
+        which a stale key only makes a miss)."""
         ...
 
 
 class _PlainBound:
+    active = False
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
     def seal(self, data: bytes, purpose: str) -> bytes:
         return data
 
@@ -109,11 +119,13 @@ class Plain:
     def tag(self, owner: str, value: str) -> str:
         return value
 
-    def bound(self, owner: str) -> Bound:
-        return _PlainBound()
+    def bound(self, owner: str, fresh: bool = True) -> Bound:
+        return _PlainBound(owner)
 
 
 class _KeyBound:
+    active = True
+
     def __init__(self, owner: str, key: bytes) -> None:
         self.owner = owner
         self.key = key
@@ -135,8 +147,8 @@ class KeySealer:
     def __init__(self, keys: OwnerKeys) -> None:
         self.keys = keys
 
-    def bound(self, owner: str) -> Bound:
-        return _KeyBound(owner, self.keys.key(owner, fresh=True))
+    def bound(self, owner: str, fresh: bool = True) -> Bound:
+        return _KeyBound(owner, self.keys.key(owner, fresh=fresh))
 
     def seal(self, owner: str, data: bytes, purpose: str) -> bytes:
         return self.bound(owner).seal(data, purpose)
@@ -171,12 +183,12 @@ def _aad(owner: str, purpose: str) -> bytes:
     return f"{purpose}\x00{owner}".encode()
 
 
-def seal_text(sealer: Sealer, owner: str, value: str | None, purpose: str) -> str | None:
+def seal_text(sealing: Bound, value: str | None, purpose: str) -> str | None:
     """A string sealed as a string (``sealed1.<owner>.<base64>``); None stays None."""
-    if value is None or not sealer.active:
+    if value is None or not sealing.active:
         return value
-    sealed = sealer.seal(owner, value.encode(), purpose)
-    return f"{SEALED_PREFIX}{owner}.{base64.b64encode(sealed).decode()}"
+    sealed = sealing.seal(value.encode(), purpose)
+    return f"{SEALED_PREFIX}{sealing.owner}.{base64.b64encode(sealed).decode()}"
 
 
 def unseal_text(sealer: Sealer, value: str | None, purpose: str) -> str | None:

@@ -6,6 +6,9 @@ import math
 import threading
 import time
 
+#: Buckets kept before the full ones are dropped.
+_PRUNE_AT = 10_000
+
 
 class RateLimiter:
     """Allows ``rate`` requests per second per key with bursts up to ``burst``.
@@ -26,6 +29,8 @@ class RateLimiter:
             return 0.0
         now = time.monotonic()
         with self._lock:
+            if key not in self._buckets and len(self._buckets) >= _PRUNE_AT:
+                self._prune(now)
             tokens, updated = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
             if tokens >= 1.0:
@@ -33,6 +38,16 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        # A bucket refilled to its burst says nothing a new one would not: keys (client
+        # addresses, for failed authentications) come and go without growing the table.
+        full = float(self.burst)
+        self._buckets = {
+            key: (tokens, updated)
+            for key, (tokens, updated) in self._buckets.items()
+            if tokens + (now - updated) * self.rate < full
+        }
 
     def waiting(self, key: str) -> float:
         """Like ``admit`` without taking a token: 0 if ``key`` has one left now."""

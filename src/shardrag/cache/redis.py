@@ -207,7 +207,8 @@ class RedisResultCache:
         entry = {"query": key.query, "params": key.params, "value": encode_value(value)}
         payload = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode()
         if self.sealer.active:
-            payload = self.sealer.seal(key.tenant, payload, _PURPOSE)
+            # Under the key as cached: an entry sealed with a stale one is only a miss later.
+            payload = self.sealer.bound(key.tenant, fresh=False).seal(payload, _PURPOSE)
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         # Rounded up: an entry never lives shorter than asked.
         milliseconds = None if ttl is None or math.isinf(ttl) else math.ceil(ttl * 1000)

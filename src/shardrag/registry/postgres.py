@@ -39,6 +39,7 @@ from shardrag.registry.base import (
 )
 from shardrag.registry.rows import (
     DOCUMENT_STATE,
+    WRAPPED_KEYS,
     StoredVersion,
     key_of,
     pending_of,
@@ -656,10 +657,7 @@ class PostgresRegistry:
 
     def wrapped_keys(self) -> dict[str, bytes]:
         """Every wrapped data key by owner."""
-        rows = self._query(
-            "SELECT tenant AS owner, wrapped FROM data_keys "
-            "UNION ALL SELECT name, wrapped FROM deployment_keys"
-        )
+        rows = self._query(WRAPPED_KEYS)
         return {r["owner"]: bytes(r["wrapped"]) for r in rows}
 
     def rewrap_key(self, owner: str, old: bytes, new: bytes) -> bool:

@@ -13,6 +13,11 @@ from shardrag.registry.access import KeyRecord, Role
 from shardrag.registry.base import NewVersion, PendingVersion, TenantRecord
 from shardrag.sealing import Plain, Sealer, seal_text, unseal_text
 
+#: Every wrapped data key by owner: a tenant's, and the deployment's own (``@...``).
+WRAPPED_KEYS = (
+    "SELECT tenant AS owner, wrapped FROM data_keys "
+    "UNION ALL SELECT name, wrapped FROM deployment_keys"
+)
 #: Where sealed metadata sits in the ``metadata`` column (a JSON object, as unsealed).
 SEALED_METADATA = "@sealed"
 _PURPOSE = "registry version"
@@ -36,10 +41,11 @@ class StoredVersion:
         metadata = new.metadata if new else tombstone or {}
         if not sealer.active:
             return cls(new.filename if new else None, new.title if new else None, metadata)
+        sealing = sealer.bound(tenant)  # one read of the tenant's key for the row
         return cls(
-            seal_text(sealer, tenant, new.filename if new else None, _PURPOSE),
-            seal_text(sealer, tenant, new.title if new else None, _PURPOSE),
-            {SEALED_METADATA: seal_text(sealer, tenant, json.dumps(metadata), _PURPOSE)},
+            seal_text(sealing, new.filename if new else None, _PURPOSE),
+            seal_text(sealing, new.title if new else None, _PURPOSE),
+            {SEALED_METADATA: seal_text(sealing, json.dumps(metadata), _PURPOSE)},
         )
 
 

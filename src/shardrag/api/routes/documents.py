@@ -234,7 +234,13 @@ def _may_write(
 ) -> DocumentInfo | None:
     """The document as it is, if the caller may write it: a caller restricted to access
     groups writes only documents it can read (one it cannot read is not found, as for reads;
-    a deleted one keeps the groups it had), and gives them only groups it has, at least one."""
+    a deleted one keeps the groups it had), and gives them only groups it has, at least one.
+
+    ``acl``: the groups a put gives; None for a delete, whose audit event needs the
+    document's groups (a put's are ``acl``: an unrestricted put reads nothing here).
+    """
+    if who.groups is None and acl is not None:
+        return None
     current = who.service.rag.registry.document(tenant, validation.doc_id(doc_id))
     if who.groups is None:
         return current
